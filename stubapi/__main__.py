@@ -1,0 +1,79 @@
+"""Command line entry point: ``python -m stubapi --host 127.0.0.1 --port 8900``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+
+from stubapi.faults import DEFAULT_REJECT_SUBSTRING
+from stubapi.server import serve
+from stubapi.vectors import DEFAULT_DIMENSIONS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Argument parser whose defaults come from the STUB_API_* environment variables."""
+    env = os.environ.get
+    parser = argparse.ArgumentParser(
+        prog="python -m stubapi", description="OpenAI-compatible embeddings stub server."
+    )
+    # String defaults go through ``type`` too, so a malformed env value gets a clean usage error.
+    parser.add_argument(
+        "--host", default=env("STUB_API_HOST", "127.0.0.1"), help="bind address (STUB_API_HOST)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=env("STUB_API_PORT", "8900"),
+        help="0 picks a free port (STUB_API_PORT)",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=env("STUB_API_LATENCY_MS", "50"),
+        help="delay per call (STUB_API_LATENCY_MS)",
+    )
+    parser.add_argument(
+        "--dimensions",
+        type=int,
+        default=env("STUB_API_DIMENSIONS", str(DEFAULT_DIMENSIONS)),
+        help="default vector size (STUB_API_DIMENSIONS)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=env("STUB_API_KEY"),
+        help="require 'Authorization: Bearer KEY' (STUB_API_KEY)",
+    )
+    parser.add_argument(
+        "--reject-substring",
+        default=env("STUB_API_REJECT_SUBSTRING", DEFAULT_REJECT_SUBSTRING),
+        help="inputs containing this make the whole call fail with 400 (STUB_API_REJECT_SUBSTRING)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="log every request at DEBUG level")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and serve until SIGINT/SIGTERM."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        serve(
+            args.host,
+            args.port,
+            args.latency_ms,
+            args.dimensions,
+            args.api_key,
+            args.reject_substring,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    except OSError as exc:
+        parser.exit(1, f"stub API failed to start: {exc}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,384 @@
+"""Threaded stdlib HTTP server that mimics the OpenAI embeddings endpoint, with fault injection."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import signal
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType, TracebackType
+from typing import Any, Self
+
+from stubapi.faults import (
+    DEFAULT_REJECT_SUBSTRING,
+    FaultRule,
+    StubConfig,
+    StubState,
+    parse_fault_request,
+)
+from stubapi.vectors import (
+    DEFAULT_DIMENSIONS,
+    MAX_INPUTS,
+    RequestError,
+    embeddings_response,
+    parse_embeddings_request,
+)
+
+__all__ = ["StubServer", "serve"]
+
+log = logging.getLogger(__name__)
+
+_FAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
+    429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
+    500: ("The server had an error while processing your request.", "server_error", None),
+    502: ("Bad gateway.", "server_error", None),
+    503: ("The server is overloaded or not ready yet.", "server_error", None),
+    504: ("Gateway timeout.", "server_error", None),
+}
+
+
+def _error_body(
+    message: str,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> bytes:
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    return json.dumps({"error": error}).encode()
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], state: StubState) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        self.state = state
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients that time out or hang up mid-response are routine in fault tests.
+        log.debug("error while handling a request from %s", client_address, exc_info=True)
+
+    def close_connections(self) -> None:
+        # Idle keep-alive connections would otherwise keep handler threads blocked in recv.
+        with self.connections_lock:
+            connections = list(self.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _HTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.connections_lock:
+            self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.connections_lock:
+            self.server.connections.discard(self.connection)
+        super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s - " + format, self.address_string(), *args)
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def _dispatch(self, method: str) -> None:
+        # Drain the body before anything else: leftover bytes would be read as the
+        # next request on this keep-alive connection.
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            self._send(400, _error_body("A valid Content-Length header is required."))
+            return
+        body = self.rfile.read(length) if length else b""
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        state = self.server.state
+        reads: dict[str, Callable[[], Any]] = {
+            "/_stub/health": lambda: {"ok": True},
+            "/_stub/stats": state.stats.snapshot,
+            "/_stub/faults": lambda: {"faults": state.faults.pending()},
+            "/_stub/config": lambda: state.config.public(),
+        }
+        writes: dict[str, Callable[[bytes], None]] = {
+            "/v1/embeddings": self._embeddings,
+            "/embeddings": self._embeddings,
+            "/_stub/faults": self._post_faults,
+            "/_stub/config": self._post_config,
+            "/_stub/reset": self._post_reset,
+        }
+        if method == "GET" and path in reads:
+            self._send_json(reads[path]())
+        elif method == "POST" and path in writes:
+            writes[path](body)
+        elif path in reads or path in writes:
+            self._send(405, _error_body(f"Method {method} is not allowed on {path}."))
+        else:
+            self._send(404, _error_body(f"Unknown path {path}.", code="not_found"))
+
+    def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _send_json(self, payload: Any) -> None:
+        self._send(200, json.dumps(payload).encode())
+
+    def _embeddings(self, body: bytes) -> None:
+        stats = self.server.state.stats
+        token = stats.begin()
+        served: list[str] | None = None
+        try:
+            served = self._serve_embeddings(body, self.server.state)
+        finally:
+            stats.end(token, served)
+
+    def _serve_embeddings(self, body: bytes, state: StubState) -> list[str] | None:
+        config = state.config
+        if config.latency_ms > 0:
+            # Event.wait rather than time.sleep so stop() need not wait out the delay.
+            state.stopping.wait(config.latency_ms / 1000)
+        if config.api_key is not None:
+            supplied = self.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(supplied, f"Bearer {config.api_key}".encode()):
+                self._send(401, _error_body("Incorrect API key provided", code="invalid_api_key"))
+                return None
+        fault = state.faults.take()
+        if fault is not None and self._apply_fault(fault, state):
+            return None
+        try:
+            texts, model, encoding, dimensions = parse_embeddings_request(
+                body,
+                default_dimensions=config.dimensions,
+                max_inputs=config.max_inputs,
+                reject_substring=config.reject_substring,
+            )
+        except RequestError as exc:
+            self._send(400, _error_body(exc.message, param=exc.param))
+            return None
+        self._send(200, embeddings_response(texts, model, encoding, dimensions))
+        return texts
+
+    def _apply_fault(self, fault: FaultRule, state: StubState) -> bool:
+        if fault.hang_s:
+            state.stopping.wait(fault.hang_s)
+        if fault.status is None:
+            return False
+        default = (f"Injected fault: HTTP {fault.status}.", "server_error", None)
+        message, kind, code = _FAULT_ERRORS.get(fault.status, default)
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = fault.retry_after
+        if fault.retry_after_ms is not None:
+            headers["retry-after-ms"] = fault.retry_after_ms
+        self._send(fault.status, _error_body(message, kind, code=code), headers)
+        return True
+
+    def _post_faults(self, body: bytes) -> None:
+        state = self.server.state
+        try:
+            rules, latency_ms = parse_fault_request(json.loads(body or b"{}"))
+            if latency_ms is not None:
+                state.configure({"latency_ms": latency_ms})
+        except ValueError as exc:
+            self._send(400, _error_body(f"Invalid fault request: {exc}"))
+            return
+        for rule in rules:
+            state.faults.add(rule)
+        self._send_json({"faults": state.faults.pending()})
+
+    def _post_config(self, body: bytes) -> None:
+        try:
+            spec = json.loads(body or b"{}")
+            if not isinstance(spec, dict):
+                raise ValueError("body must be a JSON object")
+            config = self.server.state.configure(spec)
+        except ValueError as exc:
+            self._send(400, _error_body(f"Invalid config request: {exc}"))
+            return
+        self._send_json(config.public())
+
+    def _post_reset(self, _body: bytes) -> None:
+        self.server.state.reset()
+        self._send_json({"ok": True})
+
+
+class StubServer:
+    """OpenAI-compatible embeddings stub served from a background thread."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_ms: float = 0.0,
+        dimensions: int = DEFAULT_DIMENSIONS,
+        api_key: str | None = None,
+        reject_substring: str = DEFAULT_REJECT_SUBSTRING,
+        max_inputs: int = MAX_INPUTS,
+    ) -> None:
+        config = StubConfig(
+            host, port, latency_ms, dimensions, api_key, reject_substring, max_inputs
+        )
+        self._state = StubState(config)
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._port: int | None = None
+
+    @classmethod
+    def from_config(cls, config: StubConfig) -> StubServer:
+        """Build a server from a StubConfig."""
+        c = config
+        return cls(
+            c.host, c.port, c.latency_ms, c.dimensions, c.api_key, c.reject_substring, c.max_inputs
+        )
+
+    @property
+    def config(self) -> StubConfig:
+        """The current settings, including runtime changes."""
+        return self._state.config
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when constructed with port=0)."""
+        if self._port is None:
+            raise RuntimeError("the stub server has not been started")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Root URL such as ``http://127.0.0.1:8900``; control endpoints live under /_stub."""
+        host = self._state.initial.host
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI-style base URL ending in /v1."""
+        return f"{self.url}/v1"
+
+    def start(self) -> Self:
+        """Bind and serve from a daemon thread."""
+        if self._httpd is not None:
+            raise RuntimeError("the stub server is already running")
+        self._state.stopping = threading.Event()
+        httpd = _HTTPServer((self._state.initial.host, self._state.initial.port), self._state)
+        self._port = httpd.server_address[1]
+        self._httpd = httpd
+        self._thread = threading.Thread(
+            target=httpd.serve_forever, args=(0.05,), name="stubapi", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, release the port and join the serving thread; safe to call twice."""
+        httpd, thread, self._httpd, self._thread = self._httpd, self._thread, None, None
+        if httpd is None:
+            return
+        self._state.stopping.set()  # wakes handlers sleeping on latency or hang faults
+        httpd.shutdown()
+        httpd.close_connections()
+        httpd.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def add_fault(
+        self,
+        status: int | None = None,
+        count: int | None = None,
+        duration_s: float | None = None,
+        hang_s: float | None = None,
+        retry_after: str | None = None,
+        retry_after_ms: str | None = None,
+    ) -> FaultRule:
+        """Queue a fault rule; it applies to one call unless count or duration_s says otherwise."""
+        rule = FaultRule(status, count, duration_s, hang_s, retry_after, retry_after_ms)
+        self._state.faults.add(rule)
+        return rule
+
+    def pending_faults(self) -> list[dict[str, Any]]:
+        """Queued fault rules, head first, with their remaining calls or seconds."""
+        return self._state.faults.pending()
+
+    def clear_faults(self) -> None:
+        """Drop all queued fault rules."""
+        self._state.faults.clear()
+
+    def set_latency_ms(self, latency_ms: float) -> None:
+        """Change the fixed delay applied to every embeddings call."""
+        self._state.configure({"latency_ms": latency_ms})
+
+    def configure(self, **changes: Any) -> StubConfig:
+        """Change latency_ms, dimensions and/or reject_substring at runtime."""
+        return self._state.configure(changes)
+
+    def stats(self) -> dict[str, Any]:
+        """Call statistics, the same dict as ``GET /_stub/stats``."""
+        return self._state.stats.snapshot()
+
+    def reset(self) -> None:
+        """Clear faults and stats and restore the constructor's settings."""
+        self._state.reset()
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8900,
+    latency_ms: float = 50.0,
+    dimensions: int = DEFAULT_DIMENSIONS,
+    api_key: str | None = None,
+    reject_substring: str = DEFAULT_REJECT_SUBSTRING,
+    stop: threading.Event | None = None,
+) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM or ``stop``; announces the URL on stdout."""
+    stop_event = threading.Event() if stop is None else stop
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop_event.set()
+
+    previous = {}
+    # signal.signal only works on the main thread; elsewhere callers stop us via ``stop``.
+    if threading.current_thread() is threading.main_thread():
+        previous = {
+            sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+    try:
+        with StubServer(host, port, latency_ms, dimensions, api_key, reject_substring) as server:
+            print(f"stub API listening on {server.base_url}", flush=True)
+            stop_event.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

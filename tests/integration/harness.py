@@ -1,0 +1,35 @@
+"""Settings shared by integration tests: the test Redis, the test key, a worker environment."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from devstack import REPO_ROOT
+
+__all__ = ["REPO_ROOT", "TEST_API_KEY", "TEST_REDIS_URL", "worker_env"]
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_API_KEY = "sk-integration-secret-0123456789"
+
+
+def worker_env(base_url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a worker subprocess pointed at the test Redis and a stub API."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "CELERY_"))}
+    env.update(
+        {
+            "REDIS_URL": TEST_REDIS_URL,
+            "EMBEDDINGS_BASE_URL": base_url,
+            "EMBEDDINGS_API_KEY": TEST_API_KEY,
+            "EMBEDDINGS_DIMENSIONS": "16",
+            "EMBEDDINGS_FLUSH_INTERVAL_S": "0.02",
+            "EMBEDDINGS_INITIAL_BACKOFF_S": "0.05",
+            "EMBEDDINGS_MAX_BACKOFF_S": "0.5",
+            "EMBEDDINGS_TIMEOUT_S": "5",
+            "EMBEDDINGS_TASK_RETRY_BACKOFF_S": "0.3",
+            "EMBEDDINGS_TASK_RETRY_BACKOFF_MAX_S": "1.0",
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+    )
+    env.update(extra or {})
+    return env

@@ -1,0 +1,113 @@
+"""The pipeline end to end: producers → Redis → a real worker subprocess → the stub API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+import producers
+from stubapi.vectors import vector_for
+from tests.integration.harness import REPO_ROOT, worker_env
+from worker.errors import EmbeddingAPIError, EmbeddingInputError
+
+pytestmark = pytest.mark.integration
+
+DIMS = 16
+
+
+def _expected(text: str) -> list[float]:
+    return pytest.approx(vector_for(text, DIMS), rel=1e-6, abs=1e-7)  # float32 on the wire
+
+
+def test_two_thousand_texts_enqueued_one_by_one_end_in_full_calls(start_worker, stub, app):
+    stub.set_latency_ms(50)
+    start_worker(stub.base_url)
+    texts = [f"document {i}: the quick brown fox {i % 37}" for i in range(2000)]
+    results = [producers.enqueue_text(text, app=app) for text in texts]
+    vectors = [result.get(timeout=120) for result in results]
+    assert all(result.state == "SUCCESS" for result in results)
+    for text, vector in zip(texts, vectors, strict=True):
+        assert vector == _expected(text)
+    stats = stub.stats()
+    assert stats["total_inputs"] == 2000
+    assert stats["ok_calls"] <= 252, f"{stats['ok_calls']} calls for 2000 texts"
+    assert max(stats["inputs_per_call"]) <= 8
+
+
+def test_one_text_on_an_idle_system_is_not_held_for_a_full_batch(start_worker, stub, app):
+    # flush_interval 0.2 s and API latency 50 ms; a text held for a full batch would never end.
+    start_worker(stub.base_url, {"EMBEDDINGS_FLUSH_INTERVAL_S": "0.2"})
+    stub.set_latency_ms(50)
+    started = time.monotonic()
+    vector = producers.embed_text("a lonely text", timeout=10, app=app)
+    elapsed = time.monotonic() - started
+    assert vector == _expected("a lonely text")
+    assert stub.stats()["inputs_per_call"] == [1]
+    assert elapsed < 0.2 + 0.05 + 1.5
+
+
+def test_a_rejected_text_fails_alone_while_its_seven_neighbours_succeed(start_worker, stub, app):
+    # A long flush interval makes all eight share one call before the API rejects it.
+    start_worker(stub.base_url, {"EMBEDDINGS_FLUSH_INTERVAL_S": "1.0"})
+    texts = [f"neighbour {i}" for i in range(8)]
+    texts[3] = "this one is __REJECT__ by the API"
+    results = [producers.enqueue_text(text, app=app) for text in texts]
+    for i, result in enumerate(results):
+        if i == 3:
+            with pytest.raises(EmbeddingAPIError) as info:
+                result.get(timeout=30)
+            assert info.value.status_code == 400
+            assert "disallowed" in str(info.value)
+            assert result.state == "FAILURE"
+        else:
+            assert result.get(timeout=30) == _expected(texts[i])
+    stats = stub.stats()
+    assert stats["failed_calls"] >= 1
+    assert stats["total_inputs"] == 7
+
+
+def test_an_outage_longer_than_in_process_retries_ends_in_success(start_worker, stub, app):
+    # In-process: 2 retries of ≤0.1 s; the outage lasts 3 s, so only Celery retries outlast it.
+    start_worker(stub.base_url, {"EMBEDDINGS_MAX_RETRIES": "2", "EMBEDDINGS_MAX_BACKOFF_S": "0.1"})
+    stub.add_fault(status=503, duration_s=3.0)
+    texts = [f"during the outage {i}" for i in range(10)]
+    results = [producers.enqueue_text(text, app=app) for text in texts]
+    vectors = [result.get(timeout=60) for result in results]
+    assert vectors == [_expected(text) for text in texts]
+    assert stub.stats()["failed_calls"] > 3
+
+
+def test_a_result_is_readable_from_a_fresh_process_knowing_only_the_id(start_worker, stub, app):
+    start_worker(stub.base_url)
+    task_id = producers.enqueue_text("find me later", app=app).id
+    reader = (
+        "import json, sys, worker; from celery.result import AsyncResult; "
+        "print(json.dumps(AsyncResult(sys.argv[1], app=worker.app).get(timeout=30)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", reader, task_id],
+        env=worker_env(stub.base_url),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(out.stdout) == _expected("find me later")
+    ttl = redis.Redis.from_url(app.conf.result_backend).ttl(f"celery-task-meta-{task_id}")
+    assert 0 < ttl <= int(app.conf.result_expires)
+
+
+@pytest.mark.parametrize("bad", ["", "   ", 42, None, "bad\ud800surrogate", "x" * 40_000])
+def test_bad_input_never_reaches_the_queue(clean_redis: redis.Redis, app, bad):
+    with pytest.raises((EmbeddingInputError, TypeError)):
+        producers.enqueue_text(bad, app=app)
+    with pytest.raises(EmbeddingInputError):
+        producers.enqueue_texts(["fine", bad, "also fine"], app=app)
+    assert clean_redis.llen("embeddings") == 0
+    assert clean_redis.keys("celery-task-meta-*") == []

@@ -1,0 +1,123 @@
+"""The public surface of ``worker.embeddings`` and the shape of the error tree."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import types
+
+import pytest
+
+import worker.embeddings
+import worker.errors
+from worker.errors import EmbeddingError
+
+ERRORS = [getattr(worker.errors, name) for name in worker.errors.__all__]
+
+
+def test_all_is_sorted() -> None:
+    assert worker.embeddings.__all__ == sorted(worker.embeddings.__all__)
+
+
+def test_all_has_no_duplicates() -> None:
+    assert len(set(worker.embeddings.__all__)) == len(worker.embeddings.__all__)
+
+
+def test_all_lists_every_public_name_of_the_package() -> None:
+    public = {
+        name
+        for name, value in vars(worker.embeddings).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public == set(worker.embeddings.__all__)
+
+
+def test_every_name_in_all_exists() -> None:
+    for name in worker.embeddings.__all__:
+        assert hasattr(worker.embeddings, name), name
+
+
+def test_the_package_exports_every_error_of_the_tree() -> None:
+    assert set(worker.errors.__all__) <= set(worker.embeddings.__all__)
+
+
+def test_errors_module_lists_every_error_class_it_defines() -> None:
+    defined = {
+        name
+        for name, value in vars(worker.errors).items()
+        if inspect.isclass(value) and issubclass(value, BaseException)
+    }
+    assert defined == set(worker.errors.__all__)
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)
+def test_every_error_subclasses_embedding_error(error: type[Exception]) -> None:
+    assert issubclass(error, EmbeddingError)
+
+
+@pytest.mark.parametrize(
+    ("error", "builtin"),
+    [
+        (worker.errors.EmbeddingInputError, ValueError),
+        (worker.errors.EmbeddingInputTypeError, TypeError),
+        (worker.errors.EmbeddingInputTypeError, ValueError),
+        (worker.errors.EmbeddingConfigError, ValueError),
+    ],
+)
+def test_input_errors_are_catchable_as_builtin_errors(
+    error: type[Exception], builtin: type[Exception]
+) -> None:
+    assert issubclass(error, builtin)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        worker.errors.EmbeddingRateLimitError,
+        worker.errors.EmbeddingServerError,
+        worker.errors.EmbeddingTimeoutError,
+        worker.errors.EmbeddingConnectionError,
+        worker.errors.EmbeddingPoolExhausted,
+        worker.errors.EmbeddingCircuitOpenError,
+    ],
+)
+def test_transient_errors_are_retryable(error: type[Exception]) -> None:
+    assert issubclass(error, worker.errors.EmbeddingRetryableError)
+    assert not issubclass(error, worker.errors.EmbeddingFatalError)
+
+
+@pytest.mark.parametrize(
+    "error", [worker.errors.EmbeddingAPIError, worker.errors.EmbeddingResponseError]
+)
+def test_rejections_are_fatal(error: type[Exception]) -> None:
+    assert issubclass(error, worker.errors.EmbeddingFatalError)
+    assert not issubclass(error, worker.errors.EmbeddingRetryableError)
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)
+def test_every_error_round_trips_through_its_args(error: type[EmbeddingError]) -> None:
+    original = error("the API answered 429: slow down", 429, "slow down")
+    rebuilt = type(original)(*original.args)
+    assert type(rebuilt) is error
+    assert str(rebuilt) == str(original) == "the API answered 429: slow down"
+    assert rebuilt.status_code == 429
+    assert rebuilt.api_message == "slow down"
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)
+def test_every_error_round_trips_with_only_a_message(error: type[EmbeddingError]) -> None:
+    rebuilt = error(*error("no status").args)
+    assert str(rebuilt) == "no status"
+    assert rebuilt.status_code is None
+    assert rebuilt.api_message is None
+
+
+@pytest.mark.parametrize("error", ERRORS, ids=lambda e: e.__name__)
+def test_every_error_survives_pickling(error: type[EmbeddingError]) -> None:
+    rebuilt = pickle.loads(pickle.dumps(error("bad gateway", 502, "upstream")))
+    assert type(rebuilt) is error
+    assert (str(rebuilt), rebuilt.status_code, rebuilt.api_message) == (
+        "bad gateway",
+        502,
+        "upstream",
+    )

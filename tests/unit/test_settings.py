@@ -1,0 +1,201 @@
+"""``Settings.from_env`` and ``EmbeddingConfig``: typed defaults, one reader, named bad values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from worker import settings as s
+from worker.embeddings import EmbeddingConfig
+from worker.errors import EmbeddingConfigError
+from worker.settings import Settings
+
+SECRET = "sk-secret-test-key"
+
+
+def test_from_env_with_nothing_set_gives_the_seed_defaults() -> None:
+    settings = Settings.from_env(environ={})
+    assert settings == Settings()
+    assert settings.batch_size == 8
+    assert settings.max_retries == 3
+    assert settings.initial_backoff_s == 1.0
+    assert settings.max_backoff_s == 32.0
+    assert settings.jitter_factor == 0.2
+    assert settings.timeout_s == 30.0
+    assert settings.pool_size == 3
+    assert settings.encoding_format == "base64"
+    assert settings.model == "text-embedding-3-small"
+
+
+def test_from_env_reads_typed_values() -> None:
+    settings = Settings.from_env(
+        environ={
+            "EMBEDDINGS_BASE_URL": "http://localhost:9999/v1",
+            "EMBEDDINGS_BATCH_SIZE": " 16 ",
+            "EMBEDDINGS_INITIAL_BACKOFF_S": "0.5",
+            "EMBEDDINGS_MODEL": "text-embedding-3-large",
+            "EMBEDDINGS_ENCODING_FORMAT": "float",
+            "BROKER_VISIBILITY_TIMEOUT": "1200",
+        }
+    )
+    assert settings.base_url == "http://localhost:9999/v1"
+    assert settings.batch_size == 16
+    assert settings.initial_backoff_s == 0.5
+    assert settings.model == "text-embedding-3-large"
+    assert settings.encoding_format == "float"
+    assert settings.visibility_timeout_s == 1200
+
+
+def test_from_env_treats_a_blank_value_as_unset() -> None:
+    assert Settings.from_env(environ={"EMBEDDINGS_BATCH_SIZE": "  "}).batch_size == 8
+
+
+def test_from_env_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EMBEDDINGS_POOL_SIZE", "5")
+    assert Settings.from_env().pool_size == 5
+
+
+def test_api_key_falls_back_to_openai_api_key() -> None:
+    assert Settings.from_env(environ={"OPENAI_API_KEY": SECRET}).api_key == SECRET
+
+
+def test_embeddings_api_key_wins_over_openai_api_key() -> None:
+    environ = {"OPENAI_API_KEY": "sk-other", "EMBEDDINGS_API_KEY": SECRET}
+    assert Settings.from_env(environ=environ).api_key == SECRET
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("EMBEDDINGS_BATCH_SIZE", "eight"),
+        ("EMBEDDINGS_BATCH_SIZE", "1.5"),
+        ("EMBEDDINGS_TIMEOUT_S", "soon"),
+        ("EMBEDDINGS_POOL_SIZE", "0"),
+        ("EMBEDDINGS_TIMEOUT_S", "-1"),
+        ("EMBEDDINGS_POOL_TIMEOUT_S", "0"),
+        ("EMBEDDINGS_MAX_TEXT_CHARS", "0"),
+        ("EMBEDDINGS_BATCH_SIZE", "4096"),
+        ("EMBEDDINGS_JITTER_FACTOR", "1.0"),
+        ("EMBEDDINGS_ENCODING_FORMAT", "hex"),
+        ("EMBEDDINGS_BASE_URL", "ftp://example.com"),
+        ("BROKER_VISIBILITY_TIMEOUT", "ten"),
+    ],
+)
+def test_a_bad_value_raises_naming_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(EmbeddingConfigError, match=variable) as info:
+        Settings.from_env(environ={variable: value})
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: worker/settings.py Settings.__post_init__ checks retry counts with the message "
+    "'retry counts must not be negative', which names no variable",
+)
+@pytest.mark.parametrize("variable", ["EMBEDDINGS_MAX_RETRIES", "EMBEDDINGS_TASK_MAX_RETRIES"])
+def test_a_negative_retry_count_raises_naming_the_variable(variable: str) -> None:
+    with pytest.raises(EmbeddingConfigError, match=variable):
+        Settings.from_env(environ={variable: "-1"})
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="bug: worker/settings.py _check_positive('visibility_timeout_s') names "
+    "EMBEDDINGS_VISIBILITY_TIMEOUT_S, but from_env reads BROKER_VISIBILITY_TIMEOUT",
+)
+def test_a_non_positive_visibility_timeout_names_broker_visibility_timeout() -> None:
+    with pytest.raises(EmbeddingConfigError, match="BROKER_VISIBILITY_TIMEOUT"):
+        Settings.from_env(environ={"BROKER_VISIBILITY_TIMEOUT": "0"})
+
+
+def test_settings_repr_hides_the_api_key() -> None:
+    settings = Settings.from_env(environ={"EMBEDDINGS_API_KEY": SECRET})
+    assert settings.api_key == SECRET
+    assert SECRET not in repr(settings)
+
+
+def test_every_setting_default_is_a_named_constant_or_documented_zero() -> None:
+    constants = {v for k, v in vars(s).items() if k.startswith("DEFAULT_")}
+    for spec in dataclasses.fields(Settings):
+        if spec.name in ("api_key", "dimensions", "metrics_port"):
+            continue
+        assert spec.default in constants, spec.name
+
+
+def test_embedding_config_has_the_seeds_defaults() -> None:
+    config = EmbeddingConfig()
+    assert (config.batch_size, config.max_retries, config.pool_size) == (8, 3, 3)
+    assert (config.initial_backoff, config.max_backoff, config.jitter_factor) == (1.0, 32.0, 0.2)
+    assert config.timeout == 30.0
+    assert config.model == "text-embedding-3-small"
+    assert config.base_url == "https://api.openai.com/v1"
+    assert config.api_key == ""
+
+
+def test_embedding_config_defaults_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EMBEDDINGS_BASE_URL", "http://stub:8000/v1")
+    monkeypatch.setenv("EMBEDDINGS_MODEL", "text-embedding-3-large")
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    config = EmbeddingConfig()
+    assert config.base_url == "http://stub:8000/v1"
+    assert config.model == "text-embedding-3-large"
+    assert config.api_key == SECRET
+
+
+def test_embedding_config_prefers_embeddings_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-other")
+    monkeypatch.setenv("EMBEDDINGS_API_KEY", SECRET)
+    assert EmbeddingConfig().api_key == SECRET
+
+
+def test_embedding_config_explicit_values_beat_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("EMBEDDINGS_MODEL", "from-env")
+    assert EmbeddingConfig(model="explicit").model == "explicit"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"batch_size": 0}, "BATCH_SIZE"),
+        ({"pool_size": -1}, "POOL_SIZE"),
+        ({"jitter_factor": 1.5}, "JITTER_FACTOR"),
+        ({"encoding_format": "hex"}, "ENCODING_FORMAT"),
+        ({"base_url": "api.openai.com"}, "BASE_URL"),
+        ({"initial_backoff": -1.0}, "backoffs must not be negative"),
+        ({"max_backoff": -1.0}, "backoffs must not be negative"),
+    ],
+)
+def test_embedding_config_refuses_bad_values(overrides: dict[str, object], fragment: str) -> None:
+    with pytest.raises(EmbeddingConfigError, match="invalid EmbeddingConfig") as info:
+        EmbeddingConfig(**overrides)  # type: ignore[arg-type]
+    assert fragment in str(info.value)
+
+
+def test_embedding_config_repr_hides_the_api_key() -> None:
+    config = EmbeddingConfig(api_key=SECRET)
+    assert config.api_key == SECRET
+    assert SECRET not in repr(config)
+    assert "api_key" not in repr(config)
+
+
+def test_embedding_config_round_trips_through_settings() -> None:
+    config = EmbeddingConfig(
+        model="m", batch_size=4, max_retries=1, api_key=SECRET, base_url="http://x/v1", dimensions=256
+    )
+    assert EmbeddingConfig.from_settings(config.to_settings()) == config
+
+
+def test_embedding_config_from_env_settings_carries_every_client_field() -> None:
+    settings = Settings.from_env(
+        environ={"EMBEDDINGS_POOL_TIMEOUT_S": "2.5", "EMBEDDINGS_MAX_TEXT_CHARS": "100"}
+    )
+    config = EmbeddingConfig.from_settings(settings)
+    assert config.pool_timeout == 2.5
+    assert config.max_text_chars == 100

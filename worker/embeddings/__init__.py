@@ -1,0 +1,56 @@
+"""The in-process embedding client: batching, a keep-alive pool, backoff, typed errors."""
+
+from worker.embeddings.batcher import (
+    EmbeddingBatcher,
+    EmbeddingResult,
+    embed_text,
+    embed_texts,
+    reset_default_batcher,
+)
+from worker.embeddings.client import CallResult, EmbeddingClient
+from worker.embeddings.config import EmbeddingConfig
+from worker.errors import (
+    EmbeddingAPIError,
+    EmbeddingCircuitOpenError,
+    EmbeddingConfigError,
+    EmbeddingConnectionError,
+    EmbeddingError,
+    EmbeddingFatalError,
+    EmbeddingInputError,
+    EmbeddingInputTypeError,
+    EmbeddingPoolExhausted,
+    EmbeddingQueueUnavailableError,
+    EmbeddingRateLimitError,
+    EmbeddingResponseError,
+    EmbeddingRetryableError,
+    EmbeddingServerError,
+    EmbeddingTimeoutError,
+)
+from worker.metrics import get_counter
+
+__all__ = [
+    "CallResult",
+    "EmbeddingAPIError",
+    "EmbeddingBatcher",
+    "EmbeddingCircuitOpenError",
+    "EmbeddingClient",
+    "EmbeddingConfig",
+    "EmbeddingConfigError",
+    "EmbeddingConnectionError",
+    "EmbeddingError",
+    "EmbeddingFatalError",
+    "EmbeddingInputError",
+    "EmbeddingInputTypeError",
+    "EmbeddingPoolExhausted",
+    "EmbeddingQueueUnavailableError",
+    "EmbeddingRateLimitError",
+    "EmbeddingResponseError",
+    "EmbeddingResult",
+    "EmbeddingRetryableError",
+    "EmbeddingServerError",
+    "EmbeddingTimeoutError",
+    "embed_text",
+    "embed_texts",
+    "get_counter",
+    "reset_default_batcher",
+]

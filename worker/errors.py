@@ -1,0 +1,127 @@
+"""The project's one exception tree.
+
+Every error raised by this project derives from :class:`EmbeddingError`::
+
+    EmbeddingError
+    ├── EmbeddingConfigError (ValueError)        a setting or environment variable is invalid
+    ├── EmbeddingInputError (ValueError)         a text is unusable; raised before any call
+    │   └── EmbeddingInputTypeError (TypeError)  a text is not a ``str``
+    ├── EmbeddingRetryableError                  transient; worth trying again later
+    │   ├── EmbeddingRateLimitError              429 after all in-process retries
+    │   ├── EmbeddingServerError                 5xx after all in-process retries
+    │   ├── EmbeddingTimeoutError                the API did not answer in time
+    │   ├── EmbeddingConnectionError             the API could not be reached
+    │   ├── EmbeddingPoolExhausted               no pooled connection freed up in time
+    │   ├── EmbeddingQueueUnavailableError       the broker could not be reached to enqueue
+    │   └── EmbeddingCircuitOpenError            the per-process breaker is refusing calls
+    └── EmbeddingFatalError                      trying again will not help
+        ├── EmbeddingAPIError                    the API rejected the call (a 4xx other than 429)
+        └── EmbeddingResponseError               the API answered with something unusable
+
+Errors carry ``status_code`` and ``api_message`` where the API gave them. Every constructor
+argument lives in ``args`` so that Celery's JSON result backend can store an error and
+rebuild it in another process as the same type.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EmbeddingAPIError",
+    "EmbeddingCircuitOpenError",
+    "EmbeddingConfigError",
+    "EmbeddingConnectionError",
+    "EmbeddingError",
+    "EmbeddingFatalError",
+    "EmbeddingInputError",
+    "EmbeddingInputTypeError",
+    "EmbeddingPoolExhausted",
+    "EmbeddingQueueUnavailableError",
+    "EmbeddingRateLimitError",
+    "EmbeddingResponseError",
+    "EmbeddingRetryableError",
+    "EmbeddingServerError",
+    "EmbeddingTimeoutError",
+]
+
+
+class EmbeddingError(Exception):
+    """Root of every error this project raises."""
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        api_message: str | None = None,
+    ) -> None:
+        # Positional args only: Celery rebuilds a stored exception as ``cls(*args)``.
+        super().__init__(message, status_code, api_message)
+        self.message = message
+        self.status_code = status_code
+        self.api_message = api_message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class EmbeddingConfigError(EmbeddingError, ValueError):
+    """A setting or environment variable has an invalid value; the message names it."""
+
+
+class EmbeddingInputError(EmbeddingError, ValueError):
+    """A text cannot be embedded (empty, too long, not encodable); nothing was sent."""
+
+
+class EmbeddingInputTypeError(EmbeddingInputError, TypeError):
+    """A text is not a ``str``."""
+
+
+class EmbeddingRetryableError(EmbeddingError):
+    """A transient failure: the same request may succeed later.
+
+    ``retry_after_s`` holds the server's own hint (``Retry-After``), and ``should_retry`` is
+    False when the server vetoed a retry (``x-should-retry: false``). Neither is stored by
+    Celery: they steer the in-process retries only.
+    """
+
+    retry_after_s: float | None = None
+    should_retry: bool = True
+
+
+class EmbeddingRateLimitError(EmbeddingRetryableError):
+    """The API kept answering 429 through every in-process retry."""
+
+
+class EmbeddingServerError(EmbeddingRetryableError):
+    """The API kept answering 5xx through every in-process retry."""
+
+
+class EmbeddingTimeoutError(EmbeddingRetryableError):
+    """The API did not answer within the per-call timeout."""
+
+
+class EmbeddingConnectionError(EmbeddingRetryableError):
+    """The API could not be reached (refused, reset, DNS)."""
+
+
+class EmbeddingPoolExhausted(EmbeddingRetryableError):
+    """No connection of this process's pool freed up within the pool wait timeout."""
+
+
+class EmbeddingCircuitOpenError(EmbeddingRetryableError):
+    """This process's circuit breaker is open after repeated failures; no call was made."""
+
+
+class EmbeddingFatalError(EmbeddingError):
+    """A failure that retrying the same request cannot fix."""
+
+
+class EmbeddingAPIError(EmbeddingFatalError):
+    """The API rejected the request with a non-retryable status (400, 401, 403, 404, 422...)."""
+
+
+class EmbeddingResponseError(EmbeddingFatalError):
+    """The API's answer did not match the request: bad JSON, wrong count, missing indexes."""
+
+
+class EmbeddingQueueUnavailableError(EmbeddingRetryableError):
+    """The broker (Redis) could not be reached to enqueue a text; nothing was enqueued."""

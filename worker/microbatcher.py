@@ -1,0 +1,162 @@
+"""The per-process micro-batcher: single texts from many task threads, grouped into calls.
+
+Each Celery task submits its one text and waits on a future. A dispatcher thread sends a
+call when ``batch_size`` texts of one model wait, or ``flush_interval_s`` after the first of
+them began to wait, and keeps at most ``pool_size`` calls in flight. While every slot is busy
+texts keep arriving, so under load calls leave full.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from worker import metrics
+from worker.embeddings.batcher import EmbeddingBatcher
+from worker.errors import EmbeddingError
+
+__all__ = ["MicroBatcher", "MicroBatcherClosed"]
+
+log = logging.getLogger(__name__)
+
+
+class MicroBatcherClosed(RuntimeError):
+    """Raised by ``submit`` after ``close``: the worker is shutting down."""
+
+
+@dataclass
+class _Waiting:
+    text: str
+    future: Future[list[float]]
+    since: float = field(default=0.0)
+
+
+class MicroBatcher:
+    """Groups submitted texts into calls of ``batcher.config.batch_size``, one model each.
+
+    ``clock`` is monotonic seconds, injectable for tests.
+    """
+
+    def __init__(
+        self,
+        batcher: EmbeddingBatcher,
+        *,
+        flush_interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.batcher = batcher
+        self.batch_size = batcher.config.batch_size
+        self.flush_interval_s = flush_interval_s
+        self._clock = clock
+        self._cond = threading.Condition()
+        # model -> texts waiting, oldest first; OrderedDict keeps models in arrival order.
+        self._waiting: OrderedDict[str, deque[_Waiting]] = OrderedDict()
+        self._pending = 0
+        self._closing = False
+        self._slots = threading.Semaphore(batcher.config.pool_size)
+        self._calls = ThreadPoolExecutor(
+            max_workers=batcher.config.pool_size, thread_name_prefix="embeddings-call"
+        )
+        self._dispatcher = threading.Thread(
+            target=self._dispatch_forever, name="embeddings-dispatcher", daemon=True
+        )
+        self._dispatcher.start()
+
+    @property
+    def pending(self) -> int:
+        """Texts waiting for a call (not yet sent)."""
+        return self._pending
+
+    def submit(self, text: str, model: str | None = None) -> Future[list[float]]:
+        """Queue one validated text; the future resolves to its vector or a typed error."""
+        future: Future[list[float]] = Future()
+        key = model or self.batcher.config.model
+        with self._cond:
+            if self._closing:
+                raise MicroBatcherClosed("the worker is shutting down")
+            self._waiting.setdefault(key, deque()).append(_Waiting(text, future, self._clock()))
+            self._pending += 1
+            metrics.PENDING_TEXTS.set(self._pending)
+            self._cond.notify()
+        return future
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Send what waits, let calls in flight finish, then stop threads and the HTTP pool."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._dispatcher.join(timeout_s)
+        self._calls.shutdown(wait=True)
+        self.batcher.close()
+
+    def _dispatch_forever(self) -> None:
+        while True:
+            # Hold a free slot before choosing a batch, so texts that arrive while every
+            # slot is busy still join the next call.
+            self._slots.acquire()
+            taken = self._next_batch()
+            if taken is None:
+                self._slots.release()
+                return
+            model, batch = taken
+            try:
+                self._calls.submit(self._call, model, batch)
+            except RuntimeError as exc:  # executor already shut down
+                self._slots.release()
+                _fail(batch, MicroBatcherClosed(str(exc)))
+
+    def _next_batch(self) -> tuple[str, list[_Waiting]] | None:
+        """Block until a batch is due; return it, or None once closing and drained."""
+        with self._cond:
+            while True:
+                if not self._waiting:
+                    if self._closing:
+                        return None
+                    self._cond.wait()
+                    continue
+                model, queue = self._due_model()
+                if model is not None:
+                    break
+                oldest = min(q[0].since for q in self._waiting.values())
+                self._cond.wait(max(0.0, oldest + self.flush_interval_s - self._clock()))
+            batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+            if not queue:
+                del self._waiting[model]
+            self._pending -= len(batch)
+            metrics.PENDING_TEXTS.set(self._pending)
+            return model, batch
+
+    def _due_model(self) -> tuple[str | None, deque[_Waiting]]:
+        now = self._clock()
+        for model, queue in self._waiting.items():
+            if len(queue) >= self.batch_size:
+                return model, queue
+        for model, queue in self._waiting.items():
+            if self._closing or now - queue[0].since >= self.flush_interval_s:
+                return model, queue
+        return None, deque()
+
+    def _call(self, model: str, batch: list[_Waiting]) -> None:
+        try:
+            outcomes = self.batcher.embed_isolated([w.text for w in batch], model)
+            for waiting, outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, EmbeddingError):
+                    waiting.future.set_exception(outcome)
+                else:
+                    waiting.future.set_result(outcome)
+        except BaseException as exc:
+            log.exception("embeddings call crashed")
+            _fail(batch, exc)
+        finally:
+            self._slots.release()
+
+
+def _fail(batch: list[_Waiting], exc: BaseException) -> None:
+    for waiting in batch:
+        if not waiting.future.done():
+            waiting.future.set_exception(exc)

@@ -1,0 +1,75 @@
+"""Per-process state of a worker: settings and the micro-batcher, built lazily after fork.
+
+Celery signals close them on shutdown, so a warm shutdown finishes calls in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+from celery.signals import worker_process_shutdown, worker_shutdown
+
+from worker.embeddings.batcher import EmbeddingBatcher
+from worker.embeddings.config import EmbeddingConfig
+from worker.microbatcher import MicroBatcher
+from worker.settings import Settings
+
+__all__ = ["get_microbatcher", "get_settings", "shutdown"]
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_settings: Settings | None = None
+_microbatcher: MicroBatcher | None = None
+_owner_pid = 0
+
+
+def get_settings() -> Settings:
+    """This process's settings, read from the environment once."""
+    global _settings
+    if _settings is None:
+        _settings = Settings.from_env()
+    return _settings
+
+
+def get_microbatcher() -> MicroBatcher:
+    """This process's micro-batcher, created on first use (so after any fork)."""
+    global _microbatcher, _owner_pid
+    with _lock:
+        if _microbatcher is None or _owner_pid != os.getpid():
+            settings = get_settings()
+            batcher = EmbeddingBatcher(EmbeddingConfig.from_settings(settings))
+            _microbatcher = MicroBatcher(batcher, flush_interval_s=settings.flush_interval_s)
+            _owner_pid = os.getpid()
+            log.info(
+                "embeddings micro-batcher ready: base_url=%s model=%s batch_size=%d pool_size=%d",
+                settings.base_url,
+                settings.model,
+                settings.batch_size,
+                settings.pool_size,
+            )
+        return _microbatcher
+
+
+def shutdown(**_: Any) -> None:
+    """Flush waiting texts, finish calls in flight, close the HTTP pool."""
+    global _microbatcher
+    with _lock:
+        microbatcher, _microbatcher = _microbatcher, None
+    if microbatcher is not None and _owner_pid == os.getpid():
+        log.info("closing embeddings micro-batcher (%d texts waiting)", microbatcher.pending)
+        microbatcher.close()
+
+
+def _forget_in_child() -> None:
+    global _microbatcher, _lock
+    _lock = threading.Lock()
+    _microbatcher = None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+worker_shutdown.connect(shutdown, weak=False)
+worker_process_shutdown.connect(shutdown, weak=False)

@@ -1,0 +1,168 @@
+"""Typed settings, their defaults, and the one place that reads the environment.
+
+Every setting has a named default below, with its unit in the name. ``Settings.from_env()``
+reads ``EMBEDDINGS_*`` (and the Redis/Celery URLs) and fails at start-up with the variable's
+name when a value is bad, so a typo never surfaces as a confusing error mid-run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import TypeVar
+
+from worker.errors import EmbeddingConfigError
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_MODEL",
+    "DEFAULT_REDIS_URL",
+    "ENV_PREFIX",
+    "Settings",
+    "env_float",
+    "env_int",
+    "env_str",
+]
+
+ENV_PREFIX = "EMBEDDINGS_"
+
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "text-embedding-3-small"
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_INITIAL_BACKOFF_S = 1.0
+DEFAULT_MAX_BACKOFF_S = 32.0
+DEFAULT_JITTER_FACTOR = 0.2
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_POOL_SIZE = 3
+DEFAULT_POOL_TIMEOUT_S = 60.0
+# OpenAI allows 8,192 tokens per input; English averages about 4 characters a token.
+DEFAULT_MAX_TEXT_CHARS = 32_768
+DEFAULT_FLUSH_INTERVAL_S = 0.02
+DEFAULT_ENCODING_FORMAT = "base64"
+DEFAULT_TASK_MAX_RETRIES = 12
+DEFAULT_TASK_RETRY_BACKOFF_S = 2.0
+DEFAULT_TASK_RETRY_BACKOFF_MAX_S = 60.0
+DEFAULT_BREAKER_FAIL_MAX = 5
+DEFAULT_BREAKER_RESET_TIMEOUT_S = 30.0
+DEFAULT_VISIBILITY_TIMEOUT_S = 900
+DEFAULT_RESULT_EXPIRES_S = 86_400
+
+_T = TypeVar("_T")
+
+
+def _read(
+    name: str, default: _T, parse: Callable[[str], _T], environ: Mapping[str, str] | None
+) -> _T:
+    env = os.environ if environ is None else environ
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except ValueError as exc:
+        raise EmbeddingConfigError(f"{name}={raw!r} is invalid: {exc}") from exc
+
+
+def env_str(name: str, default: str, environ: Mapping[str, str] | None = None) -> str:
+    """Return the variable ``name``, or ``default`` when unset or blank."""
+    return _read(name, default, str, environ)
+
+
+def env_int(name: str, default: int, environ: Mapping[str, str] | None = None) -> int:
+    """Return the variable ``name`` as an int; a bad value raises naming the variable."""
+    return _read(name, default, int, environ)
+
+
+def env_float(name: str, default: float, environ: Mapping[str, str] | None = None) -> float:
+    """Return the variable ``name`` as a float; a bad value raises naming the variable."""
+    return _read(name, default, float, environ)
+
+
+def _env_api_key(environ: Mapping[str, str] | None = None) -> str:
+    return env_str(ENV_PREFIX + "API_KEY", env_str("OPENAI_API_KEY", "", environ), environ)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the worker and producers can be configured with.
+
+    Each field ``x`` is read from ``EMBEDDINGS_X``; units are in the names. ``api_key`` falls
+    back to ``OPENAI_API_KEY`` and is hidden from ``repr``.
+    """
+
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str = field(default="", repr=False)
+    model: str = DEFAULT_MODEL
+    dimensions: int = 0  # 0: the model's native size
+    encoding_format: str = DEFAULT_ENCODING_FORMAT
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_retries: int = DEFAULT_MAX_RETRIES
+    initial_backoff_s: float = DEFAULT_INITIAL_BACKOFF_S
+    max_backoff_s: float = DEFAULT_MAX_BACKOFF_S
+    jitter_factor: float = DEFAULT_JITTER_FACTOR
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    pool_size: int = DEFAULT_POOL_SIZE
+    pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
+    task_max_retries: int = DEFAULT_TASK_MAX_RETRIES
+    task_retry_backoff_s: float = DEFAULT_TASK_RETRY_BACKOFF_S
+    task_retry_backoff_max_s: float = DEFAULT_TASK_RETRY_BACKOFF_MAX_S
+    breaker_fail_max: int = DEFAULT_BREAKER_FAIL_MAX
+    breaker_reset_timeout_s: float = DEFAULT_BREAKER_RESET_TIMEOUT_S
+    metrics_port: int = 0  # 0: no metrics server
+    visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
+    result_expires_s: int = DEFAULT_RESULT_EXPIRES_S
+
+    def __post_init__(self) -> None:
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("pool_size", self.pool_size)
+        _check_positive("max_text_chars", self.max_text_chars)
+        _check_positive("timeout_s", self.timeout_s)
+        _check_positive("pool_timeout_s", self.pool_timeout_s)
+        _check_positive("visibility_timeout_s", self.visibility_timeout_s)
+        if self.batch_size > 2048:
+            raise EmbeddingConfigError(
+                "EMBEDDINGS_BATCH_SIZE must be at most 2048 (the API's limit)"
+            )
+        if self.max_retries < 0 or self.task_max_retries < 0:
+            raise EmbeddingConfigError("retry counts must not be negative")
+        if not 0.0 <= self.jitter_factor < 1.0:
+            raise EmbeddingConfigError("EMBEDDINGS_JITTER_FACTOR must be in [0, 1)")
+        if self.encoding_format not in ("float", "base64"):
+            raise EmbeddingConfigError("EMBEDDINGS_ENCODING_FORMAT must be 'float' or 'base64'")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise EmbeddingConfigError(
+                f"EMBEDDINGS_BASE_URL must start with http:// or https://, got {self.base_url!r}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``EMBEDDINGS_*`` variables over the defaults above."""
+        values: dict[str, object] = {}
+        for spec in fields(cls):
+            name = ENV_PREFIX + spec.name.upper()
+            default = spec.default
+            if spec.name == "api_key":
+                values[spec.name] = _env_api_key(environ)
+            elif spec.name == "visibility_timeout_s":
+                values[spec.name] = env_int(
+                    "BROKER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_S, environ
+                )
+            elif isinstance(default, bool) or not isinstance(default, (int, float, str)):
+                raise AssertionError(f"unsupported setting type for {spec.name}")
+            elif isinstance(default, int):
+                values[spec.name] = env_int(name, default, environ)
+            elif isinstance(default, float):
+                values[spec.name] = env_float(name, default, environ)
+            else:
+                values[spec.name] = env_str(name, default, environ)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _check_positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise EmbeddingConfigError(f"{ENV_PREFIX}{name.upper()} must be positive, got {value!r}")

@@ -1,0 +1,69 @@
+"""The Celery task: one text in, that text's vector out.
+
+Transient failures that outlast the in-process retries become a Celery retry with a
+growing countdown, so a long outage loses nothing; after ``task_max_retries`` the task
+ends FAILURE with the typed error.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from celery import Task
+from celery.utils.log import get_task_logger
+
+from worker.celery_app import app
+from worker.errors import EmbeddingRetryableError, EmbeddingTimeoutError
+from worker.runtime import get_microbatcher, get_settings
+from worker.settings import Settings
+from worker.validation import validate_text
+
+__all__ = ["EMBED_TEXT_TASK", "embed_text", "retry_countdown_s"]
+
+EMBED_TEXT_TASK = "embeddings.embed_text"
+
+log = get_task_logger(__name__)
+
+
+def retry_countdown_s(retries: int, settings: Settings, random_: float) -> float:
+    """Seconds before Celery retry ``retries + 1``: base·2^retries, capped, ±20% jitter."""
+    base = min(settings.task_retry_backoff_s * 2.0**retries, settings.task_retry_backoff_max_s)
+    return base * (0.8 + 0.4 * random_)
+
+
+def _worst_case_wait_s(settings: Settings) -> float:
+    # One text never waits longer than every attempt timing out plus every backoff.
+    attempts = settings.max_retries + 1
+    return (
+        settings.flush_interval_s
+        + attempts * (settings.timeout_s + settings.pool_timeout_s)
+        + settings.max_retries * settings.max_backoff_s
+        + 5.0
+    )
+
+
+@app.task(name=EMBED_TEXT_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+def embed_text(self: Task, text: Any, model: str | None = None) -> list[float]:
+    """Embed ``text`` (with ``model``, or the configured one) and return its vector."""
+    settings = get_settings()
+    checked = validate_text(text, max_chars=settings.max_text_chars)
+    future = get_microbatcher().submit(checked, model)
+    try:
+        try:
+            return future.result(timeout=_worst_case_wait_s(settings))
+        except TimeoutError as exc:
+            raise EmbeddingTimeoutError("no answer from the micro-batcher in time") from exc
+    except EmbeddingRetryableError as exc:
+        countdown = retry_countdown_s(self.request.retries, settings, random.random())
+        log.warning(
+            "text %s: %s; Celery retry %d/%d in %.1fs",
+            self.request.id,
+            exc,
+            self.request.retries + 1,
+            settings.task_max_retries,
+            countdown,
+        )
+        raise self.retry(
+            exc=exc, countdown=countdown, max_retries=settings.task_max_retries
+        ) from exc
