@@ -6,6 +6,7 @@ Broker and results live in Redis (``REDIS_URL``; ``CELERY_BROKER_URL`` and
 
 from __future__ import annotations
 
+from worker.serialization import SERIALIZER_NAME
 from worker.settings import DEFAULT_REDIS_URL, Settings, env_int, env_str
 
 _settings = Settings.from_env()
@@ -16,16 +17,18 @@ result_backend = env_str("CELERY_RESULT_BACKEND", _redis_url)
 
 # JSON only: a pickled message is refused before it is decoded.
 task_serializer = "json"
-result_serializer = "json"
 accept_content = ["json"]
-result_accept_content = ["json"]
+# Results are JSON too, with vectors packed as base64 float32 (see worker.serialization).
+result_serializer = SERIALIZER_NAME
+result_accept_content = ["json", SERIALIZER_NAME]
 
 task_default_queue = "embeddings"
 
 # At-least-once delivery: ack after the task ran, and re-deliver when a worker dies mid-task.
 task_acks_late = True
 task_reject_on_worker_lost = True
-task_track_started = True
+# No STARTED write to the backend: Flower learns of starts from events, and it saves a write.
+task_track_started = False
 
 # One process holds many waiting texts, so the micro-batcher can fill calls: threads, and
 # enough of them for pool_size calls in flight plus one batch forming.
@@ -34,7 +37,7 @@ worker_concurrency = env_int(
     "CELERY_WORKER_CONCURRENCY",
     _settings.pool_size * _settings.batch_size + _settings.batch_size,
 )
-worker_prefetch_multiplier = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 2)
+worker_prefetch_multiplier = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 8)
 worker_cancel_long_running_tasks_on_connection_loss = True
 broker_connection_retry_on_startup = True
 

@@ -33,6 +33,9 @@ __all__ = ["StubServer", "serve"]
 
 log = logging.getLogger(__name__)
 
+# status, body, extra headers, and the texts embedded (None when the call failed)
+_Answer = tuple[int, bytes, dict[str, str], list[str] | None]
+
 _FAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
     429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
     500: ("The server had an error while processing your request.", "server_error", None),
@@ -50,6 +53,17 @@ def _error_body(
 ) -> bytes:
     error = {"message": message, "type": kind, "param": param, "code": code}
     return json.dumps({"error": error}).encode()
+
+
+def _fault_response(fault: FaultRule) -> tuple[bytes, dict[str, str]]:
+    default = (f"Injected fault: HTTP {fault.status}.", "server_error", None)
+    message, kind, code = _FAULT_ERRORS.get(fault.status or 0, default)
+    headers = {}
+    if fault.retry_after is not None:
+        headers["Retry-After"] = fault.retry_after
+    if fault.retry_after_ms is not None:
+        headers["retry-after-ms"] = fault.retry_after_ms
+    return _error_body(message, kind, code=code), headers
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -78,6 +92,9 @@ class _HTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes; without this, Nagle plus delayed ACKs
+    # add ~40 ms to every response.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def setup(self) -> None:
@@ -150,13 +167,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _embeddings(self, body: bytes) -> None:
         stats = self.server.state.stats
         token = stats.begin()
-        served: list[str] | None = None
         try:
-            served = self._serve_embeddings(body, self.server.state)
-        finally:
-            stats.end(token, served)
+            status, payload, headers, served = self._answer_embeddings(body, self.server.state)
+        except BaseException:
+            stats.end(token, None)
+            raise
+        # Stats are final before the response leaves, so a client that reads them right
+        # after its call never sees stale counts.
+        stats.end(token, served)
+        self._send(status, payload, headers)
 
-    def _serve_embeddings(self, body: bytes, state: StubState) -> list[str] | None:
+    def _answer_embeddings(self, body: bytes, state: StubState) -> _Answer:
         config = state.config
         if config.latency_ms > 0:
             # Event.wait rather than time.sleep so stop() need not wait out the delay.
@@ -164,11 +185,18 @@ class _Handler(BaseHTTPRequestHandler):
         if config.api_key is not None:
             supplied = self.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(supplied, f"Bearer {config.api_key}".encode()):
-                self._send(401, _error_body("Incorrect API key provided", code="invalid_api_key"))
-                return None
+                return (
+                    401,
+                    _error_body("Incorrect API key provided", code="invalid_api_key"),
+                    {},
+                    None,
+                )
         fault = state.faults.take()
-        if fault is not None and self._apply_fault(fault, state):
-            return None
+        if fault is not None:
+            if fault.hang_s:
+                state.stopping.wait(fault.hang_s)
+            if fault.status is not None:
+                return fault.status, *_fault_response(fault), None
         try:
             texts, model, encoding, dimensions = parse_embeddings_request(
                 body,
@@ -177,25 +205,8 @@ class _Handler(BaseHTTPRequestHandler):
                 reject_substring=config.reject_substring,
             )
         except RequestError as exc:
-            self._send(400, _error_body(exc.message, param=exc.param))
-            return None
-        self._send(200, embeddings_response(texts, model, encoding, dimensions))
-        return texts
-
-    def _apply_fault(self, fault: FaultRule, state: StubState) -> bool:
-        if fault.hang_s:
-            state.stopping.wait(fault.hang_s)
-        if fault.status is None:
-            return False
-        default = (f"Injected fault: HTTP {fault.status}.", "server_error", None)
-        message, kind, code = _FAULT_ERRORS.get(fault.status, default)
-        headers = {}
-        if fault.retry_after is not None:
-            headers["Retry-After"] = fault.retry_after
-        if fault.retry_after_ms is not None:
-            headers["retry-after-ms"] = fault.retry_after_ms
-        self._send(fault.status, _error_body(message, kind, code=code), headers)
-        return True
+            return 400, _error_body(exc.message, param=exc.param), {}, None
+        return 200, embeddings_response(texts, model, encoding, dimensions), {}, texts
 
     def _post_faults(self, body: bytes) -> None:
         state = self.server.state

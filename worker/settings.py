@@ -7,6 +7,7 @@ name when a value is bad, so a typo never surfaces as a confusing error mid-run.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -40,7 +41,7 @@ DEFAULT_POOL_SIZE = 3
 DEFAULT_POOL_TIMEOUT_S = 60.0
 # OpenAI allows 8,192 tokens per input; English averages about 4 characters a token.
 DEFAULT_MAX_TEXT_CHARS = 32_768
-DEFAULT_FLUSH_INTERVAL_S = 0.02
+DEFAULT_FLUSH_INTERVAL_S = 0.1
 DEFAULT_ENCODING_FORMAT = "base64"
 DEFAULT_TASK_MAX_RETRIES = 12
 DEFAULT_TASK_RETRY_BACKOFF_S = 2.0
@@ -61,7 +62,10 @@ def _read(
     if raw is None or raw.strip() == "":
         return default
     try:
-        return parse(raw.strip())
+        value = parse(raw.strip())
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("not a finite number")
+        return value
     except ValueError as exc:
         raise EmbeddingConfigError(f"{name}={raw!r} is invalid: {exc}") from exc
 
@@ -123,13 +127,17 @@ class Settings:
         _check_positive("max_text_chars", self.max_text_chars)
         _check_positive("timeout_s", self.timeout_s)
         _check_positive("pool_timeout_s", self.pool_timeout_s)
-        _check_positive("visibility_timeout_s", self.visibility_timeout_s)
+        if self.visibility_timeout_s <= 0:
+            raise EmbeddingConfigError(
+                f"BROKER_VISIBILITY_TIMEOUT must be positive, got {self.visibility_timeout_s!r}"
+            )
         if self.batch_size > 2048:
             raise EmbeddingConfigError(
                 "EMBEDDINGS_BATCH_SIZE must be at most 2048 (the API's limit)"
             )
-        if self.max_retries < 0 or self.task_max_retries < 0:
-            raise EmbeddingConfigError("retry counts must not be negative")
+        for name in ("max_retries", "task_max_retries", "initial_backoff_s", "max_backoff_s"):
+            if getattr(self, name) < 0:
+                raise EmbeddingConfigError(f"{ENV_PREFIX}{name.upper()} must not be negative")
         if not 0.0 <= self.jitter_factor < 1.0:
             raise EmbeddingConfigError("EMBEDDINGS_JITTER_FACTOR must be in [0, 1)")
         if self.encoding_format not in ("float", "base64"):

@@ -22,7 +22,6 @@ def worker_env(base_url: str, extra: Mapping[str, str] | None = None) -> dict[st
             "EMBEDDINGS_BASE_URL": base_url,
             "EMBEDDINGS_API_KEY": TEST_API_KEY,
             "EMBEDDINGS_DIMENSIONS": "16",
-            "EMBEDDINGS_FLUSH_INTERVAL_S": "0.02",
             "EMBEDDINGS_INITIAL_BACKOFF_S": "0.05",
             "EMBEDDINGS_MAX_BACKOFF_S": "0.5",
             "EMBEDDINGS_TIMEOUT_S": "5",

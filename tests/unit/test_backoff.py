@@ -1,4 +1,4 @@
-"""The retry schedule as pure functions: ``backoff_delay``, ``parse_retry_after``, ``build_retrying``."""
+"""The retry schedule as pure functions, and the tenacity policy built from them."""
 
 from __future__ import annotations
 
@@ -126,9 +126,9 @@ def test_build_retrying_uses_the_server_hint_capped_at_max_backoff() -> None:
         max_retries=3, initial_s=1.0, max_s=10.0, jitter_factor=0.2, sleep=waits.append
     )
     hinted = EmbeddingServerError("503", 503)
-    hinted.retry_after_s = 3.0  # type: ignore[attr-defined]
+    hinted.retry_after_s = 3.0
     huge = EmbeddingServerError("503", 503)
-    huge.retry_after_s = 86_400.0  # type: ignore[attr-defined]
+    huge.retry_after_s = 86_400.0
     assert retrying(_failing([hinted, huge], calls)) == "ok"
     assert waits == [3.0, 10.0]
 
@@ -138,7 +138,7 @@ def test_build_retrying_honours_a_should_retry_veto() -> None:
     calls: list[int] = []
     retrying = build_retrying(max_retries=3, **SEED, sleep=waits.append)
     vetoed = EmbeddingServerError("503", 503)
-    vetoed.should_retry = False  # type: ignore[attr-defined]
+    vetoed.should_retry = False
     with pytest.raises(EmbeddingServerError):
         retrying(_failing([vetoed], calls))
     assert len(calls) == 1

@@ -29,6 +29,7 @@ __all__ = [
 # Statuses that reject the request's content: splitting the call finds the offending text.
 # 401/403/404 concern the key, the model or the URL, and would fail every half alike.
 ISOLATABLE_STATUSES = frozenset({400, 413, 422})
+_CHUNK_THREADS = 64
 
 
 @dataclass
@@ -68,8 +69,11 @@ class EmbeddingBatcher:
         with self._lock:
             if self._executor is None or self._owner_pid != os.getpid():
                 # Threads do not survive a fork: a child needs executors of its own.
+                # More threads than connections on purpose: a chunk must reach the client's
+                # pool semaphore, whose timeout raises EmbeddingPoolExhausted, instead of
+                # queueing here with no time limit. Threads are started on demand.
                 self._executor = ThreadPoolExecutor(
-                    max_workers=self.config.pool_size, thread_name_prefix="embeddings-call"
+                    max_workers=_CHUNK_THREADS, thread_name_prefix="embeddings-chunk"
                 )
                 self._owner_pid = os.getpid()
             return self._executor

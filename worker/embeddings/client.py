@@ -205,9 +205,10 @@ class EmbeddingClient:
         error: EmbeddingRetryableError
         if status == 429:
             error = EmbeddingRateLimitError(message, status, api_message)
-        elif status in RETRYABLE_STATUSES or status >= 500:
+        elif status in RETRYABLE_STATUSES:
             error = EmbeddingServerError(message, status, api_message)
         elif status == 408:
+            # Request Timeout is the server's word for a timeout, and timeouts are retried.
             error = EmbeddingTimeoutError(message, status, api_message)
         else:
             return EmbeddingAPIError(message, status, api_message)
@@ -258,6 +259,8 @@ def _parse_response(
     if len(dims) != 1:
         raise EmbeddingResponseError(f"the API returned vectors of differing sizes {sorted(dims)}")
     usage_raw = payload.get("usage") or {}
+    if not isinstance(usage_raw, dict):
+        raise EmbeddingResponseError(f"the API returned a non-object usage {usage_raw!r}")
     usage = {k: int(v) for k, v in usage_raw.items() if isinstance(v, int)}
     return [v for v in vectors if v is not None], usage
 
