@@ -61,7 +61,9 @@ def loads(data: str | bytes) -> Any:
 
 def register_serializer() -> None:
     """Make the serializer known to kombu in this process (idempotent)."""
-    register(SERIALIZER_NAME, dumps, loads, content_type=CONTENT_TYPE, content_encoding="utf-8")
+    register(  # type: ignore[no-untyped-call]
+        SERIALIZER_NAME, dumps, loads, content_type=CONTENT_TYPE, content_encoding="utf-8"
+    )
 
 
 register_serializer()
