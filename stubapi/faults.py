@@ -133,6 +133,8 @@ def parse_fault_request(payload: Any) -> tuple[list[FaultRule], float | None]:
                 raise ValueError("'latency_ms' must be a finite number >= 0")
             del payload["latency_ms"]
         if "faults" in payload:
+            if len(payload) > 1:
+                raise ValueError("'faults' cannot be combined with fault fields")
             payload = payload["faults"]
         elif not payload and latency_ms is not None:
             payload = []
@@ -238,7 +240,7 @@ class CallStats:
             self._calls = self._ok = self._failed = 0
             self._peak = self._current
             self._inputs_per_call: list[int] = []
-            self._texts: set[str] = set()
+            self._text_hashes: set[int] = set()
 
     def begin(self) -> int:
         """Record the start of an embeddings call; pass the returned token to ``end``."""
@@ -259,7 +261,8 @@ class CallStats:
                 return
             self._ok += 1
             self._inputs_per_call.append(len(texts))
-            self._texts.update(texts)
+            # Hashes, not texts: a long benchmark may send millions of distinct inputs.
+            self._text_hashes.update(map(hash, texts))
 
     def snapshot(self) -> dict[str, Any]:
         """The stats as a JSON-friendly dict."""
@@ -272,7 +275,7 @@ class CallStats:
                 "total_inputs": sum(self._inputs_per_call),
                 "peak_concurrency": self._peak,
                 "current_concurrency": self._current,
-                "texts_seen": len(self._texts),
+                "texts_seen": len(self._text_hashes),
             }
 
 

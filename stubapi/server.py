@@ -56,8 +56,10 @@ def _error_body(
 
 
 def _fault_response(fault: FaultRule) -> tuple[bytes, dict[str, str]]:
-    default = (f"Injected fault: HTTP {fault.status}.", "server_error", None)
-    message, kind, code = _FAULT_ERRORS.get(fault.status or 0, default)
+    status = fault.status or 500
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    default = (f"Injected fault: HTTP {status}.", kind, None)
+    message, kind, code = _FAULT_ERRORS.get(status, default)
     headers = {}
     if fault.retry_after is not None:
         headers["Retry-After"] = fault.retry_after
@@ -185,12 +187,8 @@ class _Handler(BaseHTTPRequestHandler):
         if config.api_key is not None:
             supplied = self.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(supplied, f"Bearer {config.api_key}".encode()):
-                return (
-                    401,
-                    _error_body("Incorrect API key provided", code="invalid_api_key"),
-                    {},
-                    None,
-                )
+                body = _error_body("Incorrect API key provided", code="invalid_api_key")
+                return 401, body, {}, None
         fault = state.faults.take()
         if fault is not None:
             if fault.hang_s:

@@ -44,10 +44,14 @@ def _check_dimensions(dimensions: int) -> None:
 
 
 def _raw_vector(text: str, dimensions: int) -> array[float]:
-    seed = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+    # surrogatepass: JSON may carry lone surrogates, which must not crash the handler.
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    seed = int.from_bytes(digest[:8], "big")
     # Uniform int16 components from randbytes are ~5x cheaper than random.gauss per value
     # and, for nearly orthogonal random directions, just as good a stand-in.
     components = array("h", random.Random(seed).randbytes(2 * dimensions))
+    if sys.byteorder != "little":
+        components.byteswap()  # same vectors on every platform
     norm = math.hypot(*components)
     if norm == 0.0:
         # All-zero draws are only plausible for tiny dimensions; any fixed unit vector will do.
