@@ -1,0 +1,67 @@
+"""A real ``celery -A worker flower`` subprocess, always with basic auth."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from devstack.processes import _Process, free_port, wait_for
+
+__all__ = ["FlowerProcess", "flower_env"]
+
+
+class FlowerProcess(_Process):
+    """Flower on a free port of 127.0.0.1, with ``basic_auth`` (``user:password``) required.
+
+    Its state is kept in memory only (no ``--persistent``), which is what a test or a demo
+    wants; compose runs it persistent on a volume.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_path: Path,
+        basic_auth: str,
+        port: int = 0,
+    ) -> None:
+        user, sep, password = basic_auth.partition(":")
+        if not (user and sep and password):
+            raise ValueError("Flower needs basic auth as 'user:password'")
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.auth = (user, password)
+        argv = [sys.executable, "-m", "celery", "-A", "worker", "flower",
+                f"--port={self.port}", "--address=127.0.0.1"]  # fmt: skip
+        super().__init__(argv, {**env, "FLOWER_BASIC_AUTH": basic_auth}, log_path)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Wait until Flower answers ``/healthcheck`` (which needs no auth)."""
+
+        def healthy() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"Flower exited early:\n{self.log()}")
+            try:
+                return httpx.get(f"{self.url}/healthcheck", timeout=2).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, timeout_s, "Flower to answer /healthcheck")
+
+    def api(self, path: str, **params: Any) -> Any:
+        """GET ``/api/<path>`` with the credentials and return its JSON."""
+        response = httpx.get(f"{self.url}/api/{path}", params=params, auth=self.auth, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+
+def flower_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) without the API key: Flower needs none."""
+    env = dict(os.environ if base is None else base)
+    for name in ("EMBEDDINGS_API_KEY", "OPENAI_API_KEY"):
+        env.pop(name, None)
+    return env

@@ -1,0 +1,472 @@
+"""``embed-file``: embed every text of a file through the queue, with progress and resume.
+
+::
+
+    embed-file corpus.txt -o corpus.embeddings.jsonl            # one text per line
+    embed-file docs.jsonl --field body --id-field doc_id         # JSONL, a chosen field
+    embed-file faq.csv --column question                         # CSV, a chosen column
+
+Each input record becomes one output line, in input order::
+
+    {"id": "doc-7", "line": 7, "embedding": [0.01, ...]}
+    {"id": 8, "line": 8, "error": "line 8: not valid JSON (Expecting value)"}
+
+``id`` is the record's id field (``--id-field``, default ``id``) or else its line number.
+A bad record (empty text, bad JSON, missing field, too long, rejected by the API) gets an
+error line and a report on stderr, and the rest go on. Run the same command again and it
+resumes: ids already in the output are skipped (``--retry-failed`` re-tries error lines;
+the last line for an id is the one that counts). Texts go out ``--window`` at a time, so
+memory and the queue stay bounded; the broker is ``REDIS_URL`` or ``--redis-url``.
+Exit status: 0 all embedded, 1 some records failed, 2 a usage error or no broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, TextIO
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+from celery.result import AsyncResult, ResultSet
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from producers.client import enqueue_text
+from worker.errors import EmbeddingError, EmbeddingInputError
+from worker.settings import Settings
+from worker.validation import validate_text
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "DEFAULT_WINDOW_TIMEOUT_S",
+    "FORMATS",
+    "Item",
+    "Summary",
+    "UsageError",
+    "celery_window_embedder",
+    "count_records",
+    "embed_items",
+    "guess_format",
+    "load_done",
+    "main",
+    "read_items",
+    "record_key",
+]
+
+FORMATS = ("lines", "jsonl", "csv")
+DEFAULT_WINDOW = 500
+DEFAULT_WINDOW_TIMEOUT_S = 600.0
+# Past this many, bad lines are only counted on stderr; every one is still in the output.
+_MAX_REPORTED = 20
+
+Outcome = list[float] | str
+"""A text's vector, or the message of why it has none."""
+
+WindowEmbedder = Callable[[Sequence[str], float, Callable[[], None]], list[Outcome]]
+"""``(texts, timeout_s, on_one_done) -> outcomes``, in the order of ``texts``."""
+
+
+class UsageError(Exception):
+    """The command cannot start (bad arguments, a missing CSV column): exit status 2."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One input record: its 1-based line, its id, and its text or why it has none."""
+
+    line: int
+    id: Any
+    text: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    """What one run did; ``skipped`` counts records already in the output."""
+
+    texts: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def texts_per_s(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def guess_format(path: Path) -> str:
+    """``jsonl`` for .jsonl/.ndjson, ``csv`` for .csv, else ``lines``."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    return "csv" if suffix == ".csv" else "lines"
+
+
+def record_key(record_id: Any) -> str:
+    """The id as compared on resume, so ``7`` and ``"7"`` stay different ids."""
+    return json.dumps(record_id, sort_keys=True, ensure_ascii=False)
+
+
+def _open(path: Path) -> TextIO:
+    # Undecodable bytes become lone surrogates, which validation reports as a bad line.
+    return open(path, encoding="utf-8", errors="surrogateescape", newline="")
+
+
+def _checked(line: int, record_id: Any, text: object, max_chars: int) -> Item:
+    try:
+        return Item(line, record_id, text=validate_text(text, max_chars=max_chars))
+    except (EmbeddingInputError, TypeError) as exc:
+        return Item(line, record_id, error=f"line {line}: {exc}")
+
+
+def _scalar_id(value: Any, line: int) -> Any:
+    return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else line
+
+
+def _read_lines(f: TextIO, max_chars: int) -> Iterator[Item]:
+    for n, raw in enumerate(f, start=1):
+        yield _checked(n, n, raw.rstrip("\r\n"), max_chars)
+
+
+def _read_jsonl(f: TextIO, field: str, id_field: str, max_chars: int) -> Iterator[Item]:
+    for n, raw in enumerate(f, start=1):
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            yield Item(n, n, error=f"line {n}: not valid JSON ({exc.msg})")
+            continue
+        if not isinstance(obj, dict):
+            yield Item(n, n, error=f"line {n}: not a JSON object")
+            continue
+        record_id = _scalar_id(obj.get(id_field), n)
+        if field not in obj:
+            yield Item(n, record_id, error=f"line {n}: no field {field!r}")
+            continue
+        yield _checked(n, record_id, obj[field], max_chars)
+
+
+def _read_csv(f: TextIO, column: str, id_column: str, max_chars: int) -> Iterator[Item]:
+    reader = csv.reader(f)
+    header = next(reader, None)
+    if header is None:
+        return
+    if column not in header:
+        raise UsageError(f"no column {column!r} in the CSV header {header!r}")
+    text_at = header.index(column)
+    id_at = header.index(id_column) if id_column in header else None
+    last = reader.line_num
+    for row in reader:
+        # A quoted field may span lines: a record starts on the line after the previous one.
+        start, last = last + 1, reader.line_num
+        if not row:
+            continue
+        record_id: Any = row[id_at] if id_at is not None and id_at < len(row) else start
+        if text_at >= len(row):
+            yield Item(start, record_id, error=f"line {start}: no value for column {column!r}")
+            continue
+        yield _checked(start, record_id, row[text_at], max_chars)
+
+
+def read_items(
+    path: Path,
+    fmt: str,
+    *,
+    field: str = "text",
+    id_field: str = "id",
+    max_chars: int,
+) -> Iterator[Item]:
+    """Yield ``path``'s records one at a time, each checked as the API would check it.
+
+    ``field`` is the JSONL field or CSV column holding the text; ``id_field`` the one holding
+    the id (the line number when absent).
+    """
+    with _open(path) as f:
+        if fmt == "lines":
+            yield from _read_lines(f, max_chars)
+        elif fmt == "jsonl":
+            yield from _read_jsonl(f, field, id_field, max_chars)
+        elif fmt == "csv":
+            yield from _read_csv(f, field, id_field, max_chars)
+        else:
+            raise UsageError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
+
+
+def count_records(path: Path, fmt: str) -> int:
+    """How many records ``read_items`` will yield, for the progress bar (one cheap pass)."""
+    with _open(path) as f:
+        if fmt != "csv":
+            return sum(1 for _ in f)
+        return max(sum(1 for row in csv.reader(f) if row) - 1, 0)
+
+
+def load_done(path: Path) -> tuple[set[str], set[str]]:
+    """Keys of the ids already in the output: ``(embedded, failed_only)``.
+
+    A last line cut short by a crash is removed, so appending starts on a fresh line and the
+    record is embedded again.
+    """
+    if not path.exists():
+        return set(), set()
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+        data = data[:cut]
+    embedded: set[str] = set()
+    failed: set[str] = set()
+    for raw in data.splitlines():
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(record, dict) or "id" not in record:
+            continue
+        key = record_key(record["id"])
+        if "embedding" in record:
+            embedded.add(key)
+        else:
+            failed.add(key)
+    return embedded, failed - embedded
+
+
+def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
+    iterator = iter(items)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def embed_items(
+    items: Iterable[Item],
+    out: TextIO,
+    embed: WindowEmbedder,
+    *,
+    skip: set[str],
+    window: int = DEFAULT_WINDOW,
+    timeout_s: float = DEFAULT_WINDOW_TIMEOUT_S,
+    on_progress: Callable[[int], None] = lambda _: None,
+    on_failed: Callable[[Item, str], None] = lambda _item, _error: None,
+) -> Summary:
+    """Embed ``items`` ``window`` at a time; write one JSON line each, in input order.
+
+    Ids whose key is in ``skip`` are counted and left alone. Each window is written and
+    flushed before the next is read, so an interrupted run loses at most one window.
+    """
+    summary = Summary()
+    started = time.monotonic()
+    for chunk in _batches(items, window):
+        records: list[dict[str, Any] | None] = [None] * len(chunk)
+        pending: list[int] = []
+        for i, item in enumerate(chunk):
+            summary.texts += 1
+            if record_key(item.id) in skip:
+                summary.skipped += 1
+                on_progress(1)
+            elif item.text is None:
+                records[i] = {"id": item.id, "line": item.line, "error": item.error}
+                summary.failed += 1
+                on_failed(item, item.error or "")
+                on_progress(1)
+            else:
+                pending.append(i)
+        if pending:
+            texts = [chunk[i].text or "" for i in pending]
+            outcomes = embed(texts, timeout_s, lambda: on_progress(1))
+            for i, outcome in zip(pending, outcomes, strict=True):
+                item = chunk[i]
+                if isinstance(outcome, str):
+                    error = f"line {item.line}: {outcome}"
+                    records[i] = {"id": item.id, "line": item.line, "error": error}
+                    summary.failed += 1
+                    on_failed(item, error)
+                else:
+                    records[i] = {"id": item.id, "line": item.line, "embedding": outcome}
+                    summary.ok += 1
+        for record in records:
+            if record is not None:
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        out.flush()
+    summary.elapsed_s = time.monotonic() - started
+    return summary
+
+
+def celery_window_embedder(app: Celery | None = None, model: str | None = None) -> WindowEmbedder:
+    """Embed a window through the queue: enqueue each text, then wait for all of them."""
+
+    def embed(
+        texts: Sequence[str], timeout_s: float, on_one_done: Callable[[], None]
+    ) -> list[Outcome]:
+        results: list[AsyncResult] = [enqueue_text(t, model=model, app=app) for t in texts]
+        values: dict[str, Any] = {}
+
+        def collected(task_id: str, value: Any) -> None:
+            values[task_id] = value
+            on_one_done()
+
+        results_set = ResultSet(results, app=app)
+        # Texts still missing at the deadline get an error line below; the rest are kept.
+        with contextlib.suppress(CeleryTimeoutError):
+            results_set.join_native(timeout=timeout_s, propagate=False, callback=collected)
+        outcomes: list[Outcome] = []
+        for result in results:
+            if result.id not in values:
+                outcomes.append(f"no result within {timeout_s:g}s (the task may still finish)")
+                continue
+            value = values[result.id]
+            if isinstance(value, BaseException):
+                outcomes.append(f"{type(value).__name__}: {value}")
+            else:
+                outcomes.append([float(x) for x in value])
+            # The vector is in the output file now; its copy in Redis is no longer needed.
+            result.forget()
+        return outcomes
+
+    return embed
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embed-file",
+        description="Embed every text of a file through the queue, as JSONL with resume.",
+    )
+    parser.add_argument("input", type=Path, help="the file to embed")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="JSONL to write or resume (default INPUT.embeddings.jsonl)",
+    )
+    parser.add_argument("--format", choices=FORMATS, help="default: from the input's extension")
+    parser.add_argument("--field", default="text", help="JSONL field with the text (text)")
+    parser.add_argument("--column", help="CSV column with the text (text)")
+    parser.add_argument("--id-field", default="id", help="JSONL field or CSV column of ids (id)")
+    parser.add_argument("--model", help="embedding model (default: the worker's)")
+    parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="texts in flight")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_WINDOW_TIMEOUT_S, help="seconds per window"
+    )
+    parser.add_argument("--retry-failed", action="store_true", help="re-try ids with errors")
+    parser.add_argument("--redis-url", help="broker and results (default REDIS_URL)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _summary_table(summary: Summary, output: Path) -> Table:
+    table = Table(title=f"embed-file → {output}")
+    table.add_column("texts", justify="right")
+    table.add_column("ok", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("skipped", justify="right")
+    table.add_column("texts/s", justify="right")
+    table.add_row(
+        str(summary.texts),
+        str(summary.ok),
+        str(summary.failed),
+        str(summary.skipped),
+        f"{summary.texts_per_s:.1f}",
+    )
+    return table
+
+
+def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = None) -> int:
+    """Run ``embed-file``; ``embedder`` replaces the queue (tests)."""
+    args = _parser().parse_args(argv)
+    console = Console(stderr=True)
+    if args.window < 1 or args.timeout <= 0:
+        console.print("--window and --timeout must be positive", style="red")
+        return 2
+    if not args.input.is_file():
+        console.print(f"no such file: {args.input}", style="red", markup=False)
+        return 2
+    fmt = args.format or guess_format(args.input)
+    field = (args.column or args.field) if fmt == "csv" else args.field
+    output: Path = args.output or args.input.with_name(args.input.name + ".embeddings.jsonl")
+    if embedder is None:
+        from worker.celery_app import app
+
+        if args.redis_url:
+            app.conf.broker_url = app.conf.result_backend = args.redis_url
+        embedder = celery_window_embedder(app, args.model)
+
+    embedded, failed_only = load_done(output)
+    skip = embedded if args.retry_failed else embedded | failed_only
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=args.no_progress,
+    )
+    reported = 0
+
+    def on_failed(_item: Item, error: str) -> None:
+        nonlocal reported
+        reported += 1
+        if reported <= _MAX_REPORTED:
+            progress.console.print(error, style="yellow", markup=False, highlight=False)
+
+    try:
+        total = count_records(args.input, fmt)
+        items = read_items(
+            args.input,
+            fmt,
+            field=field,
+            id_field=args.id_field,
+            max_chars=Settings.from_env().max_text_chars,
+        )
+        with progress, open(output, "a", encoding="utf-8") as out:
+            bar = progress.add_task(f"embedding {args.input.name}", total=total)
+            summary = embed_items(
+                items,
+                out,
+                embedder,
+                skip=skip,
+                window=args.window,
+                timeout_s=args.timeout,
+                on_progress=lambda n: progress.advance(bar, n),
+                on_failed=on_failed,
+            )
+    except UsageError as exc:
+        console.print(str(exc), style="red", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted; finished windows are saved, re-run to resume", style="red")
+        return 130
+    except (EmbeddingError, RedisError, OperationalError) as exc:
+        # Finished windows are on disk; the same command picks up from there.
+        console.print(
+            f"stopped: {exc}; re-run the same command to resume", style="red", markup=False
+        )
+        return 2
+    if reported > _MAX_REPORTED:
+        console.print(f"… and {reported - _MAX_REPORTED} more failed records, all in {output}")
+    console.print(_summary_table(summary, output))
+    return 1 if summary.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""``embed-file`` end to end: a real CLI process, the queue, a real worker and the stub API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stubapi.vectors import vector_for
+from tests.integration.harness import REPO_ROOT, TEST_REDIS_URL
+
+pytestmark = pytest.mark.integration
+
+DIMS = 16
+
+
+def _run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "CELERY_"))}
+    env["REDIS_URL"] = TEST_REDIS_URL
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "producers.cli",
+            *args,
+            "--no-progress",
+            "--timeout",
+            str(timeout_s),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_jsonl_file_is_embedded_with_its_bad_line_reported_and_a_rerun_resumes(
+    start_worker, stub, tmp_path
+):
+    start_worker(stub.base_url)
+    docs = [{"id": f"doc-{i}", "text": f"backfilled document {i}"} for i in range(12)]
+    lines = [json.dumps(d) for d in docs]
+    lines.insert(5, '{"id": "broken", "text": ')  # line 6
+    source = tmp_path / "corpus.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    output = tmp_path / "corpus.out.jsonl"
+
+    first = _run_cli(str(source), "-o", str(output), "--window", "5")
+    assert first.returncode == 1, first.stderr  # one bad line
+    assert "line 6: not valid JSON" in first.stderr
+    records = _records(output)
+    assert [r["line"] for r in records] == list(range(1, 14))
+    by_id = {r["id"]: r for r in records}
+    for doc in docs:
+        assert by_id[doc["id"]]["embedding"] == pytest.approx(
+            vector_for(doc["text"], DIMS), rel=1e-6, abs=1e-7
+        )
+    assert by_id[6] == {"id": 6, "line": 6, "error": by_id[6]["error"]}
+    assert by_id[6]["error"].startswith("line 6: not valid JSON")
+    assert stub.stats()["total_inputs"] == 12
+
+    second = _run_cli(str(source), "-o", str(output))
+    assert second.returncode == 0, second.stderr
+    assert stub.stats()["total_inputs"] == 12  # nothing embedded again
+    assert _records(output) == records
+
+    with source.open("a") as f:
+        f.write(json.dumps({"id": "doc-new", "text": "added later"}) + "\n")
+    third = _run_cli(str(source), "-o", str(output))
+    assert third.returncode == 0, third.stderr
+    assert stub.stats()["total_inputs"] == 13
+    assert _records(output)[-1]["id"] == "doc-new"
+    assert _records(output)[-1]["embedding"] == pytest.approx(
+        vector_for("added later", DIMS), rel=1e-6, abs=1e-7
+    )
+
+
+def test_a_text_the_api_rejects_is_an_error_line_and_its_neighbours_are_embedded(
+    start_worker, stub, tmp_path
+):
+    start_worker(stub.base_url)
+    source = tmp_path / "lines.txt"
+    source.write_text("alpha\nthis is __REJECT__ed\ngamma\n")
+    output = tmp_path / "lines.out.jsonl"
+    done = _run_cli(str(source), "-o", str(output))
+    assert done.returncode == 1
+    records = _records(output)
+    assert [r["id"] for r in records] == [1, 2, 3]
+    assert "embedding" in records[0] and "embedding" in records[2]
+    assert "EmbeddingAPIError" in records[1]["error"] and "disallowed" in records[1]["error"]
+    assert "line 2:" in done.stderr
+
+
+def test_texts_without_a_result_in_time_are_error_lines_and_are_re_tried_later(
+    clean_redis, start_worker, stub, tmp_path
+):
+    source = tmp_path / "wait.txt"
+    source.write_text("first\nsecond\n")
+    output = tmp_path / "wait.out.jsonl"
+    # No worker yet: the window times out and says so for each text.
+    timed_out = _run_cli(str(source), "-o", str(output), timeout_s=1)
+    assert timed_out.returncode == 1
+    assert [r.get("error", "") for r in _records(output)] == [
+        "line 1: no result within 1s (the task may still finish)",
+        "line 2: no result within 1s (the task may still finish)",
+    ]
+    start_worker(stub.base_url)
+    retried = _run_cli(str(source), "-o", str(output), "--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    assert [("embedding" in r) for r in _records(output)] == [False, False, True, True]

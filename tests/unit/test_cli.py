@@ -1,0 +1,261 @@
+"""``embed-file``: reading lines, JSONL and CSV, bad lines by number, windows, and resume.
+
+The queue is replaced by a fake window embedder, so no Redis or worker is needed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from producers import cli
+from producers.cli import Item, embed_items, guess_format, load_done, read_items, record_key
+
+
+class FakeEmbedder:
+    """Embeds each text as ``[len(text)]``; texts containing ``FAIL`` get an error."""
+
+    def __init__(self) -> None:
+        self.windows: list[list[str]] = []
+
+    @property
+    def texts(self) -> list[str]:
+        return [t for window in self.windows for t in window]
+
+    def __call__(
+        self, texts: Sequence[str], timeout_s: float, on_one_done: Callable[[], None]
+    ) -> list[cli.Outcome]:
+        self.windows.append(list(texts))
+        outcomes: list[cli.Outcome] = []
+        for text in texts:
+            on_one_done()
+            outcomes.append("EmbeddingAPIError: rejected" if "FAIL" in text else [float(len(text))])
+        return outcomes
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_the_format_is_guessed_from_the_extension():
+    assert guess_format(Path("a.jsonl")) == "jsonl"
+    assert guess_format(Path("a.NDJSON")) == "jsonl"
+    assert guess_format(Path("a.csv")) == "csv"
+    assert guess_format(Path("a.txt")) == "lines"
+    assert guess_format(Path("README")) == "lines"
+
+
+def test_plain_lines_get_their_line_number_as_id_and_empty_lines_are_bad(tmp_path):
+    path = _write(tmp_path / "in.txt", "first\n\n   \nfourth\r\n")
+    items = list(read_items(path, "lines", max_chars=100))
+    assert [(i.line, i.id, i.text) for i in items if i.error is None] == [
+        (1, 1, "first"),
+        (4, 4, "fourth"),
+    ]
+    assert [(i.line, i.error) for i in items if i.error] == [
+        (2, "line 2: text is empty"),
+        (3, "line 3: text is whitespace-only"),
+    ]
+
+
+def test_a_text_over_the_limit_is_a_bad_line_naming_its_number(tmp_path):
+    path = _write(tmp_path / "in.txt", "ok\n" + "x" * 11 + "\n")
+    bad = [i for i in read_items(path, "lines", max_chars=10) if i.error]
+    assert [(i.line, i.error) for i in bad] == [
+        (2, "line 2: text has 11 characters; the limit is 10")
+    ]
+
+
+def test_undecodable_bytes_are_a_bad_line_not_a_crash(tmp_path):
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"good\nbad \xff byte\nalso good\n")
+    items = list(read_items(path, "lines", max_chars=100))
+    assert [i.text for i in items] == ["good", None, "also good"]
+    assert items[1].error is not None and "UTF-8" in items[1].error
+
+
+def test_jsonl_reads_the_chosen_field_and_id_and_reports_each_bad_line(tmp_path):
+    path = _write(
+        tmp_path / "in.jsonl",
+        "\n".join(
+            [
+                '{"doc": "a1", "body": "alpha"}',
+                "{not json",
+                '{"doc": "a3", "text": "no body"}',
+                '["a", "list"]',
+                '{"doc": "a5", "body": 7}',
+                '{"body": "no id"}',
+                '{"doc": "a7", "body": ""}',
+            ]
+        )
+        + "\n",
+    )
+    items = list(read_items(path, "jsonl", field="body", id_field="doc", max_chars=100))
+    assert [(i.line, i.id, i.text) for i in items if i.error is None] == [
+        (1, "a1", "alpha"),
+        (6, 6, "no id"),
+    ]
+    errors = {i.line: (i.id, i.error) for i in items if i.error}
+    assert errors[2][0] == 2 and errors[2][1].startswith("line 2: not valid JSON")
+    assert errors[3] == ("a3", "line 3: no field 'body'")
+    assert errors[4] == (4, "line 4: not a JSON object")
+    assert errors[5] == ("a5", "line 5: text must be str, got int")
+    assert errors[7] == ("a7", "line 7: text is empty")
+
+
+def test_csv_reads_the_chosen_column_with_line_numbers_across_quoted_newlines(tmp_path):
+    path = _write(
+        tmp_path / "in.csv",
+        'id,question,lang\nq1,"What is, a comma?",en\nq2,"two\nlines",en\n\nq3,,en\nq4\n',
+    )
+    items = list(read_items(path, "csv", field="question", max_chars=100))
+    assert [(i.line, i.id, i.text) for i in items if i.error is None] == [
+        (2, "q1", "What is, a comma?"),
+        (3, "q2", "two\nlines"),
+    ]
+    assert [(i.line, i.id, i.error) for i in items if i.error] == [
+        (6, "q3", "line 6: text is empty"),
+        (7, "q4", "line 7: no value for column 'question'"),
+    ]
+
+
+def test_a_csv_without_the_column_is_a_usage_error(tmp_path):
+    path = _write(tmp_path / "in.csv", "id,body\n1,hello\n")
+    with pytest.raises(cli.UsageError, match="no column 'text'"):
+        list(read_items(path, "csv", max_chars=100))
+
+
+def test_count_records_matches_what_is_read(tmp_path):
+    csv_path = _write(tmp_path / "in.csv", 'text\n"a\nb"\nc\n\n')
+    lines_path = _write(tmp_path / "in.txt", "a\n\nb\n")
+    assert cli.count_records(csv_path, "csv") == len(list(read_items(csv_path, "csv", max_chars=9)))
+    assert cli.count_records(lines_path, "lines") == 3
+
+
+def test_results_are_written_in_input_order_one_window_at_a_time():
+    items = [Item(n, n, text=f"text {n}") for n in range(1, 8)]
+    items[2] = Item(3, 3, error="line 3: text is empty")
+    items[4] = Item(5, 5, text="please FAIL")
+    embedder = FakeEmbedder()
+    out = io.StringIO()
+    failed: list[tuple[int, str]] = []
+    summary = embed_items(
+        items,
+        out,
+        embedder,
+        skip=set(),
+        window=3,
+        on_failed=lambda i, e: failed.append((i.line, e)),
+    )
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["line"] for r in records] == [1, 2, 3, 4, 5, 6, 7]
+    assert records[0] == {"id": 1, "line": 1, "embedding": [6.0]}
+    assert records[2] == {"id": 3, "line": 3, "error": "line 3: text is empty"}
+    assert records[4] == {"id": 5, "line": 5, "error": "line 5: EmbeddingAPIError: rejected"}
+    assert [len(w) for w in embedder.windows] == [2, 3, 1]  # line 3 never reaches the queue
+    assert failed == [(3, "line 3: text is empty"), (5, "line 5: EmbeddingAPIError: rejected")]
+    assert (summary.texts, summary.ok, summary.failed, summary.skipped) == (7, 5, 2, 0)
+
+
+def test_ids_to_skip_are_counted_and_never_embedded():
+    items = [Item(1, "a", text="one"), Item(2, "b", text="two"), Item(3, 3, text="three")]
+    embedder = FakeEmbedder()
+    out = io.StringIO()
+    summary = embed_items(items, out, embedder, skip={record_key("a"), record_key(3)})
+    assert embedder.texts == ["two"]
+    assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["b"]
+    assert summary.skipped == 2
+
+
+def test_record_keys_keep_a_number_and_its_string_apart():
+    assert record_key(7) != record_key("7")
+    assert record_key("7") == record_key("7")
+
+
+def test_load_done_splits_embedded_ids_from_failed_ones_and_drops_a_torn_last_line(tmp_path):
+    out = tmp_path / "out.jsonl"
+    out.write_text(
+        '{"id": "a", "line": 1, "embedding": [1.0]}\n'
+        '{"id": "b", "line": 2, "error": "boom"}\n'
+        '{"id": "c", "line": 3, "error": "boom"}\n'
+        '{"id": "c", "line": 3, "embedding": [2.0]}\n'
+        '{"id": "d", "line": 4, "embe'
+    )
+    embedded, failed = load_done(out)
+    assert embedded == {record_key("a"), record_key("c")}
+    assert failed == {record_key("b")}
+    assert out.read_text().endswith('"embedding": [2.0]}\n')
+
+
+def test_load_done_of_a_missing_file_is_empty(tmp_path):
+    assert load_done(tmp_path / "absent.jsonl") == (set(), set())
+
+
+def test_a_rerun_resumes_and_embeds_only_what_is_not_in_the_output(tmp_path, capsys):
+    source = _write(tmp_path / "in.jsonl", '{"id": 1, "text": "a"}\n{"id": 2, "text": "bb"}\n')
+    output = tmp_path / "out.jsonl"
+    first = FakeEmbedder()
+    assert cli.main([str(source), "-o", str(output), "--no-progress"], embedder=first) == 0
+    assert first.texts == ["a", "bb"]
+
+    with source.open("a") as f:
+        f.write('{"id": 3, "text": "ccc"}\nnot json\n')
+    second = FakeEmbedder()
+    code = cli.main([str(source), "-o", str(output), "--no-progress"], embedder=second)
+    assert code == 1  # the bad line
+    assert second.texts == ["ccc"]
+    assert [(r["id"], "embedding" in r) for r in _records(output)] == [
+        (1, True),
+        (2, True),
+        (3, True),
+        (4, False),
+    ]
+    err = capsys.readouterr().err
+    assert "line 4: not valid JSON" in err
+    assert "skipped" in err
+
+    third = FakeEmbedder()
+    assert cli.main([str(source), "-o", str(output), "--no-progress"], embedder=third) == 0
+    assert third.texts == []
+    assert len(_records(output)) == 4
+
+
+def test_retry_failed_re_embeds_ids_whose_only_record_is_an_error(tmp_path):
+    source = _write(tmp_path / "in.txt", "fine\nFAIL once\n")
+    output = tmp_path / "out.jsonl"
+    assert cli.main([str(source), "-o", str(output), "--no-progress"], embedder=FakeEmbedder()) == 1
+    again = FakeEmbedder()
+    cli.main([str(source), "-o", str(output), "--no-progress"], embedder=again)
+    assert again.texts == []
+    retried = FakeEmbedder()
+    cli.main([str(source), "-o", str(output), "--no-progress", "--retry-failed"], embedder=retried)
+    assert retried.texts == ["FAIL once"]
+
+
+def test_the_output_defaults_to_a_file_beside_the_input(tmp_path):
+    source = _write(tmp_path / "corpus.txt", "hello\n")
+    assert cli.main([str(source), "--no-progress"], embedder=FakeEmbedder()) == 0
+    assert _records(tmp_path / "corpus.txt.embeddings.jsonl") == [
+        {"id": 1, "line": 1, "embedding": [5.0]}
+    ]
+
+
+def test_usage_errors_exit_with_status_two(tmp_path, capsys):
+    source = _write(tmp_path / "in.csv", "body\nhello\n")
+    fake = FakeEmbedder()
+    assert cli.main([str(source), "--no-progress"], embedder=fake) == 2
+    assert "no column 'text' in the CSV header ['body']" in capsys.readouterr().err
+    assert cli.main([str(tmp_path / "missing.txt")], embedder=fake) == 2
+    assert cli.main([str(source), "--window", "0"], embedder=fake) == 2
+    assert fake.texts == []
+    assert cli.main([str(source), "--column", "body", "--no-progress"], embedder=fake) == 0
+    assert fake.texts == ["hello"]

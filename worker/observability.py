@@ -1,0 +1,179 @@
+"""Prometheus metrics served by each worker process, plus the queue depth for autoscalers.
+
+With ``EMBEDDINGS_METRICS_PORT`` set (0, the default, serves nothing), a worker serves
+``/metrics`` on ``EMBEDDINGS_METRICS_ADDR:EMBEDDINGS_METRICS_PORT``: the seed's five metrics
+(``embeddings_success_total``, ``embeddings_failure_total``, ``embeddings_retry_total``,
+``embeddings_latency_ms``, ``embeddings_pool_exhausted_total``), the batch fill, the
+micro-batcher's waiting texts, the breaker state, and two gauges read from the broker on each
+scrape: ``embeddings_queue_depth`` (messages waiting in the ``embeddings`` queue, what an
+autoscaler scales on) and ``embeddings_queue_unacked`` (messages reserved by workers, all of
+them, not yet acknowledged).
+
+The default ``threads`` pool is one process, so it serves on the port as given. Under
+``CELERY_WORKER_POOL=prefork`` every child is its own process with its own metrics, so child
+*i* (0-based) serves on ``port + i`` and the parent serves nothing: open that range.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from celery.signals import celeryd_after_setup, worker_process_init
+from prometheus_client import REGISTRY, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from worker import metrics  # noqa: F401 - registers the seed's metrics before any scrape
+from worker.settings import Settings
+
+__all__ = [
+    "QUEUE_PRIORITY_SEPARATOR",
+    "QueueDepthCollector",
+    "metrics_port_for",
+    "start_metrics_server",
+]
+
+log = logging.getLogger(__name__)
+
+# kombu's Redis transport keeps priorities other than 0 in keys "<queue>\x06\x16<priority>".
+QUEUE_PRIORITY_SEPARATOR = "\x06\x16"
+_PRIORITY_STEPS = (0, 3, 6, 9)
+_UNACKED_KEY = "unacked"
+# A scrape must stay cheap even when Redis is slow or gone: a short timeout, no retries.
+_SCRAPE_TIMEOUT_S = 0.5
+
+_lock = threading.Lock()
+_serving: tuple[str, int] | None = None
+
+
+def _queue_keys(queue: str) -> list[str]:
+    return [queue if p == 0 else f"{queue}{QUEUE_PRIORITY_SEPARATOR}{p}" for p in _PRIORITY_STEPS]
+
+
+class QueueDepthCollector(Collector):
+    """Reads the broker queue's length on each scrape (``LLEN``, one round trip, bounded).
+
+    When Redis does not answer within the timeout, the queue gauges are left out of that
+    scrape rather than reported as 0, so an autoscaler never scales in on a broker outage.
+    """
+
+    def __init__(
+        self, client: redis.Redis, queue: str, timeout_s: float = _SCRAPE_TIMEOUT_S
+    ) -> None:
+        self._client = client
+        self._queue = queue
+        self._timeout_s = timeout_s
+
+    def describe(self) -> Iterable[Any]:
+        # Describing without collecting keeps registration from touching Redis.
+        return [
+            GaugeMetricFamily("embeddings_queue_depth", "", labels=["queue"]),
+            GaugeMetricFamily("embeddings_queue_unacked", ""),
+        ]
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for key in _queue_keys(self._queue):
+                pipe.llen(key)
+            pipe.hlen(_UNACKED_KEY)
+            *lengths, unacked = pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("queue depth not collected: %s", type(exc).__name__)
+            return
+        depth = GaugeMetricFamily(
+            "embeddings_queue_depth",
+            "Messages waiting in the broker queue, all priorities (the same for every worker)",
+            labels=["queue"],
+        )
+        depth.add_metric([self._queue], float(sum(lengths)))
+        yield depth
+        yield GaugeMetricFamily(
+            "embeddings_queue_unacked",
+            "Messages reserved by any worker and not yet acknowledged",
+            value=float(unacked),
+        )
+
+
+def metrics_port_for(base_port: int, pool_index: int | None) -> int:
+    """The port a process serves on: the base port, or ``base + index`` for a prefork child."""
+    return base_port if pool_index is None else base_port + pool_index
+
+
+def start_metrics_server(settings: Settings, broker_url: str | None, queue: str, port: int) -> bool:
+    """Serve this process's metrics on ``port``; register the queue gauges for ``broker_url``.
+
+    Returns False, having logged why, when the port is taken: metrics never stop a worker.
+    """
+    global _serving
+    with _lock:
+        if _serving is not None:
+            return True
+        try:
+            start_http_server(port, addr=settings.metrics_addr)
+        except OSError as exc:
+            log.error("metrics not served on %s:%d: %s", settings.metrics_addr, port, exc.strerror)
+            return False
+        _serving = (settings.metrics_addr, port)
+        client = _broker_client(broker_url)
+        if client is not None:
+            REGISTRY.register(QueueDepthCollector(client, queue))
+    log.info("Prometheus metrics on http://%s:%d/metrics", settings.metrics_addr, port)
+    return True
+
+
+def _broker_client(broker_url: str | None) -> redis.Redis | None:
+    scheme = urlsplit(broker_url or "").scheme
+    if broker_url is None or scheme not in ("redis", "rediss", "unix"):
+        # Sentinel and other transports need their own client; the queue gauge is skipped.
+        log.warning("queue depth gauge needs a redis:// broker, got scheme %r", scheme)
+        return None
+    client: redis.Redis = redis.Redis.from_url(
+        broker_url,
+        socket_timeout=_SCRAPE_TIMEOUT_S,
+        socket_connect_timeout=_SCRAPE_TIMEOUT_S,
+        retry_on_timeout=False,
+    )
+    return client
+
+
+def _is_prefork(pool_cls: Any) -> bool:
+    from celery.concurrency import get_implementation
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    cls = get_implementation(pool_cls)
+    return isinstance(cls, type) and issubclass(cls, PreforkPool)
+
+
+def _on_worker_setup(instance: Any = None, **_: Any) -> None:
+    # After logging is set up (unlike worker_init), so the URL or a bind error is logged.
+    settings = Settings.from_env()
+    if not settings.metrics_port or instance is None:
+        return
+    if _is_prefork(instance.pool_cls):
+        # Each child serves after its fork (see _on_worker_process_init); the parent runs no
+        # tasks, so it has nothing to report.
+        return
+    conf = instance.app.conf
+    start_metrics_server(settings, conf.broker_url, conf.task_default_queue, settings.metrics_port)
+
+
+def _on_worker_process_init(**_: Any) -> None:
+    from celery import current_app
+    from celery.utils.log import current_process_index
+
+    settings = Settings.from_env()
+    if not settings.metrics_port:
+        return
+    port = metrics_port_for(settings.metrics_port, current_process_index(base=0))
+    conf = current_app.conf
+    start_metrics_server(settings, conf.broker_url, conf.task_default_queue, port)
+
+
+celeryd_after_setup.connect(_on_worker_setup, weak=False)
+worker_process_init.connect(_on_worker_process_init, weak=False)
