@@ -1,0 +1,191 @@
+"""kombu's Redis transport, with a fetch that cannot lose a message when a worker is killed.
+
+Stock kombu takes a message with ``BRPOP`` and only afterwards writes its copy to the
+``unacked`` hash. A worker killed with SIGKILL (or by the OOM killer) between the two loses
+the message for good: it is neither in the queue nor restorable. The fault suite saw this in
+about one ``kill -9`` out of four.
+
+Here the wait and the take are split. ``BLMOVE q q RIGHT RIGHT`` blocks until the queue holds
+something without taking it (moving the tail to the tail changes nothing), then one Lua
+script pops the message and writes its unacked copy atomically. A worker that dies at any
+point leaves the message either in the queue or in ``unacked``, where the visibility-timeout
+sweep puts it back.
+
+It also keeps a Redis restart from stopping the worker: an ack or requeue through a channel
+whose connection is already gone is dropped with a warning instead of raising (see
+``_connection_gone``); the message stays unacked and the sweep redelivers it.
+
+Only the consuming side changes; messages, keys and acks are kombu's own, so stock and
+patched workers can share a broker. Needs Redis 6.2 or later (``BLMOVE``). Messages of other
+queues or priorities than the first polled one wait at most ``brpop_timeout`` (1 s) longer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from queue import Empty
+from typing import Any
+
+from kombu.transport import redis as kombu_redis
+from kombu.utils import encoding as kombu_encoding
+from kombu.utils import json as kombu_json
+
+__all__ = ["FETCH_SCRIPT", "AtomicFetchChannel", "Transport"]
+
+log = logging.getLogger(__name__)
+
+# kombu's internals are only partly typed; these are used as kombu itself uses them.
+_RedisChannel: Any = kombu_redis.Channel
+_RedisTransport: Any = kombu_redis.Transport
+_bytes_to_str: Any = kombu_encoding.bytes_to_str
+_loads: Any = kombu_json.loads
+
+# KEYS: candidate lists in the order to try, then the unacked hash and its index.
+# ARGV[1]: now, in seconds; ARGV[1 + i]: "1" if KEYS[i] is consumed with acks (a no-ack
+# consumer, such as a control reply queue, never acks, so it gets no unacked copy).
+# The message is peeked and checked before it is popped: Redis does not roll back a script
+# that fails after a write.
+FETCH_SCRIPT = """
+local lists = #KEYS - 2
+local unacked, index = KEYS[lists + 1], KEYS[lists + 2]
+for i = 1, lists do
+    local item = redis.call('LINDEX', KEYS[i], -1)
+    if item then
+        redis.call('RPOP', KEYS[i])
+        local ok, message = pcall(cjson.decode, item)
+        local props = ok and type(message) == 'table' and message['properties']
+        local tag = type(props) == 'table' and props['delivery_tag']
+        if ARGV[i + 1] == '1' and type(tag) == 'string' then
+            local info = props['delivery_info']
+            if type(info) ~= 'table' then info = {} end
+            redis.call('ZADD', index, ARGV[1], tag)
+            redis.call('HSET', unacked, tag, '[' .. item .. ','
+                .. cjson.encode(info['exchange'] or '') .. ','
+                .. cjson.encode(info['routing_key'] or '') .. ']')
+        end
+        return {KEYS[i], item}
+    end
+end
+return false
+"""
+
+
+class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
+    """A Redis channel whose consumer fetch pops and records the unacked copy in one step."""
+
+    _polled_keys: list[tuple[str, bool]]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Queues consumed without acks (such as control replies); kombu keeps no such list.
+        self._no_ack_queues: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    # After a Redis restart the worker reconnects on a new connection, while tasks that were
+    # running finish and ack through the old channel, whose connection is gone. kombu then
+    # needs that connection's parameters and raises AttributeError, which Celery calls
+    # "Unrecoverable" and stops the worker. The messages are still in Redis's unacked hash:
+    # the visibility-timeout sweep redelivers them (a duplicate, never a loss).
+
+    def _connection_gone(self) -> bool:
+        transport = self.connection
+        return transport is None or getattr(transport, "client", None) is None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except AttributeError:
+            if not self._connection_gone():
+                raise
+            log.warning("channel closed after its connection; unacked texts left to the sweep")
+
+    def basic_ack(self, delivery_tag: str, multiple: bool = False) -> None:
+        if self._connection_gone():
+            log.warning("ack of %s dropped: its connection is gone; the sweep redelivers it",
+                        delivery_tag)  # fmt: skip
+            return
+        super().basic_ack(delivery_tag, multiple=multiple)
+
+    def basic_reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if self._connection_gone():
+            log.warning("reject of %s dropped: its connection is gone; the sweep redelivers it",
+                        delivery_tag)  # fmt: skip
+            return
+        super().basic_reject(delivery_tag, requeue=requeue)
+
+    def _atomic(self) -> bool:
+        # A key prefix rewrites key names in ways the script would have to repeat; without
+        # ack emulation there is no unacked copy to write. Both keep kombu's own fetch.
+        return bool(self.ack_emulation) and not self.global_keyprefix
+
+    def _fetch(self, keys: list[tuple[str, bool]]) -> tuple[str, dict[str, Any]] | None:
+        """Pop the first message of ``(key, acked)`` lists; write its unacked copy if acked."""
+        with self.conn_or_acquire() as client:
+            found = client.eval(
+                FETCH_SCRIPT,
+                len(keys) + 2,
+                *(key for key, _ in keys),
+                self.unacked_key,
+                self.unacked_index_key,
+                repr(time.time()),
+                *("1" if acked else "0" for _, acked in keys),
+            )
+        if not found:
+            return None
+        key, item = found
+        return _bytes_to_str(key), _loads(_bytes_to_str(item))
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if not self._atomic():
+            super()._brpop_start(timeout)
+            return
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        self._polled_keys = [
+            (self._q_for_pri(queue, pri), queue not in self._no_ack_queues)
+            for pri in self.priority_steps
+            for queue in queues
+        ]
+        first = self._polled_keys[0][0]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        # Blocks until the list has an element, and leaves it there.
+        self.client.connection.send_command("BLMOVE", first, first, "RIGHT", "RIGHT", timeout or 0)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if not self._atomic():
+            return bool(super()._brpop_read(**options))
+        try:
+            try:
+                self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            # Even after a timeout: another priority or queue may hold a message.
+            fetched = self._fetch(self._polled_keys)
+            if fetched is None:
+                raise Empty()
+            key, message = fetched
+            dest = key.rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            self.connection._deliver(message, dest)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+
+class Transport(_RedisTransport):  # type: ignore[misc]
+    """``kombu.transport.redis.Transport`` with ``AtomicFetchChannel``."""
+
+    Channel = AtomicFetchChannel
