@@ -6,6 +6,10 @@ Broker and results live in Redis (``REDIS_URL``; ``CELERY_BROKER_URL`` and
 
 from __future__ import annotations
 
+import ssl
+from urllib.parse import urlsplit
+
+import worker.tasklog  # noqa: F401  (keeps per-task INFO lines out of worker logs)
 from worker.serialization import SERIALIZER_NAME
 from worker.settings import DEFAULT_REDIS_URL, Settings, env_int, env_str
 
@@ -14,6 +18,16 @@ _redis_url = env_str("REDIS_URL", DEFAULT_REDIS_URL)
 
 broker_url = env_str("CELERY_BROKER_URL", _redis_url)
 result_backend = env_str("CELERY_RESULT_BACKEND", _redis_url)
+# Stock kombu loses the message a worker was receiving when SIGKILL lands between its BRPOP
+# and its unacked write; this transport fetches both in one step (see worker/transport.py).
+_broker_scheme = urlsplit(broker_url).scheme
+if _broker_scheme in ("redis", "rediss"):
+    # That transport plus one client object per channel, not one per command (see the module).
+    broker_transport = "worker.redis_transport:Transport"
+if _broker_scheme == "rediss":
+    # kombu enables TLS for ``rediss`` by the transport's name, no longer "rediss" here; and
+    # its own default would not check the server's certificate.
+    broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 # JSON only: a pickled message is refused before it is decoded.
 task_serializer = "json"
@@ -56,12 +70,26 @@ _transport_options = {
     "unacked_restore_interval": env_int("BROKER_UNACKED_RESTORE_INTERVAL", 5),
     "unacked_restore_throttle": 1,
     "socket_connect_timeout": 5,
-    "socket_timeout": 30,
-    "retry_on_timeout": True,
+    # Bounded, and not retried by redis-py on top of kombu's and Celery's own retries: a hung
+    # Redis (stopped, blackholed) otherwise holds a producer's enqueue for minutes.
+    "socket_timeout": _settings.redis_socket_timeout_s,
+    "retry_on_timeout": False,
     "health_check_interval": 10,
 }
 broker_transport_options = dict(_transport_options)
-result_backend_transport_options = dict(_transport_options)
+result_backend_transport_options = {
+    **_transport_options,
+    # Celery's default, 20 retries a second apart, holds a producer's enqueue 20 s when Redis
+    # is down (its result subscription retries before the send). A worker whose result write
+    # gives up while Redis is down cannot ack either: the text returns after the visibility
+    # timeout.
+    "retry_policy": {
+        "max_retries": _settings.result_backend_max_retries,
+        "interval_start": 0,
+        "interval_step": 1,
+        "interval_max": 1,
+    },
+}
 redis_socket_connect_timeout = 5
-redis_socket_timeout = 30
+redis_socket_timeout = _settings.redis_socket_timeout_s
 redis_backend_health_check_interval = 10

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Sequence
 from celery import Celery
 from celery.result import AsyncResult, ResultSet
 from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from worker.celery_app import app as default_app
 from worker.errors import EmbeddingQueueUnavailableError
@@ -50,6 +51,14 @@ def _send(text: str, model: str | None, app: Celery) -> AsyncResult:
     except OperationalError as exc:
         raise EmbeddingQueueUnavailableError(
             f"could not enqueue the text: the broker is unreachable ({exc})"
+        ) from exc
+    except RuntimeError as exc:
+        # Celery's Redis result consumer subscribes to the result before the message is sent,
+        # and gives up on an unreachable Redis this way; nothing was enqueued.
+        if not isinstance(exc.__cause__, RedisError):
+            raise
+        raise EmbeddingQueueUnavailableError(
+            f"could not enqueue the text: the broker is unreachable ({exc.__cause__})"
         ) from exc
     return result
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from celery.signals import worker_process_shutdown, worker_shutdown
 
+import worker.observability  # noqa: F401 - serves /metrics when EMBEDDINGS_METRICS_PORT is set
+from worker.breaker import EmbeddingBreaker
 from worker.embeddings.batcher import EmbeddingBatcher
 from worker.embeddings.config import EmbeddingConfig
 from worker.microbatcher import MicroBatcher
@@ -41,7 +43,10 @@ def get_microbatcher() -> MicroBatcher:
     with _lock:
         if _microbatcher is None or _owner_pid != os.getpid():
             settings = get_settings()
-            batcher = EmbeddingBatcher(EmbeddingConfig.from_settings(settings))
+            batcher = EmbeddingBatcher(
+                EmbeddingConfig.from_settings(settings),
+                breaker=EmbeddingBreaker.from_settings(settings),
+            )
             _microbatcher = MicroBatcher(batcher, flush_interval_s=settings.flush_interval_s)
             _owner_pid = os.getpid()
             log.info(

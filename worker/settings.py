@@ -50,6 +50,13 @@ DEFAULT_BREAKER_FAIL_MAX = 5
 DEFAULT_BREAKER_RESET_TIMEOUT_S = 30.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 900
 DEFAULT_RESULT_EXPIRES_S = 86_400
+# A Redis command unanswered this long means a hung or unreachable Redis: fail (and retry)
+# rather than wait, so a producer's enqueue errors within seconds instead of minutes.
+DEFAULT_REDIS_SOCKET_TIMEOUT_S = 3.0
+# Result-store retries, a second apart; Celery's 20 would hold a producer's enqueue 20 s.
+DEFAULT_RESULT_BACKEND_MAX_RETRIES = 5
+# Every interface, so a scraper in another container or host reaches the worker.
+DEFAULT_METRICS_ADDR = "0.0.0.0"
 
 _T = TypeVar("_T")
 
@@ -118,8 +125,11 @@ class Settings:
     breaker_fail_max: int = DEFAULT_BREAKER_FAIL_MAX
     breaker_reset_timeout_s: float = DEFAULT_BREAKER_RESET_TIMEOUT_S
     metrics_port: int = 0  # 0: no metrics server
+    metrics_addr: str = DEFAULT_METRICS_ADDR
     visibility_timeout_s: int = DEFAULT_VISIBILITY_TIMEOUT_S
     result_expires_s: int = DEFAULT_RESULT_EXPIRES_S
+    redis_socket_timeout_s: float = DEFAULT_REDIS_SOCKET_TIMEOUT_S
+    result_backend_max_retries: int = DEFAULT_RESULT_BACKEND_MAX_RETRIES
 
     def __post_init__(self) -> None:
         _check_positive("batch_size", self.batch_size)
@@ -127,6 +137,7 @@ class Settings:
         _check_positive("max_text_chars", self.max_text_chars)
         _check_positive("timeout_s", self.timeout_s)
         _check_positive("pool_timeout_s", self.pool_timeout_s)
+        _check_positive("redis_socket_timeout_s", self.redis_socket_timeout_s)
         if self.visibility_timeout_s <= 0:
             raise EmbeddingConfigError(
                 f"BROKER_VISIBILITY_TIMEOUT must be positive, got {self.visibility_timeout_s!r}"
@@ -138,6 +149,8 @@ class Settings:
         for name in ("max_retries", "task_max_retries", "initial_backoff_s", "max_backoff_s"):
             if getattr(self, name) < 0:
                 raise EmbeddingConfigError(f"{ENV_PREFIX}{name.upper()} must not be negative")
+        if not 0 <= self.metrics_port <= 65535:
+            raise EmbeddingConfigError("EMBEDDINGS_METRICS_PORT must be in [0, 65535]")
         if not 0.0 <= self.jitter_factor < 1.0:
             raise EmbeddingConfigError("EMBEDDINGS_JITTER_FACTOR must be in [0, 1)")
         if self.encoding_format not in ("float", "base64"):

@@ -11,15 +11,21 @@ import random
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
 from worker.celery_app import app
-from worker.errors import EmbeddingRetryableError, EmbeddingTimeoutError
+from worker.errors import (
+    EmbeddingCircuitOpenError,
+    EmbeddingRetryableError,
+    EmbeddingTimeoutError,
+)
+from worker.microbatcher import MicroBatcherClosed
 from worker.runtime import get_microbatcher, get_settings
 from worker.settings import Settings
 from worker.validation import validate_text
 
-__all__ = ["EMBED_TEXT_TASK", "embed_text", "retry_countdown_s"]
+__all__ = ["EMBED_TEXT_TASK", "circuit_open_countdown_s", "embed_text", "retry_countdown_s"]
 
 EMBED_TEXT_TASK = "embeddings.embed_text"
 
@@ -30,6 +36,20 @@ def retry_countdown_s(retries: int, settings: Settings, random_: float) -> float
     """Seconds before Celery retry ``retries + 1``: base·2^retries, capped, ±20% jitter."""
     base = min(settings.task_retry_backoff_s * 2.0**retries, settings.task_retry_backoff_max_s)
     return base * (0.8 + 0.4 * random_)
+
+
+def circuit_open_countdown_s(
+    exc: EmbeddingRetryableError, retries: int, settings: Settings, random_: float
+) -> float:
+    """The retry countdown, but never before an open breaker lets calls through again.
+
+    The breaker's remaining open time (``retry_after_s`` of an open-circuit error) plus up to
+    ``task_retry_backoff_s`` of jitter, so a process's waiting texts do not return at once.
+    """
+    countdown = retry_countdown_s(retries, settings, random_)
+    if isinstance(exc, EmbeddingCircuitOpenError) and exc.retry_after_s is not None:
+        countdown = max(countdown, exc.retry_after_s + settings.task_retry_backoff_s * random_)
+    return countdown
 
 
 def _worst_case_wait_s(settings: Settings) -> float:
@@ -48,14 +68,17 @@ def embed_text(self: Task, text: Any, model: str | None = None) -> list[float]:
     """Embed ``text`` (with ``model``, or the configured one) and return its vector."""
     settings = get_settings()
     checked = validate_text(text, max_chars=settings.max_text_chars)
-    future = get_microbatcher().submit(checked, model)
     try:
         try:
+            future = get_microbatcher().submit(checked, model)
             return future.result(timeout=_worst_case_wait_s(settings))
         except TimeoutError as exc:
             raise EmbeddingTimeoutError("no answer from the micro-batcher in time") from exc
+    except MicroBatcherClosed as exc:
+        # This process is shutting down: the text goes back to the queue for another worker.
+        raise Reject(str(exc), requeue=True) from exc
     except EmbeddingRetryableError as exc:
-        countdown = retry_countdown_s(self.request.retries, settings, random.random())
+        countdown = circuit_open_countdown_s(exc, self.request.retries, settings, random.random())
         log.warning(
             "text %s: %s; Celery retry %d/%d in %.1fs",
             self.request.id,

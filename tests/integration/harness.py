@@ -27,6 +27,8 @@ def worker_env(base_url: str, extra: Mapping[str, str] | None = None) -> dict[st
             "EMBEDDINGS_TIMEOUT_S": "5",
             "EMBEDDINGS_TASK_RETRY_BACKOFF_S": "0.3",
             "EMBEDDINGS_TASK_RETRY_BACKOFF_MAX_S": "1.0",
+            # An outage test opens the breaker; 30 s open would only slow the test down.
+            "EMBEDDINGS_BREAKER_RESET_TIMEOUT_S": "1.0",
             "PYTHONPATH": str(REPO_ROOT),
         }
     )

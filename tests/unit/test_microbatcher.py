@@ -154,3 +154,18 @@ def test_close_sends_what_waits_and_then_refuses_new_texts(make_microbatcher):
     assert future.result(timeout=1) == _vector("waiting")
     with pytest.raises(MicroBatcherClosed):
         microbatcher.submit("late")
+
+
+def test_a_text_arriving_during_shutdown_goes_back_to_the_queue(monkeypatch):
+    from celery.exceptions import Reject
+
+    import worker.tasks as tasks
+
+    class ClosedMicroBatcher:
+        def submit(self, text: str, model: str | None = None) -> None:
+            raise MicroBatcherClosed("the worker is shutting down")
+
+    monkeypatch.setattr(tasks, "get_microbatcher", ClosedMicroBatcher)
+    with pytest.raises(Reject) as info:
+        tasks.embed_text.run("late text")
+    assert info.value.requeue is True

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from tenacity import RetryCallState
@@ -34,6 +34,9 @@ from worker.errors import (
     EmbeddingServerError,
     EmbeddingTimeoutError,
 )
+
+if TYPE_CHECKING:
+    from worker.breaker import EmbeddingBreaker
 
 __all__ = ["CallResult", "EmbeddingClient"]
 
@@ -57,8 +60,9 @@ class EmbeddingClient:
     """Sends one batch per call to ``{base_url}/embeddings``; thread-safe, one per process.
 
     At most ``pool_size`` calls run at once; a call that waits longer than ``pool_timeout``
-    for a slot raises ``EmbeddingPoolExhausted``. ``transport``, ``sleep``, ``random`` and
-    ``clock`` are for tests.
+    for a slot raises ``EmbeddingPoolExhausted``. ``breaker`` (none by default; the Celery
+    worker gives each process one) guards every call, retries included. ``transport``,
+    ``sleep``, ``random`` and ``clock`` are for tests.
     """
 
     def __init__(
@@ -69,8 +73,10 @@ class EmbeddingClient:
         sleep: Sleep = time.sleep,
         random: Random = _random.random,
         clock: Callable[[], float] = time.time,
+        breaker: EmbeddingBreaker | None = None,
     ) -> None:
         self.config = config
+        self.breaker = breaker
         self._transport = transport
         self._sleep = sleep
         self._random = random
@@ -143,7 +149,10 @@ class EmbeddingClient:
             before_sleep=before_sleep,
         )
         try:
-            vectors, usage = retrying(self._attempt, texts, model)
+            if self.breaker is None:
+                vectors, usage = retrying(self._attempt, texts, model)
+            else:
+                vectors, usage = self.breaker.call(retrying, self._attempt, texts, model)
         except EmbeddingError as exc:
             metrics.FAILURE.labels(error_type=type(exc).__name__, retries=str(retries)).inc()
             if retries and isinstance(exc, EmbeddingRetryableError):
