@@ -4,37 +4,40 @@ Broker and results live in Redis (``REDIS_URL``; ``CELERY_BROKER_URL`` and
 ``CELERY_RESULT_BACKEND`` override either side). Messages are JSON only.
 """
 
-from __future__ import annotations
+# Imported names start with "_": every public name of this module is shown as a setting
+# (Flower's worker Config view lists them all).
+import ssl as _ssl
+from urllib.parse import urlsplit as _urlsplit
 
-import ssl
-from urllib.parse import urlsplit
+import worker.tasklog as _tasklog  # noqa: F401  (keeps per-task INFO lines out of worker logs)
+from worker.serialization import SERIALIZER_NAME as _RESULT_SERIALIZER
+from worker.settings import DEFAULT_REDIS_URL as _DEFAULT_REDIS_URL
+from worker.settings import Settings as _Settings
+from worker.settings import env_int as _env_int
+from worker.settings import env_str as _env_str
 
-import worker.tasklog  # noqa: F401  (keeps per-task INFO lines out of worker logs)
-from worker.serialization import SERIALIZER_NAME
-from worker.settings import DEFAULT_REDIS_URL, Settings, env_int, env_str
+_settings = _Settings.from_env()
+_redis_url = _env_str("REDIS_URL", _DEFAULT_REDIS_URL)
 
-_settings = Settings.from_env()
-_redis_url = env_str("REDIS_URL", DEFAULT_REDIS_URL)
-
-broker_url = env_str("CELERY_BROKER_URL", _redis_url)
-result_backend = env_str("CELERY_RESULT_BACKEND", _redis_url)
+broker_url = _env_str("CELERY_BROKER_URL", _redis_url)
+result_backend = _env_str("CELERY_RESULT_BACKEND", _redis_url)
 # Stock kombu loses the message a worker was receiving when SIGKILL lands between its BRPOP
 # and its unacked write; this transport fetches both in one step (see worker/transport.py).
-_broker_scheme = urlsplit(broker_url).scheme
+_broker_scheme = _urlsplit(broker_url).scheme
 if _broker_scheme in ("redis", "rediss"):
     # That transport plus one client object per channel, not one per command (see the module).
     broker_transport = "worker.redis_transport:Transport"
 if _broker_scheme == "rediss":
     # kombu enables TLS for ``rediss`` by the transport's name, no longer "rediss" here; and
     # its own default would not check the server's certificate.
-    broker_use_ssl = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    broker_use_ssl = {"ssl_cert_reqs": _ssl.CERT_REQUIRED}
 
 # JSON only: a pickled message is refused before it is decoded.
 task_serializer = "json"
 accept_content = ["json"]
 # Results are JSON too, with vectors packed as base64 float32 (see worker.serialization).
-result_serializer = SERIALIZER_NAME
-result_accept_content = ["json", SERIALIZER_NAME]
+result_serializer = _RESULT_SERIALIZER
+result_accept_content = ["json", _RESULT_SERIALIZER]
 
 task_default_queue = "embeddings"
 
@@ -46,12 +49,12 @@ task_track_started = False
 
 # One process holds many waiting texts, so the micro-batcher can fill calls: threads, and
 # enough of them for pool_size calls in flight plus one batch forming.
-worker_pool = env_str("CELERY_WORKER_POOL", "threads")
-worker_concurrency = env_int(
+worker_pool = _env_str("CELERY_WORKER_POOL", "threads")
+worker_concurrency = _env_int(
     "CELERY_WORKER_CONCURRENCY",
     _settings.pool_size * _settings.batch_size + _settings.batch_size,
 )
-worker_prefetch_multiplier = env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 8)
+worker_prefetch_multiplier = _env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 8)
 worker_cancel_long_running_tasks_on_connection_loss = True
 broker_connection_retry_on_startup = True
 
@@ -67,7 +70,7 @@ result_extended = False
 # interval * throttle seconds, so keep that a small fraction of the timeout.
 _transport_options = {
     "visibility_timeout": _settings.visibility_timeout_s,
-    "unacked_restore_interval": env_int("BROKER_UNACKED_RESTORE_INTERVAL", 5),
+    "unacked_restore_interval": _env_int("BROKER_UNACKED_RESTORE_INTERVAL", 5),
     "unacked_restore_throttle": 1,
     "socket_connect_timeout": 5,
     # Bounded, and not retried by redis-py on top of kombu's and Celery's own retries: a hung
