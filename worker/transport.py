@@ -28,6 +28,7 @@ from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
 from kombu.utils import encoding as kombu_encoding
 from kombu.utils import json as kombu_json
 
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 # kombu's internals are only partly typed; these are used as kombu itself uses them.
 _RedisChannel: Any = kombu_redis.Channel
 _RedisTransport: Any = kombu_redis.Transport
+_RedisQoS: Any = kombu_redis.QoS
+_VirtualQoS: Any = kombu_virtual.QoS
 _bytes_to_str: Any = kombu_encoding.bytes_to_str
 _loads: Any = kombu_json.loads
 
@@ -71,14 +74,32 @@ return false
 """
 
 
+class AtomicFetchQoS(_RedisQoS):  # type: ignore[misc]
+    """kombu's Redis QoS, minus its unacked write for messages the fetch script recorded.
+
+    The script already wrote that copy atomically; kombu's ``append`` would write the same
+    entry again, one more Redis round trip per text on the consumer's main loop.
+    """
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        if self.channel.take_recorded(delivery_tag):
+            _VirtualQoS.append(self, message, delivery_tag)
+            return
+        super().append(message, delivery_tag)
+
+
 class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
     """A Redis channel whose consumer fetch pops and records the unacked copy in one step."""
 
     _polled_keys: list[tuple[str, bool]]
 
+    QoS = AtomicFetchQoS
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # Queues consumed without acks (such as control replies); kombu keeps no such list.
         self._no_ack_queues: set[str] = set()
+        # Delivery tags whose unacked copy the fetch script wrote, until QoS.append sees them.
+        self._recorded_tags: set[str] = set()
         super().__init__(*args, **kwargs)
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
@@ -140,7 +161,20 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
         if not found:
             return None
         key, item = found
-        return _bytes_to_str(key), _loads(_bytes_to_str(item))
+        queue, message = _bytes_to_str(key), _loads(_bytes_to_str(item))
+        keys_acked = dict(keys)
+        tag = message.get("properties", {}).get("delivery_tag")
+        if keys_acked.get(queue) and isinstance(tag, str):
+            self._recorded_tags.add(tag)
+        return queue, message
+
+    def take_recorded(self, delivery_tag: str) -> bool:
+        """True once for a tag whose unacked copy the fetch script already wrote."""
+        try:
+            self._recorded_tags.remove(delivery_tag)
+        except KeyError:
+            return False
+        return True
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self._atomic():

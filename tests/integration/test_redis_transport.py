@@ -47,3 +47,27 @@ def test_messages_published_and_acked_through_the_cached_client_leave_nothing_be
     assert received == [0, 1, 2]
     assert clean_redis.llen("transport-test") == 0
     assert clean_redis.hlen("unacked") == 0
+
+
+def test_a_consumed_message_is_recorded_unacked_once_by_the_fetch_script(clean_redis, monkeypatch):
+    from kombu.transport import redis as kombu_redis
+
+    writes = []
+    original = kombu_redis.QoS.append
+    monkeypatch.setattr(
+        kombu_redis.QoS, "append", lambda self, m, tag: (writes.append(tag), original(self, m, tag))
+    )
+    queue = Queue("fetch-test", Exchange("fetch-test"), "fetch-test")
+    received = []
+    with Connection(TEST_REDIS_URL, transport=TRANSPORT) as conn:
+        with conn.Producer() as producer:
+            producer.publish({"n": 1}, exchange=queue.exchange, routing_key="fetch-test",
+                             declare=[queue])  # fmt: skip
+        with conn.Consumer(queue, callbacks=[lambda body, msg: received.append(msg)]):
+            conn.drain_events(timeout=5)
+            assert clean_redis.hlen("unacked") == 1  # the script's copy, before the ack
+            assert clean_redis.zcard("unacked_index") == 1
+            received[0].ack()
+    assert writes == []  # kombu's own (duplicate) unacked write was skipped
+    assert clean_redis.hlen("unacked") == 0
+    assert clean_redis.llen("fetch-test") == 0
