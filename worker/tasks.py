@@ -25,17 +25,34 @@ from worker.runtime import get_microbatcher, get_settings
 from worker.settings import Settings
 from worker.validation import validate_text
 
-__all__ = ["EMBED_TEXT_TASK", "circuit_open_countdown_s", "embed_text", "retry_countdown_s"]
+__all__ = [
+    "EMBED_TEXT_TASK",
+    "MIN_RETRY_COUNTDOWN_S",
+    "circuit_open_countdown_s",
+    "embed_text",
+    "retry_countdown_s",
+]
 
 EMBED_TEXT_TASK = "embeddings.embed_text"
 
 log = get_task_logger(__name__)
 
 
+# Celery publishes the retry, then writes RETRY to the backend with a read-then-write that
+# skips a stored SUCCESS. A re-run that finished inside that gap would have its SUCCESS
+# overwritten by RETRY, and the text would look stuck; a floor on the countdown makes that
+# need a stall of this long in the retrying thread. (A text stuck in RETRY was seen once in
+# CI with 0.24 s countdowns, which fits this race.)
+MIN_RETRY_COUNTDOWN_S = 1.0
+
+
 def retry_countdown_s(retries: int, settings: Settings, random_: float) -> float:
-    """Seconds before Celery retry ``retries + 1``: base·2^retries, capped, ±20% jitter."""
+    """Seconds before Celery retry ``retries + 1``: base·2^retries, capped, ±20% jitter.
+
+    Never less than ``MIN_RETRY_COUNTDOWN_S``.
+    """
     base = min(settings.task_retry_backoff_s * 2.0**retries, settings.task_retry_backoff_max_s)
-    return base * (0.8 + 0.4 * random_)
+    return max(MIN_RETRY_COUNTDOWN_S, base * (0.8 + 0.4 * random_))
 
 
 def circuit_open_countdown_s(

@@ -25,6 +25,7 @@ def worker_env(base_url: str, extra: Mapping[str, str] | None = None) -> dict[st
             "EMBEDDINGS_INITIAL_BACKOFF_S": "0.05",
             "EMBEDDINGS_MAX_BACKOFF_S": "0.5",
             "EMBEDDINGS_TIMEOUT_S": "5",
+            # Celery retries wait worker.tasks.MIN_RETRY_COUNTDOWN_S (1 s) at the least.
             "EMBEDDINGS_TASK_RETRY_BACKOFF_S": "0.3",
             "EMBEDDINGS_TASK_RETRY_BACKOFF_MAX_S": "1.0",
             # An outage test opens the breaker; 30 s open would only slow the test down.

@@ -330,3 +330,11 @@ def test_other_transient_errors_keep_the_normal_retry_countdown():
 
 def _raise(exc: BaseException) -> None:
     raise exc
+
+
+def test_a_celery_retry_never_waits_less_than_the_floor():
+    from worker.tasks import MIN_RETRY_COUNTDOWN_S
+
+    settings = Settings(task_retry_backoff_s=0.1, task_retry_backoff_max_s=60.0)
+    assert retry_countdown_s(0, settings, 0.0) == MIN_RETRY_COUNTDOWN_S
+    assert retry_countdown_s(6, settings, 0.5) == pytest.approx(6.4)
