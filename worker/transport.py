@@ -47,6 +47,7 @@ _loads: Any = kombu_json.loads
 # KEYS: candidate lists in the order to try, then the unacked hash and its index.
 # ARGV[1]: now, in seconds; ARGV[1 + i]: "1" if KEYS[i] is consumed with acks (a no-ack
 # consumer, such as a control reply queue, never acks, so it gets no unacked copy).
+# Returns {key, message} plus, when it wrote the unacked copy, the delivery tag it wrote.
 # The message is peeked and checked before it is popped: Redis does not roll back a script
 # that fails after a write.
 FETCH_SCRIPT = """
@@ -66,6 +67,7 @@ for i = 1, lists do
             redis.call('HSET', unacked, tag, '[' .. item .. ','
                 .. cjson.encode(info['exchange'] or '') .. ','
                 .. cjson.encode(info['routing_key'] or '') .. ']')
+            return {KEYS[i], item, tag}
         end
         return {KEYS[i], item}
     end
@@ -160,13 +162,10 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
             )
         if not found:
             return None
-        key, item = found
-        queue, message = _bytes_to_str(key), _loads(_bytes_to_str(item))
-        keys_acked = dict(keys)
-        tag = message.get("properties", {}).get("delivery_tag")
-        if keys_acked.get(queue) and isinstance(tag, str):
-            self._recorded_tags.add(tag)
-        return queue, message
+        key, item, *recorded = found
+        if recorded:
+            self._recorded_tags.add(_bytes_to_str(recorded[0]))
+        return _bytes_to_str(key), _loads(_bytes_to_str(item))
 
     def take_recorded(self, delivery_tag: str) -> bool:
         """True once for a tag whose unacked copy the fetch script already wrote."""
