@@ -21,6 +21,10 @@ _redis_url = _env_str("REDIS_URL", _DEFAULT_REDIS_URL)
 
 broker_url = _env_str("CELERY_BROKER_URL", _redis_url)
 result_backend = _env_str("CELERY_RESULT_BACKEND", _redis_url)
+if _urlsplit(result_backend).scheme in ("redis", "rediss"):
+    # Celery's Redis backend, except that a Redis outage is never stored as a text's failure:
+    # the text goes back to the queue instead (see worker/outages.py).
+    result_backend = "worker.outages:ResultBackend+" + result_backend
 # Stock kombu loses the message a worker was receiving when SIGKILL lands between its BRPOP
 # and its unacked write; this transport fetches both in one step (see worker/transport.py).
 _broker_scheme = _urlsplit(broker_url).scheme
@@ -55,7 +59,10 @@ worker_concurrency = _env_int(
     _settings.pool_size * _settings.batch_size + _settings.batch_size,
 )
 worker_prefetch_multiplier = _env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 8)
-worker_cancel_long_running_tasks_on_connection_loss = True
+# The threads pool cannot cancel a running thread, so Celery's cancel-on-connection-loss only
+# logs a traceback per text. Texts in flight finish; their acks on the dead connection are
+# dropped (worker/transport.py) and the unacked-restore sweep redelivers them.
+worker_cancel_long_running_tasks_on_connection_loss = False
 broker_connection_retry_on_startup = True
 
 # Events for Flower, enabled here rather than with a worker flag.
@@ -93,6 +100,13 @@ result_backend_transport_options = {
         "interval_max": 1,
     },
 }
+# Result reads and writes retry a Redis blip (Celery leaves them unretried by default, and
+# its tracer would then store the text as FAILURE): up to that many times, 0.1 s growing to
+# at most 2 s apart, with full jitter. Past that, worker/outages.py requeues the text.
+result_backend_always_retry = True
+result_backend_max_retries = _settings.result_backend_max_retries
+result_backend_base_sleep_between_retries_ms = 100
+result_backend_max_sleep_between_retries_ms = 2000
 redis_socket_connect_timeout = 5
 redis_socket_timeout = _settings.redis_socket_timeout_s
 redis_backend_health_check_interval = 10

@@ -13,6 +13,7 @@ Every error raised by this project derives from :class:`EmbeddingError`::
     │   ├── EmbeddingConnectionError             the API could not be reached
     │   ├── EmbeddingPoolExhausted               no pooled connection freed up in time
     │   ├── EmbeddingQueueUnavailableError       the broker could not be reached to enqueue
+    │   ├── EmbeddingResultStoreUnavailableError Redis failed under a running text; requeued
     │   └── EmbeddingCircuitOpenError            the per-process breaker is refusing calls
     └── EmbeddingFatalError                      trying again will not help
         ├── EmbeddingAPIError                    the API rejected the call (a 4xx other than 429)
@@ -38,6 +39,7 @@ __all__ = [
     "EmbeddingQueueUnavailableError",
     "EmbeddingRateLimitError",
     "EmbeddingResponseError",
+    "EmbeddingResultStoreUnavailableError",
     "EmbeddingRetryableError",
     "EmbeddingServerError",
     "EmbeddingTimeoutError",
@@ -125,3 +127,10 @@ class EmbeddingResponseError(EmbeddingFatalError):
 
 class EmbeddingQueueUnavailableError(EmbeddingRetryableError):
     """The broker (Redis) could not be reached to enqueue a text; nothing was enqueued."""
+
+
+class EmbeddingResultStoreUnavailableError(EmbeddingRetryableError):
+    """Redis failed while a worker was finishing a text; the text goes back to the queue.
+
+    Raised in the worker only (see ``worker.outages``), never stored as a text's outcome.
+    """

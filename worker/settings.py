@@ -53,7 +53,8 @@ DEFAULT_RESULT_EXPIRES_S = 86_400
 # A Redis command unanswered this long means a hung or unreachable Redis: fail (and retry)
 # rather than wait, so a producer's enqueue errors within seconds instead of minutes.
 DEFAULT_REDIS_SOCKET_TIMEOUT_S = 3.0
-# Result-store retries, a second apart; Celery's 20 would hold a producer's enqueue 20 s.
+# Retries of one result-store operation: a producer's result subscription (a second apart;
+# Celery's 20 would hold an enqueue 20 s) and a worker's reads and writes (0.1 s to 2 s apart).
 DEFAULT_RESULT_BACKEND_MAX_RETRIES = 5
 # Every interface, so a scraper in another container or host reaches the worker.
 DEFAULT_METRICS_ADDR = "0.0.0.0"

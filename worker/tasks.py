@@ -80,7 +80,13 @@ def _worst_case_wait_s(settings: Settings) -> float:
     )
 
 
-@app.task(name=EMBED_TEXT_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+@app.task(  # type: ignore[untyped-decorator]
+    name=EMBED_TEXT_TASK,
+    bind=True,
+    acks_late=True,
+    # Requeues, rather than fails, a text whose result Redis could not take.
+    Request="worker.outages:RequeueOnOutageRequest",
+)
 def embed_text(self: Task, text: Any, model: str | None = None) -> list[float]:
     """Embed ``text`` (with ``model``, or the configured one) and return its vector."""
     settings = get_settings()

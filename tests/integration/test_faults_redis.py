@@ -33,24 +33,27 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
 
 
-@pytest.fixture
-def private_worker(private_redis: RedisServer, stub, tmp_path: Path) -> Iterator[WorkerProcess]:
-    env = worker_env(
-        stub.base_url,
-        {
-            "REDIS_URL": private_redis.url,
-            "BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
-            "BROKER_UNACKED_RESTORE_INTERVAL": "1",
-        },
-    )
-    worker = WorkerProcess(env, tmp_path / "worker.log", "redis-fault")
+@pytest.fixture(params=["retried", "not-retried"])
+def private_worker(
+    request: pytest.FixtureRequest, private_redis: RedisServer, stub, tmp_path: Path
+) -> Iterator[WorkerProcess]:
+    overrides = {
+        "REDIS_URL": private_redis.url,
+        "BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
+        "BROKER_UNACKED_RESTORE_INTERVAL": "1",
+    }
+    if request.param == "not-retried":
+        # Every result write that meets the outage fails at once, so each finished text takes
+        # the requeue path of worker/outages.py instead of riding out the blip.
+        overrides["EMBEDDINGS_RESULT_BACKEND_MAX_RETRIES"] = "0"
+    worker = WorkerProcess(worker_env(stub.base_url, overrides), tmp_path / "worker.log", "rf")
     worker.wait_ready(app_for(private_redis.url))
     yield worker
     worker.stop()
 
 
 def test_a_redis_restart_mid_run_is_survived_and_every_text_finishes(
-    private_redis: RedisServer, private_worker: WorkerProcess, stub
+    request: pytest.FixtureRequest, private_redis: RedisServer, private_worker: WorkerProcess, stub
 ):
     app = app_for(private_redis.url)
     stub.set_latency_ms(100)
@@ -75,6 +78,10 @@ def test_a_redis_restart_mid_run_is_survived_and_every_text_finishes(
     assert stats["texts_seen"] == len(texts)
     print(f"Redis restart: {stats['total_inputs'] - len(texts)} texts embedded twice; lost 0")
     assert private_worker.alive()
+    requeued = private_worker.log().count("goes back to the queue; requeued")
+    print(f"Redis restart: {requeued} texts requeued because their result could not be stored")
+    if request.node.callspec.params["private_worker"] == "not-retried":
+        assert requeued > 0, "no result write met the outage: the test did not test the requeue"
     # The producer works again without being restarted either.
     assert producers.enqueue_text("after the restart", app=app).get(timeout=30) is not None
 

@@ -1,0 +1,97 @@
+"""What a worker does when Redis fails under a running text: the text goes back to the queue.
+
+Celery's tracer turns any error from the result write into the task's failure: with Redis
+unreachable for a moment, a text whose vector was computed would end FAILURE with a
+``redis.exceptions.ConnectionError`` (written once Redis answered again) and be acked. An
+outage of our own storage is not the text's failure. So:
+
+- ``ResultBackend`` (Celery's Redis backend) reports a write that failed through its retries
+  as :class:`EmbeddingResultStoreUnavailableError`, and never stores an outage as a failure;
+- ``RequeueOnOutageRequest`` (the task's request class) rejects such a text's message with
+  requeue instead of acking it. When the broker connection is gone too, the reject is
+  dropped (``worker.transport``) and the unacked-restore sweep brings the text back.
+
+Either way the text runs again: at least once, never an infrastructure FAILURE. Before that,
+``result_backend_always_retry`` (celeryconfig) retries the write, so a short blip costs
+nothing. The error crosses from the pool to the request by type, which survives the prefork
+pool's pickling (an exception's ``__cause__`` does not).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
+from celery.backends.redis import RedisBackend
+from celery.worker.request import Request
+from celery.worker.state import task_ready
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from worker.errors import EmbeddingResultStoreUnavailableError
+
+__all__ = ["RequeueOnOutageRequest", "ResultBackend", "is_redis_outage"]
+
+log = logging.getLogger(__name__)
+
+# Redis unreachable, as redis-py (result store), kombu (broker: publishing a Celery retry)
+# and this module report it.
+_OUTAGE_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OperationalError,
+    EmbeddingResultStoreUnavailableError,
+)
+
+
+def is_redis_outage(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an error it was raised from, says Redis could not be reached."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, _OUTAGE_ERRORS):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class ResultBackend(RedisBackend):  # type: ignore[misc]
+    """Celery's Redis result backend that never stores a Redis outage as a text's failure."""
+
+    def store_result(self, task_id: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().store_result(task_id, *args, **kwargs)
+        except Exception as exc:
+            # Celery wraps a write that failed through every retry in BackendStoreError.
+            if is_redis_outage(exc):
+                raise EmbeddingResultStoreUnavailableError(
+                    f"Redis could not be reached to store text {task_id}'s outcome "
+                    f"({type(exc).__name__}); the text goes back to the queue"
+                ) from exc
+            raise
+
+    def mark_as_failure(self, task_id: str, exc: BaseException, *args: Any, **kwargs: Any) -> Any:
+        if is_redis_outage(exc):
+            # Not the text's failure: store nothing; the request requeues the text.
+            return None
+        return super().mark_as_failure(task_id, exc, *args, **kwargs)
+
+
+class RequeueOnOutageRequest(Request):  # type: ignore[misc]
+    """A request that returns its message to the queue when Redis failed under it."""
+
+    def on_failure(
+        self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
+    ) -> Any:
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if is_redis_outage(exc):
+            task_ready(self)
+            log.warning("text %s: %s; requeued", self.id, exc)
+            return self.reject(requeue=True)
+        return super().on_failure(
+            exc_info, send_failed_event=send_failed_event, return_ok=return_ok
+        )
