@@ -23,8 +23,9 @@ broker_url = _env_str("CELERY_BROKER_URL", _redis_url)
 result_backend = _env_str("CELERY_RESULT_BACKEND", _redis_url)
 if _urlsplit(result_backend).scheme in ("redis", "rediss"):
     # Celery's Redis backend, except that a Redis outage is never stored as a text's failure:
-    # the text goes back to the queue instead (see worker/outages.py).
-    result_backend = "worker.outages:ResultBackend+" + result_backend
+    # the text goes back to the queue instead (see worker/outages.py). It also stores a
+    # result in one round trip instead of two (see worker/result_backend.py).
+    result_backend = "worker.result_backend:ResultBackend+" + result_backend
 # Stock kombu loses the message a worker was receiving when SIGKILL lands between its BRPOP
 # and its unacked write; this transport fetches both in one step (see worker/transport.py).
 _broker_scheme = _urlsplit(broker_url).scheme

@@ -5,8 +5,9 @@ unreachable for a moment, a text whose vector was computed would end FAILURE wit
 ``redis.exceptions.ConnectionError`` (written once Redis answered again) and be acked. An
 outage of our own storage is not the text's failure. So:
 
-- ``ResultBackend`` (Celery's Redis backend) reports a write that failed through its retries
-  as :class:`EmbeddingResultStoreUnavailableError`, and never stores an outage as a failure;
+- ``worker.result_backend.ResultBackend`` (Celery's Redis backend) reports a write that
+  failed through its retries as :class:`EmbeddingResultStoreUnavailableError`, and never
+  stores an outage as a failure;
 - ``RequeueOnOutageRequest`` (the task's request class) rejects such a text's message with
   requeue instead of acking it. When the broker connection is gone too, the reject is
   dropped (``worker.transport``) and the unacked-restore sweep brings the text back.
@@ -23,7 +24,6 @@ import logging
 from typing import Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
-from celery.backends.redis import RedisBackend
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 from kombu.exceptions import OperationalError
@@ -32,7 +32,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import EmbeddingResultStoreUnavailableError
 
-__all__ = ["RequeueOnOutageRequest", "ResultBackend", "is_redis_outage"]
+__all__ = ["RequeueOnOutageRequest", "is_redis_outage"]
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +55,6 @@ def is_redis_outage(exc: BaseException | None) -> bool:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
-
-
-class ResultBackend(RedisBackend):  # type: ignore[misc]
-    """Celery's Redis result backend that never stores a Redis outage as a text's failure."""
-
-    def store_result(self, task_id: str, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super().store_result(task_id, *args, **kwargs)
-        except Exception as exc:
-            # Celery wraps a write that failed through every retry in BackendStoreError.
-            if is_redis_outage(exc):
-                raise EmbeddingResultStoreUnavailableError(
-                    f"Redis could not be reached to store text {task_id}'s outcome "
-                    f"({type(exc).__name__}); the text goes back to the queue"
-                ) from exc
-            raise
-
-    def mark_as_failure(self, task_id: str, exc: BaseException, *args: Any, **kwargs: Any) -> Any:
-        if is_redis_outage(exc):
-            # Not the text's failure: store nothing; the request requeues the text.
-            return None
-        return super().mark_as_failure(task_id, exc, *args, **kwargs)
 
 
 class RequeueOnOutageRequest(Request):  # type: ignore[misc]
