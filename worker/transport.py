@@ -23,6 +23,7 @@ queues or priorities than the first polled one wait at most ``brpop_timeout`` (1
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from queue import Empty
 from typing import Any
@@ -45,49 +46,92 @@ _bytes_to_str: Any = kombu_encoding.bytes_to_str
 _loads: Any = kombu_json.loads
 
 # KEYS: candidate lists in the order to try, then the unacked hash and its index.
-# ARGV[1]: now, in seconds; ARGV[1 + i]: "1" if KEYS[i] is consumed with acks (a no-ack
-# consumer, such as a control reply queue, never acks, so it gets no unacked copy).
-# Returns {key, message} plus, when it wrote the unacked copy, the delivery tag it wrote.
-# The message is peeked and checked before it is popped: Redis does not roll back a script
-# that fails after a write.
+# ARGV[1]: now, in seconds; ARGV[2]: how many messages to take at most; ARGV[2 + i]: "1" if
+# KEYS[i] is consumed with acks (a no-ack consumer, such as a control reply queue, never
+# acks, so it gets no unacked copy).
+# Takes up to ARGV[2] messages from the first non-empty list. Returns {key, message, tag,
+# message, tag, ...}, where tag is the delivery tag whose unacked copy it wrote, or "".
+# RPOP is each message's first write: a Redis out of memory refuses the script there, before
+# anything is taken, and once a message is popped its unacked copy always follows.
 FETCH_SCRIPT = """
 local lists = #KEYS - 2
 local unacked, index = KEYS[lists + 1], KEYS[lists + 2]
+local limit = tonumber(ARGV[2])
 for i = 1, lists do
-    local item = redis.call('LINDEX', KEYS[i], -1)
-    if item then
-        redis.call('RPOP', KEYS[i])
-        local ok, message = pcall(cjson.decode, item)
-        local props = ok and type(message) == 'table' and message['properties']
-        local tag = type(props) == 'table' and props['delivery_tag']
-        if ARGV[i + 1] == '1' and type(tag) == 'string' then
-            local info = props['delivery_info']
-            if type(info) ~= 'table' then info = {} end
-            redis.call('ZADD', index, ARGV[1], tag)
-            redis.call('HSET', unacked, tag, '[' .. item .. ','
-                .. cjson.encode(info['exchange'] or '') .. ','
-                .. cjson.encode(info['routing_key'] or '') .. ']')
-            return {KEYS[i], item, tag}
+    if redis.call('LLEN', KEYS[i]) > 0 then
+        local found = {KEYS[i]}
+        for _ = 1, limit do
+            local item = redis.call('RPOP', KEYS[i])
+            if not item then break end
+            local ok, message = pcall(cjson.decode, item)
+            local props = ok and type(message) == 'table' and message['properties']
+            local tag = type(props) == 'table' and props['delivery_tag']
+            if ARGV[i + 2] == '1' and type(tag) == 'string' then
+                local info = props['delivery_info']
+                if type(info) ~= 'table' then info = {} end
+                redis.call('ZADD', index, ARGV[1], tag)
+                redis.call('HSET', unacked, tag, '[' .. item .. ','
+                    .. cjson.encode(info['exchange'] or '') .. ','
+                    .. cjson.encode(info['routing_key'] or '') .. ']')
+            else
+                tag = ''
+            end
+            found[#found + 1] = item
+            found[#found + 1] = tag
         end
-        return {KEYS[i], item}
+        return found
     end
 end
 return false
 """
 
+# At most this many messages per fetch, within the prefetch window: enough to cut the
+# consumer's Redis round trips and event-loop turns per text by this factor, few enough that
+# a worker does not go deaf to control messages while it hands them to the pool.
+MAX_FETCH = 16
+
 
 class AtomicFetchQoS(_RedisQoS):  # type: ignore[misc]
-    """kombu's Redis QoS, minus its unacked write for messages the fetch script recorded.
+    """kombu's Redis QoS, minus a second unacked write, with acks written in batches.
 
-    The script already wrote that copy atomically; kombu's ``append`` would write the same
-    entry again, one more Redis round trip per text on the consumer's main loop.
+    **Unacked copy.** The fetch script already wrote it atomically; kombu's ``append`` would
+    write the same entry again, one more Redis round trip per text on the consumer's loop.
+
+    **Acks.** Celery runs every ack on the consumer's event loop, and kombu sends each as its
+    own ``MULTI ZREM HDEL EXEC`` round trip: the loop waits on Redis once per text. In an
+    event loop (``Transport.register_with_event_loop``) an ack frees its prefetch slot at
+    once and joins a batch that the loop writes in one round trip at its next turn. Until
+    then the message is still in ``unacked``: a worker killed in between gets it redelivered
+    by the sweep (a duplicate, never a loss). Outside an event loop acks stay immediate.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending_acks: list[str] = []
+        self._pending_lock = threading.Lock()
 
     def append(self, message: Any, delivery_tag: str) -> None:
         if self.channel.take_recorded(delivery_tag):
             _VirtualQoS.append(self, message, delivery_tag)
             return
         super().append(message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        if not getattr(self.channel.connection, "acks_batched", False):
+            super().ack(delivery_tag)
+            return
+        with self._pending_lock:
+            self._pending_acks.append(delivery_tag)
+        _VirtualQoS.ack(self, delivery_tag)
+
+    def flush_acks(self) -> None:
+        """Write the acks waiting since the last flush, in one round trip."""
+        if not self._pending_acks:
+            return
+        with self._pending_lock:
+            tags, self._pending_acks = self._pending_acks, []
+        with self.pipe_or_acquire() as pipe:
+            pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
 
 
 class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
@@ -121,7 +165,23 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
         transport = self.connection
         return transport is None or getattr(transport, "client", None) is None
 
+    def flush_acks(self) -> None:
+        """Write this channel's batched acks, unless its connection is already gone."""
+        if self._connection_gone():
+            if self.qos._pending_acks:
+                log.warning("%d acks dropped: their connection is gone; the sweep redelivers "
+                            "those texts", len(self.qos._pending_acks))  # fmt: skip
+            return
+        self.qos.flush_acks()
+
     def close(self) -> None:
+        if not self.closed and self._qos is not None:
+            # Before kombu restores what is still unacked, so acked texts are not restored.
+            try:
+                self.flush_acks()
+            except self.connection_errors:
+                log.warning("acks not written before close: Redis is unreachable; the sweep "
+                            "redelivers those texts")  # fmt: skip
         try:
             super().close()
         except AttributeError:
@@ -148,8 +208,13 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
         # ack emulation there is no unacked copy to write. Both keep kombu's own fetch.
         return bool(self.ack_emulation) and not self.global_keyprefix
 
-    def _fetch(self, keys: list[tuple[str, bool]]) -> tuple[str, dict[str, Any]] | None:
-        """Pop the first message of ``(key, acked)`` lists; write its unacked copy if acked."""
+    def _fetch(self, keys: list[tuple[str, bool]]) -> tuple[str, list[dict[str, Any]]] | None:
+        """Pop up to ``MAX_FETCH`` messages of the first non-empty ``(key, acked)`` list.
+
+        Writes their unacked copies when ``acked``; never more than the prefetch window allows.
+        """
+        room = self.qos.can_consume_max_estimate()
+        limit = MAX_FETCH if room is None else max(1, min(room, MAX_FETCH))
         with self.conn_or_acquire() as client:
             found = client.eval(
                 FETCH_SCRIPT,
@@ -158,14 +223,18 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
                 self.unacked_key,
                 self.unacked_index_key,
                 repr(time.time()),
+                str(limit),
                 *("1" if acked else "0" for _, acked in keys),
             )
         if not found:
             return None
-        key, item, *recorded = found
-        if recorded:
-            self._recorded_tags.add(_bytes_to_str(recorded[0]))
-        return _bytes_to_str(key), _loads(_bytes_to_str(item))
+        key, *pairs = found
+        messages = []
+        for item, tag in zip(pairs[::2], pairs[1::2], strict=True):
+            if tag:
+                self._recorded_tags.add(_bytes_to_str(tag))
+            messages.append(item)
+        return _bytes_to_str(key), messages
 
     def take_recorded(self, delivery_tag: str) -> bool:
         """True once for a tag whose unacked copy the fetch script already wrote."""
@@ -208,17 +277,45 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
             fetched = self._fetch(self._polled_keys)
             if fetched is None:
                 raise Empty()
-            key, message = fetched
+            key, items = fetched
             dest = key.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
-            self.connection._deliver(message, dest)
+            self._deliver_all(items, dest)
             return True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
 
+    def _deliver_all(self, items: list[Any], dest: str) -> None:
+        # Every popped message is delivered even if one of them fails (an undecodable body, a
+        # consumer error): the others would otherwise wait in unacked for the sweep. The
+        # first failure is raised afterwards, as the one-message fetch would have raised it.
+        failure: Exception | None = None
+        for item in items:
+            try:
+                self.connection._deliver(_loads(_bytes_to_str(item)), dest)
+            except Exception as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+
 
 class Transport(_RedisTransport):  # type: ignore[misc]
-    """``kombu.transport.redis.Transport`` with ``AtomicFetchChannel``."""
+    """``kombu.transport.redis.Transport`` with ``AtomicFetchChannel`` and batched acks."""
 
     Channel = AtomicFetchChannel
+
+    # Set once the transport runs in an event loop that flushes acks on every turn.
+    acks_batched = False
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+
+        def flush_acks() -> None:
+            # A connection error here reaches Celery like a failed fetch: it reconnects.
+            for channel in list(self.channels):
+                if isinstance(channel, AtomicFetchChannel):
+                    channel.flush_acks()
+
+        loop.on_tick.add(flush_acks)
+        self.acks_batched = True

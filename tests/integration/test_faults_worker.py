@@ -7,6 +7,7 @@ counters show what reached the API: ``texts_seen`` counts distinct texts embedde
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -178,9 +179,9 @@ def test_the_atomic_fetch_takes_a_message_and_records_its_unacked_copy_in_one_st
         # The consumer "dies" right after the fetch, before any handling or ack.
         fetched = channel._fetch([(WINDOW_QUEUE, True)])
         assert fetched is not None
-        key, message = fetched
-        assert key == WINDOW_QUEUE
-        tag = message["properties"]["delivery_tag"]
+        key, items = fetched
+        assert key == WINDOW_QUEUE and len(items) == 1
+        tag = json.loads(items[0])["properties"]["delivery_tag"]
         assert clean_redis.llen(WINDOW_QUEUE) == 0
         assert clean_redis.hexists("unacked", tag)
         assert clean_redis.zscore("unacked_index", tag) is not None
