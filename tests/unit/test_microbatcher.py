@@ -146,6 +146,32 @@ def test_at_most_pool_size_calls_are_in_flight(make_microbatcher):
     assert peak == 3
 
 
+def test_a_call_that_ends_with_batches_due_sends_them_itself_with_its_slot(make_microbatcher):
+    recorder = Recorder()
+    entered = threading.Event()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        return recorder(request)
+
+    recorder.gate.clear()
+    microbatcher = make_microbatcher(handler, flush_interval_s=10.0, pool_size=1)
+    handed_to_call_threads = []
+    submit = microbatcher._calls.submit
+    microbatcher._calls.submit = lambda *a: (handed_to_call_threads.append(a), submit(*a))[1]
+
+    futures = [microbatcher.submit(f"first {i}") for i in range(8)]
+    assert entered.wait(5)  # the first call is out, and holds the only slot
+    futures += [microbatcher.submit(f"queued {i}") for i in range(16)]
+    recorder.gate.set()
+    for future in futures:
+        future.result(timeout=5)
+    # Three full calls, but the dispatcher handed over only the first: the call thread
+    # went straight on to the two batches that were due when it finished.
+    assert [len(inputs) for _, inputs in recorder.calls] == [8, 8, 8]
+    assert len(handed_to_call_threads) == 1
+
+
 def test_close_sends_what_waits_and_then_refuses_new_texts(make_microbatcher):
     recorder = Recorder()
     microbatcher = make_microbatcher(recorder, flush_interval_s=60.0)
