@@ -66,6 +66,8 @@ worker_prefetch_multiplier = _env_int("CELERY_WORKER_PREFETCH_MULTIPLIER", 8)
 worker_cancel_long_running_tasks_on_connection_loss = False
 broker_connection_retry_on_startup = True
 
+# Task events go out in batches at most every 0.1 s under load (see worker/consumer.py).
+worker_consumer = "worker.consumer:Consumer"
 # Events for Flower, enabled here rather than with a worker flag.
 worker_send_task_events = True
 task_send_sent_event = True
