@@ -38,11 +38,10 @@ EMBED_TEXT_TASK = "embeddings.embed_text"
 log = get_task_logger(__name__)
 
 
-# Celery publishes the retry, then writes RETRY to the backend with a read-then-write that
-# skips a stored SUCCESS. A re-run that finished inside that gap would have its SUCCESS
-# overwritten by RETRY, and the text would look stuck; a floor on the countdown makes that
-# need a stall of this long in the retrying thread. (A text stuck in RETRY was seen once in
-# CI with 0.24 s countdowns, which fits this race.)
+# Celery publishes the retry, then writes RETRY to the backend. Its stock backend reads, then
+# writes, skipping a stored SUCCESS: a re-run that finished in that gap had its SUCCESS
+# overwritten by RETRY (seen once in CI with 0.24 s countdowns). worker/result_backend.py
+# makes the check and write one step; this floor stays as a guard for other backends.
 MIN_RETRY_COUNTDOWN_S = 1.0
 
 
