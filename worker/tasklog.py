@@ -1,11 +1,12 @@
-"""Per-task "received" and "succeeded" lines only at ``--loglevel=DEBUG``.
+"""Per-task and per-call INFO lines only at ``--loglevel=DEBUG``.
 
 At INFO Celery writes two lines per text: "Task … received" and "Task … succeeded". py-spy
 put that at ~6% of a loaded worker's GIL samples, on a service whose tasks are single texts.
-Flower (task events) and the metrics already show every task; failures and rejections
-keep Celery's WARNING and ERROR lines, and a retry the task's own WARNING. Connected by
-importing this module, which ``celeryconfig`` does, so it only acts where Celery sets up a
-worker's logging.
+httpx adds one per API call ("HTTP Request: POST … 200 OK"), 6% of a call's GIL time.
+Flower (task events) and the metrics already show every task and call; failures and
+rejections keep Celery's WARNING and ERROR lines, a retry the task's own WARNING, and a
+retried call the client's own line. Connected by importing this module, which
+``celeryconfig`` does, so it only acts where Celery sets up a worker's logging.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from celery.signals import after_setup_logger
 
 __all__ = ["PER_TASK_LOGGERS", "quiet_per_task_info"]
 
-# Celery's loggers of the two per-task INFO lines (strategy: received; trace: succeeded).
-PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+# Celery's loggers of the two per-task INFO lines (strategy: received; trace: succeeded),
+# and httpx's of its per-request line.
+PER_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace", "httpx")
 
 
 def quiet_per_task_info(loglevel: int | str | None = None, **_: Any) -> None:
