@@ -29,16 +29,24 @@ class MicroBatcherClosed(RuntimeError):
     """Raised by ``submit`` after ``close``: the worker is shutting down."""
 
 
+# Stores (task id, vector) pairs of one call in one step; see ``MicroBatcher``.
+StoreVectors = Callable[[list[tuple[str, list[float]]]], object]
+
+
 @dataclass
 class _Waiting:
     text: str
     future: Future[list[float]]
     since: float = field(default=0.0)
+    task_id: str | None = None
 
 
 class MicroBatcher:
     """Groups submitted texts into calls of ``batcher.config.batch_size``, one model each.
 
+    ``store_vectors``, when given, receives the vectors of each call's texts submitted with
+    a ``task_id`` before their futures resolve, so a call's results can be written in one
+    step; if it raises, the futures resolve anyway and each task stores its own.
     ``clock`` is monotonic seconds, injectable for tests.
     """
 
@@ -47,9 +55,11 @@ class MicroBatcher:
         batcher: EmbeddingBatcher,
         *,
         flush_interval_s: float,
+        store_vectors: StoreVectors | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.batcher = batcher
+        self._store_vectors = store_vectors
         self.batch_size = batcher.config.batch_size
         self.flush_interval_s = flush_interval_s
         self._clock = clock
@@ -72,7 +82,9 @@ class MicroBatcher:
         """Texts waiting for a call (not yet sent)."""
         return self._pending
 
-    def submit(self, text: str, model: str | None = None) -> Future[list[float]]:
+    def submit(
+        self, text: str, model: str | None = None, task_id: str | None = None
+    ) -> Future[list[float]]:
         """Queue one validated text; the future resolves to its vector or a typed error."""
         future: Future[list[float]] = Future()
         key = model or self.batcher.config.model
@@ -80,7 +92,7 @@ class MicroBatcher:
             if self._closing:
                 raise MicroBatcherClosed("the worker is shutting down")
             queue = self._waiting.setdefault(key, deque())
-            queue.append(_Waiting(text, future, self._clock()))
+            queue.append(_Waiting(text, future, self._clock(), task_id))
             self._pending += 1
             metrics.PENDING_TEXTS.set(self._pending)
             # Wake the dispatcher only when this text changes what it waits for: a first text
@@ -170,6 +182,7 @@ class MicroBatcher:
     def _send(self, model: str, batch: list[_Waiting]) -> None:
         try:
             outcomes = self.batcher.embed_isolated([w.text for w in batch], model)
+            self._store(batch, outcomes)
             for waiting, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, EmbeddingError):
                     waiting.future.set_exception(outcome)
@@ -178,6 +191,22 @@ class MicroBatcher:
         except BaseException as exc:
             log.exception("embeddings call crashed")
             _fail(batch, exc)
+
+    def _store(self, batch: list[_Waiting], outcomes: list[list[float] | EmbeddingError]) -> None:
+        if self._store_vectors is None:
+            return
+        vectors = [
+            (waiting.task_id, outcome)
+            for waiting, outcome in zip(batch, outcomes, strict=True)
+            if waiting.task_id is not None and not isinstance(outcome, EmbeddingError)
+        ]
+        if not vectors:
+            return
+        try:
+            self._store_vectors(vectors)
+        except Exception as exc:
+            log.warning("storing %d results in one step failed (%s); each task stores its own",
+                        len(vectors), exc)  # fmt: skip
 
     def _take_due_batch(self) -> tuple[str, list[_Waiting]] | None:
         """A batch that is due now (full, flush interval over, or closing), without waiting."""

@@ -14,9 +14,11 @@ from celery.signals import worker_process_shutdown, worker_shutdown
 
 import worker.observability  # noqa: F401 - serves /metrics when EMBEDDINGS_METRICS_PORT is set
 from worker.breaker import EmbeddingBreaker
+from worker.celery_app import app
 from worker.embeddings.batcher import EmbeddingBatcher
 from worker.embeddings.config import EmbeddingConfig
 from worker.microbatcher import MicroBatcher
+from worker.result_backend import ResultBackend
 from worker.settings import Settings
 
 __all__ = ["get_microbatcher", "get_settings", "shutdown"]
@@ -47,7 +49,9 @@ def get_microbatcher() -> MicroBatcher:
                 EmbeddingConfig.from_settings(settings),
                 breaker=EmbeddingBreaker.from_settings(settings),
             )
-            _microbatcher = MicroBatcher(batcher, flush_interval_s=settings.flush_interval_s)
+            _microbatcher = MicroBatcher(
+                batcher, flush_interval_s=settings.flush_interval_s, store_vectors=_store_vectors
+            )
             _owner_pid = os.getpid()
             log.info(
                 "embeddings micro-batcher ready: base_url=%s model=%s batch_size=%d pool_size=%d",
@@ -57,6 +61,12 @@ def get_microbatcher() -> MicroBatcher:
                 settings.pool_size,
             )
         return _microbatcher
+
+
+def _store_vectors(vectors: list[tuple[str, list[float]]]) -> bool:
+    # Celery gives each thread its own backend; this is the calling (micro-batcher) thread's.
+    backend = app.backend
+    return isinstance(backend, ResultBackend) and backend.store_vectors(vectors)
 
 
 def shutdown(**_: Any) -> None:

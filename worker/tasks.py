@@ -92,7 +92,7 @@ def embed_text(self: Task, text: Any, model: str | None = None) -> list[float]:
     checked = validate_text(text, max_chars=settings.max_text_chars)
     try:
         try:
-            future = get_microbatcher().submit(checked, model)
+            future = get_microbatcher().submit(checked, model, task_id=self.request.id)
             return future.result(timeout=_worst_case_wait_s(settings))
         except TimeoutError as exc:
             raise EmbeddingTimeoutError("no answer from the micro-batcher in time") from exc

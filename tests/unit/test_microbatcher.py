@@ -46,7 +46,9 @@ class Recorder:
 def make_microbatcher() -> Iterator[Callable[..., MicroBatcher]]:
     made: list[MicroBatcher] = []
 
-    def make(handler: Recorder, flush_interval_s: float = 0.05, **config: object) -> MicroBatcher:
+    def make(
+        handler: Recorder, flush_interval_s: float = 0.05, store_vectors=None, **config: object
+    ) -> MicroBatcher:
         cfg = EmbeddingConfig(
             base_url="http://stub.test/v1",
             api_key="sk-test",
@@ -57,7 +59,9 @@ def make_microbatcher() -> Iterator[Callable[..., MicroBatcher]]:
         batcher = EmbeddingBatcher(
             cfg, transport=httpx.MockTransport(handler), sleep=lambda s: None
         )
-        microbatcher = MicroBatcher(batcher, flush_interval_s=flush_interval_s)
+        microbatcher = MicroBatcher(
+            batcher, flush_interval_s=flush_interval_s, store_vectors=store_vectors
+        )
         made.append(microbatcher)
         return microbatcher
 
@@ -172,6 +176,39 @@ def test_a_call_that_ends_with_batches_due_sends_them_itself_with_its_slot(make_
     assert len(handed_to_call_threads) == 1
 
 
+def test_a_call_hands_its_vectors_to_the_store_before_any_task_wakes(make_microbatcher):
+    stored: list[list[tuple[str, list[float]]]] = []
+    futures: list = []
+
+    def store(vectors):
+        assert not any(f.done() for f in futures)  # no task has its vector yet
+        stored.append(vectors)
+
+    recorder = Recorder(reject="POISON")
+    recorder.gate.clear()
+    microbatcher = make_microbatcher(recorder, flush_interval_s=10.0, store_vectors=store)
+    futures += [microbatcher.submit(f"t{i}", task_id=f"id-{i}") for i in range(6)]
+    futures.append(microbatcher.submit("POISON", task_id="id-poison"))
+    futures.append(microbatcher.submit("no task id"))
+    recorder.gate.set()
+    for future in futures[:6]:
+        future.result(timeout=5)
+    # One store per call, with only the texts that succeeded and belong to a task.
+    assert stored == [[(f"id-{i}", _vector(f"t{i}")) for i in range(6)]]
+    with pytest.raises(EmbeddingAPIError):
+        futures[6].result(timeout=5)
+    assert futures[7].result(timeout=5) == _vector("no task id")
+
+
+def test_a_failed_store_still_gives_every_task_its_vector(make_microbatcher):
+    def store(vectors):
+        raise ConnectionError("Redis is down")
+
+    microbatcher = make_microbatcher(Recorder(), flush_interval_s=0.01, store_vectors=store)
+    futures = [microbatcher.submit(f"t{i}", task_id=f"id-{i}") for i in range(3)]
+    assert [f.result(timeout=5) for f in futures] == [_vector(f"t{i}") for i in range(3)]
+
+
 def test_close_sends_what_waits_and_then_refuses_new_texts(make_microbatcher):
     recorder = Recorder()
     microbatcher = make_microbatcher(recorder, flush_interval_s=60.0)
@@ -188,7 +225,7 @@ def test_a_text_arriving_during_shutdown_goes_back_to_the_queue(monkeypatch):
     import worker.tasks as tasks
 
     class ClosedMicroBatcher:
-        def submit(self, text: str, model: str | None = None) -> None:
+        def submit(self, text: str, model: str | None = None, task_id: str | None = None) -> None:
             raise MicroBatcherClosed("the worker is shutting down")
 
     monkeypatch.setattr(tasks, "get_microbatcher", ClosedMicroBatcher)
