@@ -3,7 +3,9 @@
 Each Celery task submits its one text and waits on a future. A dispatcher thread sends a
 call when ``batch_size`` texts of one model wait, or ``flush_interval_s`` after the first of
 them began to wait, and keeps at most ``pool_size`` calls in flight. While every slot is busy
-texts keep arriving, so under load calls leave full.
+texts keep arriving, so under load calls leave full. A call thread that finishes sends the
+next due batch itself, and a results thread stores the finished call's vectors and wakes
+its tasks meanwhile, so under load a slot goes from one call to the next without waiting.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class MicroBatcherClosed(RuntimeError):
     """Raised by ``submit`` after ``close``: the worker is shutting down."""
 
 
+# One text's outcome from a call: its vector, or the error that text alone failed with.
+_Outcome = list[float] | EmbeddingError
 # Stores (task id, vector) pairs of one call in one step; see ``MicroBatcher``.
 StoreVectors = Callable[[list[tuple[str, list[float]]]], object]
 
@@ -72,6 +76,11 @@ class MicroBatcher:
         self._calls = ThreadPoolExecutor(
             max_workers=batcher.config.pool_size, thread_name_prefix="embeddings-call"
         )
+        # Stores a call's results and wakes its tasks while the call thread sends the next
+        # call: done on the call thread, that took ~3 ms of every ~59 ms call cycle.
+        self._completions = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="embeddings-results"
+        )
         self._dispatcher = threading.Thread(
             target=self._dispatch_forever, name="embeddings-dispatcher", daemon=True
         )
@@ -110,6 +119,7 @@ class MicroBatcher:
             self._cond.notify_all()
         self._dispatcher.join(timeout_s)
         self._calls.shutdown(wait=True)
+        self._completions.shutdown(wait=True)
         self.batcher.close()
 
     def _dispatch_forever(self) -> None:
@@ -171,7 +181,7 @@ class MicroBatcher:
         # 10-16 ms (p50) between a call's end and the next call's start, under load.
         try:
             while True:
-                self._send(model, batch)
+                self._embed(model, batch)
                 taken = self._take_due_batch()
                 if taken is None:
                     return
@@ -179,9 +189,22 @@ class MicroBatcher:
         finally:
             self._slots.release()
 
-    def _send(self, model: str, batch: list[_Waiting]) -> None:
+    def _embed(self, model: str, batch: list[_Waiting]) -> None:
         try:
             outcomes = self.batcher.embed_isolated([w.text for w in batch], model)
+        except BaseException as exc:
+            log.exception("embeddings call crashed")
+            _fail(batch, exc)
+            return
+        try:
+            self._completions.submit(self._complete, batch, outcomes)
+        except RuntimeError:  # shut down: only after every call has ended, so never expected
+            self._complete(batch, outcomes)
+
+    def _complete(
+        self, batch: list[_Waiting], outcomes: list[list[float] | EmbeddingError]
+    ) -> None:
+        try:
             self._store(batch, outcomes)
             for waiting, outcome in zip(batch, outcomes, strict=True):
                 if isinstance(outcome, EmbeddingError):
@@ -189,10 +212,10 @@ class MicroBatcher:
                 else:
                     waiting.future.set_result(outcome)
         except BaseException as exc:
-            log.exception("embeddings call crashed")
+            log.exception("completing an embeddings call crashed")
             _fail(batch, exc)
 
-    def _store(self, batch: list[_Waiting], outcomes: list[list[float] | EmbeddingError]) -> None:
+    def _store(self, batch: list[_Waiting], outcomes: list[_Outcome]) -> None:
         if self._store_vectors is None:
             return
         vectors = [

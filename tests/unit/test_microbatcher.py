@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -198,6 +199,31 @@ def test_a_call_hands_its_vectors_to_the_store_before_any_task_wakes(make_microb
     with pytest.raises(EmbeddingAPIError):
         futures[6].result(timeout=5)
     assert futures[7].result(timeout=5) == _vector("no task id")
+
+
+def test_the_next_call_goes_out_while_the_last_one_is_still_being_stored(make_microbatcher):
+    release_store = threading.Event()
+    stores = []
+
+    def slow_store(vectors):
+        stores.append(vectors)
+        release_store.wait(5)
+
+    recorder = Recorder()
+    recorder.gate.clear()
+    microbatcher = make_microbatcher(
+        recorder, flush_interval_s=10.0, pool_size=1, store_vectors=slow_store
+    )
+    futures = [microbatcher.submit(f"t{i}", task_id=f"id-{i}") for i in range(16)]
+    recorder.gate.set()
+    deadline = time.monotonic() + 5
+    while len(recorder.calls) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # The only slot sent the second call although the first call's results are not stored.
+    assert len(recorder.calls) == 2 and len(stores) == 1
+    assert not any(f.done() for f in futures)
+    release_store.set()
+    assert [f.result(timeout=5) for f in futures] == [_vector(f"t{i}") for i in range(16)]
 
 
 def test_a_failed_store_still_gives_every_task_its_vector(make_microbatcher):
