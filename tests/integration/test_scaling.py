@@ -18,11 +18,8 @@ def test_two_workers_share_a_backlog_each_text_once_in_full_calls(start_worker, 
     texts = [f"scaled text {i}: lorem ipsum {i % 53}" for i in range(TEXTS)]
     # The backlog is queued before any worker starts, so both start under load.
     results = producers.enqueue_texts(texts, app=app)
-    # With a backlog, calls fill by count and the flush timer never matters; on a shared
-    # 2-core machine Celery's own CPU can starve a process of texts for 0.1 s, so a longer
-    # timer keeps this a test of batching at load rather than of the CPU.
-    env = {"EMBEDDINGS_FLUSH_INTERVAL_S": "1.0"}
-    workers = [start_worker(stub.base_url, env, name=f"scale{i}") for i in range(2)]
+    # Default settings, 0.1 s flush interval included: with a backlog, calls fill by count.
+    workers = [start_worker(stub.base_url, name=f"scale{i}") for i in range(2)]
 
     vectors = [result.get(timeout=120) for result in results]
 
