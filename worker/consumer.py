@@ -24,6 +24,7 @@ __all__ = ["EVENT_BUFFER_LIMIT", "EVENT_FLUSH_INTERVAL_S", "Consumer"]
 
 EVENT_FLUSH_INTERVAL_S = 0.1
 EVENT_BUFFER_LIMIT = 1000
+_STALE_FLUSH_S = 10 * EVENT_FLUSH_INTERVAL_S
 
 
 class Consumer(_CeleryConsumer):  # type: ignore[misc]
@@ -31,6 +32,7 @@ class Consumer(_CeleryConsumer):  # type: ignore[misc]
 
     _event_flush_pending = False
     _last_event_flush = 0.0
+    _event_flush_requested = 0.0
 
     def on_send_event_buffered(self) -> None:
         # Called from the pool threads and the loop thread alike; the flag only saves
@@ -38,8 +40,13 @@ class Consumer(_CeleryConsumer):  # type: ignore[misc]
         dispatcher = self.event_dispatcher
         if dispatcher is not None and dispatcher.buffer_limit < EVENT_BUFFER_LIMIT:
             dispatcher.buffer_limit = EVENT_BUFFER_LIMIT  # a new dispatcher after a reconnect
-        if self.hub and not self._event_flush_pending:
+        # A flush pending for far longer than the interval was lost (say, to a reconnect's
+        # hub reset): schedule another rather than leave events to the size trigger.
+        now = time.monotonic()
+        stale = now - self._event_flush_requested > _STALE_FLUSH_S
+        if self.hub and (not self._event_flush_pending or stale):
             self._event_flush_pending = True
+            self._event_flush_requested = now
             self.hub.call_soon(self._schedule_event_flush)
 
     def _schedule_event_flush(self) -> None:

@@ -92,7 +92,9 @@ def embed_text(self: Task, text: Any, model: str | None = None) -> list[float]:
     checked = validate_text(text, max_chars=settings.max_text_chars)
     try:
         try:
-            future = get_microbatcher().submit(checked, model, task_id=self.request.id)
+            # Eager runs store no result, so the batched write must not store one either.
+            task_id = None if self.request.is_eager else self.request.id
+            future = get_microbatcher().submit(checked, model, task_id=task_id)
             return future.result(timeout=_worst_case_wait_s(settings))
         except TimeoutError as exc:
             raise EmbeddingTimeoutError("no answer from the micro-batcher in time") from exc

@@ -85,3 +85,15 @@ def test_buffered_events_are_flushed_when_the_consumer_stops(consumer, monkeypat
     monkeypatch.setattr(consumer_module._CeleryConsumer, "stop", lambda self: stopped.append(1))
     consumer.stop()
     assert consumer.event_dispatcher.flushes == 1 and stopped == [1]
+
+
+def test_a_flush_that_never_came_is_rescheduled_after_a_while(consumer):
+    consumer.on_send_event_buffered()
+    consumer.hub.soon.clear()  # lost, as to a hub reset
+    consumer.now[0] += 0.05
+    consumer.on_send_event_buffered()
+    assert consumer.hub.soon == []  # still within the interval: trust the pending flush
+    consumer.now[0] += 1.0
+    consumer.on_send_event_buffered()
+    consumer.hub.run_soon()
+    assert consumer.event_dispatcher.flushes == 1
