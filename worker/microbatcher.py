@@ -119,6 +119,7 @@ class MicroBatcher:
             self._cond.notify_all()
         self._dispatcher.join(timeout_s)
         self._calls.shutdown(wait=True)
+        # Only once no call can hand over another result.
         self._completions.shutdown(wait=True)
         self.batcher.close()
 
@@ -196,14 +197,9 @@ class MicroBatcher:
             log.exception("embeddings call crashed")
             _fail(batch, exc)
             return
-        try:
-            self._completions.submit(self._complete, batch, outcomes)
-        except RuntimeError:  # shut down: only after every call has ended, so never expected
-            self._complete(batch, outcomes)
+        self._completions.submit(self._complete, batch, outcomes)
 
-    def _complete(
-        self, batch: list[_Waiting], outcomes: list[list[float] | EmbeddingError]
-    ) -> None:
+    def _complete(self, batch: list[_Waiting], outcomes: list[_Outcome]) -> None:
         try:
             self._store(batch, outcomes)
             for waiting, outcome in zip(batch, outcomes, strict=True):

@@ -79,8 +79,6 @@ def _take_stored_ahead(task_id: str) -> bool:
 class ResultBackend(RedisBackend):  # type: ignore[misc]
     """``celery.backends.redis.RedisBackend`` with a one-step store and outage handling."""
 
-    _store_script: Any = None
-
     def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
         if state == states.SUCCESS and _take_stored_ahead(task_id):
             return result
@@ -115,12 +113,8 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
         meta = self._get_result_meta(
             result=result, state=state, traceback=traceback, request=request
         )
-        meta["task_id"] = _bytes_to_str(task_id)
-        value = self.encode(meta)
-        if len(value) > self._MAX_STR_VALUE_SIZE:
-            raise BackendStoreError("value too large for Redis backend")
         lifetime = self.failure_expires if state == states.FAILURE else self.expires
-        self.ensure(self._run_store_script, (self.get_key_for_task(task_id), value, lifetime))
+        self.ensure(self._run_store_script, ([self._encoded(task_id, meta)], int(lifetime or 0)))
         return result
 
     def store_vectors(self, results: Sequence[tuple[str, Any]]) -> bool:
@@ -138,23 +132,25 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
             )
             # What Celery stores from inside a task (no current task here to ask).
             meta["children"] = []
-            meta["task_id"] = task_id
-            writes.append((self.get_key_for_task(task_id), self.encode(meta)))
-        self._ensure_retryable(self._run_store_pipeline, writes, int(self.expires or 0))
+            writes.append(self._encoded(task_id, meta))
+        self._ensure_retryable(self._run_store_script, writes, int(self.expires or 0))
         with _stored_ahead_lock:
             _stored_ahead.update(task_id for task_id, _ in results)
         return True
 
-    def _run_store_pipeline(self, writes: list[tuple[str, Any]], lifetime: int) -> None:
-        # EVAL, not EVALSHA: a pipeline would first ask SCRIPT EXISTS, a second round trip.
-        # Redis compiles the script once and caches it by its hash either way.
+    def _encoded(self, task_id: str, meta: dict[str, Any]) -> tuple[str, Any]:
+        """The result key and the encoded ``meta`` for ``task_id``."""
+        meta["task_id"] = _bytes_to_str(task_id)
+        value = self.encode(meta)
+        if len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError("value too large for Redis backend")
+        return self.get_key_for_task(task_id), value
+
+    def _run_store_script(self, writes: list[tuple[str, Any]], lifetime: int) -> None:
+        # One pipeline of EVALs, whether it carries one result or a call's eight. EVAL, not
+        # EVALSHA: a pipeline would first ask SCRIPT EXISTS, a second round trip; Redis
+        # compiles the script once and caches it by its hash either way.
         with self.client.pipeline(transaction=False) as pipe:
             for key, value in writes:
                 pipe.eval(STORE_SCRIPT, 1, key, value, lifetime)
             pipe.execute()
-
-    def _run_store_script(self, key: str, value: Any, lifetime: int | None) -> None:
-        if self._store_script is None:
-            # redis-py's Script sends EVALSHA and reloads the script after a Redis restart.
-            self._store_script = self.client.register_script(STORE_SCRIPT)
-        self._store_script(keys=[key], args=[value, int(lifetime or 0)])

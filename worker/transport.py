@@ -208,8 +208,8 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
         # ack emulation there is no unacked copy to write. Both keep kombu's own fetch.
         return bool(self.ack_emulation) and not self.global_keyprefix
 
-    def _fetch(self, keys: list[tuple[str, bool]]) -> tuple[str, list[dict[str, Any]]] | None:
-        """Pop up to ``MAX_FETCH`` messages of the first non-empty ``(key, acked)`` list.
+    def _fetch(self, keys: list[tuple[str, bool]]) -> tuple[str, list[bytes]] | None:
+        """Pop up to ``MAX_FETCH`` raw messages of the first non-empty ``(key, acked)`` list.
 
         Writes their unacked copies when ``acked``; never more than the prefetch window allows.
         """

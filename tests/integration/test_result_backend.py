@@ -50,14 +50,14 @@ def test_a_batch_of_vectors_is_stored_as_celery_would_store_each(backend, clean_
 
 
 def test_celery_own_write_of_a_batched_result_is_skipped_once(backend, monkeypatch):
-    writes: list[bytes] = []
+    backend.store_vectors([("t-ahead", VECTOR)])
+    writes: list[bytes] = []  # the result writes made from here on
     original = ResultBackend._run_store_script
     monkeypatch.setattr(
         ResultBackend,
         "_run_store_script",
-        lambda self, key, *a: (writes.append(key), original(self, key, *a))[1],
+        lambda self, batch, *a: (writes.extend(k for k, _ in batch), original(self, batch, *a))[1],
     )
-    backend.store_vectors([("t-ahead", VECTOR)])
     backend.store_result("t-ahead", VECTOR, states.SUCCESS)  # the task's own write: skipped
     assert writes == []
     backend.store_result("t-ahead", VECTOR, states.SUCCESS)  # only once
@@ -80,9 +80,11 @@ def test_a_batch_that_cannot_reach_redis_raises_and_marks_nothing(app, monkeypat
             unreachable.store_vectors([("t-lost", VECTOR)])
     finally:
         app.conf.result_backend_always_retry = True
-    writes: list[str] = []
+    writes: list[bytes] = []
     monkeypatch.setattr(
-        ResultBackend, "_run_store_script", lambda self, key, *a: writes.append(key)
+        ResultBackend,
+        "_run_store_script",
+        lambda self, batch, *a: writes.extend(k for k, _ in batch),
     )
     ResultBackend(app=app, url=TEST_REDIS_URL).store_result("t-lost", VECTOR, states.SUCCESS)
     assert writes == [b"celery-task-meta-t-lost"]  # the task's own write was not skipped
