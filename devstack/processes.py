@@ -87,12 +87,23 @@ class StubProcess(_Process):
     """``python -m stubapi`` on a free port."""
 
     def __init__(
-        self, log_path: Path, *, latency_ms: float = 50, dimensions: int = 1536, port: int = 0
+        self,
+        log_path: Path,
+        *,
+        latency_ms: float = 50,
+        dimensions: int = 1536,
+        port: int = 0,
+        rpm: int = 0,
+        tpm: int = 0,
+        limit_window_s: float = 1.0,
     ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         argv = [sys.executable, "-m", "stubapi", "--host", "127.0.0.1", "--port", str(self.port),
                 "--latency-ms", str(latency_ms), "--dimensions", str(dimensions)]  # fmt: skip
+        # Always passed, so STUB_API_RPM and friends in the caller's environment cannot
+        # quietly rate-limit a stack that asked for no limit.
+        argv += ["--rpm", str(rpm), "--tpm", str(tpm), "--limit-window-s", str(limit_window_s)]
         super().__init__(argv, os.environ, log_path)
 
     def wait_ready(self, timeout_s: float = 15.0) -> None:
@@ -112,6 +123,13 @@ class StubProcess(_Process):
 
     def reset(self) -> None:
         httpx.post(f"http://127.0.0.1:{self.port}/_stub/reset").raise_for_status()
+
+    def configure(self, **changes: Any) -> dict[str, Any]:
+        """Change runtime settings (e.g. rpm, tpm, limit_window_s); returns the new settings."""
+        response = httpx.post(f"http://127.0.0.1:{self.port}/_stub/config", json=changes)
+        response.raise_for_status()
+        config: dict[str, Any] = response.json()
+        return config
 
 
 class WorkerProcess(_Process):

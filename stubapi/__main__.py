@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 from collections.abc import Sequence
 
 from stubapi.faults import DEFAULT_REJECT_SUBSTRING
 from stubapi.server import serve
 from stubapi.vectors import DEFAULT_DIMENSIONS
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +71,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=env("STUB_API_REJECT_SUBSTRING", DEFAULT_REJECT_SUBSTRING),
         help="inputs containing this make the whole call fail with 400 (STUB_API_REJECT_SUBSTRING)",
     )
+    parser.add_argument(
+        "--rpm",
+        type=_non_negative_int,
+        default=env("STUB_API_RPM", "0"),
+        help="account requests per minute, 0 for no limit (STUB_API_RPM)",
+    )
+    parser.add_argument(
+        "--tpm",
+        type=_non_negative_int,
+        default=env("STUB_API_TPM", "0"),
+        help="account tokens per minute, 0 for no limit (STUB_API_TPM)",
+    )
+    parser.add_argument(
+        "--limit-window-s",
+        type=_positive_seconds,
+        default=env("STUB_API_LIMIT_WINDOW_S", "1"),
+        help="window in which a per-minute limit is enforced pro rata (STUB_API_LIMIT_WINDOW_S)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request at DEBUG level")
     return parser
 
@@ -67,6 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.dimensions,
             args.api_key,
             args.reject_substring,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            limit_window_s=args.limit_window_s,
         )
     except ValueError as exc:
         parser.error(str(exc))

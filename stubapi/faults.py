@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from stubapi.ratelimit import LIMIT_HINTS, AccountLimit
 from stubapi.vectors import DEFAULT_DIMENSIONS, MAX_DIMENSIONS, MAX_INPUTS
 
 __all__ = [
@@ -30,7 +31,12 @@ _RUNTIME_FIELDS: dict[str, tuple[type, ...]] = {
     "latency_ms": (int, float),
     "dimensions": (int,),
     "reject_substring": (str,),
+    "rpm": (int,),
+    "tpm": (int,),
+    "limit_window_s": (int, float),
+    "limit_hints": (list, tuple),
 }
+_LIMIT_FIELDS = frozenset({"rpm", "tpm", "limit_window_s", "limit_hints"})
 _FIELDS = ("status", "count", "duration_s", "hang_s", "retry_after", "retry_after_ms")
 
 
@@ -237,7 +243,7 @@ class CallStats:
         """Zero the counters; calls still in flight are not counted when they finish."""
         with self._lock:
             self._generation += 1
-            self._calls = self._ok = self._failed = 0
+            self._calls = self._ok = self._failed = self._rate_limited = 0
             self._peak = self._current
             self._inputs_per_call: list[int] = []
             self._text_hashes: set[int] = set()
@@ -250,14 +256,18 @@ class CallStats:
             self._peak = max(self._peak, self._current)
             return self._generation
 
-    def end(self, token: int, texts: list[str] | None) -> None:
-        """Record the end of a call: the texts it embedded, or None if it failed."""
+    def end(self, token: int, texts: list[str] | None, rate_limited: bool = False) -> None:
+        """Record the end of a call: the texts it embedded, or None if it failed.
+
+        ``rate_limited`` marks a failure that was the account limiter's 429.
+        """
         with self._lock:
             self._current -= 1
             if token != self._generation:
                 return
             if texts is None:
                 self._failed += 1
+                self._rate_limited += rate_limited
                 return
             self._ok += 1
             self._inputs_per_call.append(len(texts))
@@ -271,6 +281,7 @@ class CallStats:
                 "calls": self._calls,
                 "ok_calls": self._ok,
                 "failed_calls": self._failed,
+                "rate_limited_calls": self._rate_limited,
                 "inputs_per_call": list(self._inputs_per_call),
                 "total_inputs": sum(self._inputs_per_call),
                 "peak_concurrency": self._peak,
@@ -281,7 +292,11 @@ class CallStats:
 
 @dataclass(frozen=True)
 class StubConfig:
-    """Stub server settings; latency_ms, dimensions and reject_substring may change at runtime."""
+    """Stub server settings; all but host, port, api_key and max_inputs may change at runtime.
+
+    rpm and tpm (0 = no limit) emulate an account rate limit enforced per window of
+    limit_window_s seconds; limit_hints picks the retry hints its 429s carry.
+    """
 
     host: str = "127.0.0.1"
     port: int = 0
@@ -290,14 +305,26 @@ class StubConfig:
     api_key: str | None = field(default=None, repr=False)
     reject_substring: str = DEFAULT_REJECT_SUBSTRING
     max_inputs: int = MAX_INPUTS
+    rpm: int = 0
+    tpm: int = 0
+    limit_window_s: float = 1.0
+    limit_hints: tuple[str, ...] = LIMIT_HINTS
 
     def __post_init__(self) -> None:
+        # JSON hands over a list; a tuple keeps the frozen config immutable.
+        object.__setattr__(self, "limit_hints", tuple(self.limit_hints))
         if not (math.isfinite(self.latency_ms) and self.latency_ms >= 0):
             raise ValueError("latency_ms must be a finite number >= 0")
         if not 1 <= self.dimensions <= MAX_DIMENSIONS:
             raise ValueError(f"dimensions must be between 1 and {MAX_DIMENSIONS}")
         if self.max_inputs < 1:
             raise ValueError("max_inputs must be >= 1")
+        if self.rpm < 0 or self.tpm < 0:
+            raise ValueError("rpm and tpm must be >= 0")
+        if not (math.isfinite(self.limit_window_s) and self.limit_window_s > 0):
+            raise ValueError("limit_window_s must be a finite number > 0")
+        if not all(isinstance(hint, str) and hint in LIMIT_HINTS for hint in self.limit_hints):
+            raise ValueError(f"limit_hints must be drawn from {', '.join(LIMIT_HINTS)}")
 
     def public(self) -> dict[str, Any]:
         """The runtime-changeable settings; never includes api_key, since these end up in logs."""
@@ -305,21 +332,33 @@ class StubConfig:
             "latency_ms": self.latency_ms,
             "dimensions": self.dimensions,
             "reject_substring": self.reject_substring,
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "limit_window_s": self.limit_window_s,
+            "limit_hints": list(self.limit_hints),
         }
 
 
 class StubState:
-    """Everything the handler threads share: current settings, faults, stats and a stop signal."""
+    """Everything the handler threads share: settings, faults, stats, limiter and a stop signal."""
 
-    def __init__(self, config: StubConfig) -> None:
+    def __init__(
+        self, config: StubConfig, limit_clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.initial = self.config = config
         self.faults = FaultPlan()
+        self.limiter = AccountLimit(
+            config.rpm, config.tpm, config.limit_window_s, config.limit_hints, limit_clock
+        )
         self.stats = CallStats()
         self.stopping = threading.Event()
         self._lock = threading.Lock()
 
     def configure(self, changes: Mapping[str, Any]) -> StubConfig:
-        """Apply changes to latency_ms, dimensions or reject_substring; ValueError if invalid."""
+        """Apply changes to the runtime settings; ValueError if invalid.
+
+        Any limit setting in ``changes``, even an unchanged value, zeroes the limiter's counters.
+        """
         unknown = set(changes) - set(_RUNTIME_FIELDS)
         if unknown:
             raise ValueError(f"unknown config field(s): {', '.join(sorted(unknown))}")
@@ -328,11 +367,18 @@ class StubState:
                 raise ValueError(f"'{key}' has the wrong type")
         with self._lock:
             self.config = replace(self.config, **changes)
+            if _LIMIT_FIELDS & set(changes):
+                self._apply_limit()
             return self.config
 
     def reset(self) -> None:
-        """Clear faults and stats and restore the initial settings."""
+        """Clear faults, stats and rate-limit counters and restore the initial settings."""
         self.faults.clear()
         self.stats.reset()
         with self._lock:
             self.config = self.initial
+            self._apply_limit()
+
+    def _apply_limit(self) -> None:
+        c = self.config
+        self.limiter.configure(c.rpm, c.tpm, c.limit_window_s, c.limit_hints)

@@ -9,6 +9,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
@@ -21,11 +22,13 @@ from stubapi.faults import (
     StubState,
     parse_fault_request,
 )
+from stubapi.ratelimit import LIMIT_HINTS
 from stubapi.vectors import (
     DEFAULT_DIMENSIONS,
     MAX_INPUTS,
     RequestError,
     embeddings_response,
+    estimate_tokens,
     parse_embeddings_request,
 )
 
@@ -33,8 +36,11 @@ __all__ = ["StubServer", "serve"]
 
 log = logging.getLogger(__name__)
 
-# status, body, extra headers, and the texts embedded (None when the call failed)
-_Answer = tuple[int, bytes, dict[str, str], list[str] | None]
+# status, body, extra headers, the texts embedded (None when the call failed), and
+# whether the account limiter refused the call
+_Answer = tuple[int, bytes, dict[str, str], list[str] | None, bool]
+# Named in a limiter 429 when the request itself does not name a model.
+_DEFAULT_MODEL = "text-embedding-3-small"
 
 _FAULT_ERRORS: dict[int, tuple[str, str, str | None]] = {
     429: ("Rate limit reached for requests.", "requests", "rate_limit_exceeded"),
@@ -66,6 +72,15 @@ def _fault_response(fault: FaultRule) -> tuple[bytes, dict[str, str]]:
     if fault.retry_after_ms is not None:
         headers["retry-after-ms"] = fault.retry_after_ms
     return _error_body(message, kind, code=code), headers
+
+
+def _model_named(body: bytes) -> str:
+    # Only for a request that failed validation, which may still name its model.
+    with contextlib.suppress(ValueError):
+        request = json.loads(body)
+        if isinstance(request, dict) and isinstance(request.get("model"), str):
+            return str(request["model"]) or _DEFAULT_MODEL
+    return _DEFAULT_MODEL
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -170,13 +185,14 @@ class _Handler(BaseHTTPRequestHandler):
         stats = self.server.state.stats
         token = stats.begin()
         try:
-            status, payload, headers, served = self._answer_embeddings(body, self.server.state)
+            answer = self._answer_embeddings(body, self.server.state)
         except BaseException:
             stats.end(token, None)
             raise
+        status, payload, headers, served, rate_limited = answer
         # Stats are final before the response leaves, so a client that reads them right
         # after its call never sees stale counts.
-        stats.end(token, served)
+        stats.end(token, served, rate_limited)
         self._send(status, payload, headers)
 
     def _answer_embeddings(self, body: bytes, state: StubState) -> _Answer:
@@ -184,17 +200,16 @@ class _Handler(BaseHTTPRequestHandler):
         if config.latency_ms > 0:
             # Event.wait rather than time.sleep so stop() need not wait out the delay.
             state.stopping.wait(config.latency_ms / 1000)
+        limiter = state.limiter
         if config.api_key is not None:
             supplied = self.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(supplied, f"Bearer {config.api_key}".encode()):
                 body = _error_body("Incorrect API key provided", code="invalid_api_key")
-                return 401, body, {}, None
-        fault = state.faults.take()
-        if fault is not None:
-            if fault.hang_s:
-                state.stopping.wait(fault.hang_s)
-            if fault.status is not None:
-                return fault.status, *_fault_response(fault), None
+                # Unauthenticated calls do not count against the account's limit.
+                headers = limiter.peek() if limiter.enabled else {}
+                return 401, body, headers, None, False
+        # Parsed before the limiter, which charges the request's tokens, but a parse error
+        # is answered only after fault injection, as before.
         try:
             texts, model, encoding, dimensions = parse_embeddings_request(
                 body,
@@ -202,9 +217,30 @@ class _Handler(BaseHTTPRequestHandler):
                 max_inputs=config.max_inputs,
                 reject_substring=config.reject_substring,
             )
+            problem = None
         except RequestError as exc:
-            return 400, _error_body(exc.message, param=exc.param), {}, None
-        return 200, embeddings_response(texts, model, encoding, dimensions), {}, texts
+            texts, problem = [], exc
+        headers = {}
+        if limiter.enabled:
+            decision = limiter.check(sum(map(estimate_tokens, texts)))
+            headers = decision.headers
+            if not decision.allowed:
+                model_named = _model_named(body) if problem else model
+                message = decision.error_message(model_named)
+                kind = decision.limit_hit or "requests"
+                payload = _error_body(message, kind, code="rate_limit_exceeded")
+                return 429, payload, headers, None, True
+        fault = state.faults.take()
+        if fault is not None:
+            if fault.hang_s:
+                state.stopping.wait(fault.hang_s)
+            if fault.status is not None:
+                payload, fault_headers = _fault_response(fault)
+                return fault.status, payload, {**headers, **fault_headers}, None, False
+        if problem is not None:
+            return 400, _error_body(problem.message, param=problem.param), headers, None, False
+        payload = embeddings_response(texts, model, encoding, dimensions)
+        return 200, payload, headers, texts, False
 
     def _post_faults(self, body: bytes) -> None:
         state = self.server.state
@@ -247,11 +283,28 @@ class StubServer:
         api_key: str | None = None,
         reject_substring: str = DEFAULT_REJECT_SUBSTRING,
         max_inputs: int = MAX_INPUTS,
+        rpm: int = 0,
+        tpm: int = 0,
+        limit_window_s: float = 1.0,
+        limit_hints: tuple[str, ...] = LIMIT_HINTS,
+        *,
+        limit_clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``limit_clock`` (monotonic seconds) lets tests place calls in rate-limit windows."""
         config = StubConfig(
-            host, port, latency_ms, dimensions, api_key, reject_substring, max_inputs
+            host,
+            port,
+            latency_ms,
+            dimensions,
+            api_key,
+            reject_substring,
+            max_inputs,
+            rpm,
+            tpm,
+            limit_window_s,
+            limit_hints,
         )
-        self._state = StubState(config)
+        self._state = StubState(config, limit_clock)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None
@@ -261,7 +314,17 @@ class StubServer:
         """Build a server from a StubConfig."""
         c = config
         return cls(
-            c.host, c.port, c.latency_ms, c.dimensions, c.api_key, c.reject_substring, c.max_inputs
+            c.host,
+            c.port,
+            c.latency_ms,
+            c.dimensions,
+            c.api_key,
+            c.reject_substring,
+            c.max_inputs,
+            c.rpm,
+            c.tpm,
+            c.limit_window_s,
+            c.limit_hints,
         )
 
     @property
@@ -351,7 +414,10 @@ class StubServer:
         self._state.configure({"latency_ms": latency_ms})
 
     def configure(self, **changes: Any) -> StubConfig:
-        """Change latency_ms, dimensions and/or reject_substring at runtime."""
+        """Change runtime settings, e.g. latency_ms, dimensions, rpm, tpm or limit_window_s.
+
+        Any rate-limit setting among ``changes`` also zeroes the limiter's counters.
+        """
         return self._state.configure(changes)
 
     def stats(self) -> dict[str, Any]:
@@ -359,7 +425,7 @@ class StubServer:
         return self._state.stats.snapshot()
 
     def reset(self) -> None:
-        """Clear faults and stats and restore the constructor's settings."""
+        """Clear faults, stats and rate-limit counters and restore the constructor's settings."""
         self._state.reset()
 
 
@@ -371,6 +437,9 @@ def serve(
     api_key: str | None = None,
     reject_substring: str = DEFAULT_REJECT_SUBSTRING,
     stop: threading.Event | None = None,
+    rpm: int = 0,
+    tpm: int = 0,
+    limit_window_s: float = 1.0,
 ) -> None:
     """Serve in the foreground until SIGINT/SIGTERM or ``stop``; announces the URL on stdout."""
     stop_event = threading.Event() if stop is None else stop
@@ -385,7 +454,18 @@ def serve(
             sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)
         }
     try:
-        with StubServer(host, port, latency_ms, dimensions, api_key, reject_substring) as server:
+        server = StubServer(
+            host,
+            port,
+            latency_ms,
+            dimensions,
+            api_key,
+            reject_substring,
+            rpm=rpm,
+            tpm=tpm,
+            limit_window_s=limit_window_s,
+        )
+        with server:
             print(f"stub API listening on {server.base_url}", flush=True)
             stop_event.wait()
     finally:
