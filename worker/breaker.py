@@ -22,7 +22,11 @@ import pybreaker
 from prometheus_client import Gauge
 
 from worker import metrics
-from worker.errors import EmbeddingCircuitOpenError, EmbeddingRetryableError
+from worker.errors import (
+    EmbeddingCircuitOpenError,
+    EmbeddingRateLimitError,
+    EmbeddingRetryableError,
+)
 from worker.settings import Settings
 
 __all__ = ["STATE_VALUES", "EmbeddingBreaker", "counts_as_failure"]
@@ -35,8 +39,14 @@ _T = TypeVar("_T")
 STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_OPEN: 1, pybreaker.STATE_HALF_OPEN: 2}
 
 
-def counts_as_failure(exc: BaseException) -> bool:
-    """True for an error that says the API is unwell: transient, and not our own refusal."""
+def counts_as_failure(exc: BaseException, *, count_rate_limits: bool = True) -> bool:
+    """True for an error that says the API is unwell: transient, and not our own refusal.
+
+    With ``count_rate_limits=False`` a 429 is not a failure either: under the shared budget
+    it means "slow down", and the budget pauses the cluster instead of this process.
+    """
+    if not count_rate_limits and isinstance(exc, EmbeddingRateLimitError):
+        return False
     return isinstance(exc, EmbeddingRetryableError) and not isinstance(
         exc, EmbeddingCircuitOpenError
     )
@@ -72,6 +82,7 @@ class EmbeddingBreaker:
         gauge: Gauge | None = metrics.BREAKER_STATE,
         clock: Callable[[], float] = time.monotonic,
         name: str = "embeddings-api",
+        count_rate_limits: bool = True,
     ) -> None:
         self._clock = clock
         self._gauge = gauge
@@ -80,7 +91,7 @@ class EmbeddingBreaker:
             fail_max=fail_max,
             reset_timeout=reset_timeout_s,
             # pybreaker treats an excluded error as a success: it resets the count.
-            exclude=[lambda exc: not counts_as_failure(exc)],
+            exclude=[lambda exc: not counts_as_failure(exc, count_rate_limits=count_rate_limits)],
             listeners=[_StateListener(self)],
             name=name,
             # On the trip, surface the API's own error rather than pybreaker's.
@@ -90,9 +101,15 @@ class EmbeddingBreaker:
             gauge.set(STATE_VALUES[pybreaker.STATE_CLOSED])
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> EmbeddingBreaker:
+    def from_settings(
+        cls, settings: Settings, *, count_rate_limits: bool = True
+    ) -> EmbeddingBreaker:
         """The breaker configured by ``breaker_fail_max`` and ``breaker_reset_timeout_s``."""
-        return cls(settings.breaker_fail_max, settings.breaker_reset_timeout_s)
+        return cls(
+            settings.breaker_fail_max,
+            settings.breaker_reset_timeout_s,
+            count_rate_limits=count_rate_limits,
+        )
 
     def __repr__(self) -> str:
         return (

@@ -14,7 +14,8 @@ Every error raised by this project derives from :class:`EmbeddingError`::
     │   ├── EmbeddingPoolExhausted               no pooled connection freed up in time
     │   ├── EmbeddingQueueUnavailableError       the broker could not be reached to enqueue
     │   ├── EmbeddingResultStoreUnavailableError Redis failed under a running text; requeued
-    │   └── EmbeddingCircuitOpenError            the per-process breaker is refusing calls
+    │   ├── EmbeddingCircuitOpenError            the per-process breaker is refusing calls
+    │   └── EmbeddingBudgetWaitError             the shared rate-limit budget kept the call waiting
     └── EmbeddingFatalError                      trying again will not help
         ├── EmbeddingAPIError                    the API rejected the call (a 4xx other than 429)
         └── EmbeddingResponseError               the API answered with something unusable
@@ -26,8 +27,14 @@ rebuild it in another process as the same type.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from worker.embeddings.ratelimit_headers import RateLimitHeaders
+
 __all__ = [
     "EmbeddingAPIError",
+    "EmbeddingBudgetWaitError",
     "EmbeddingCircuitOpenError",
     "EmbeddingConfigError",
     "EmbeddingConnectionError",
@@ -82,11 +89,13 @@ class EmbeddingRetryableError(EmbeddingError):
 
     ``retry_after_s`` holds the server's own hint (``Retry-After``), and ``should_retry`` is
     False when the server vetoed a retry (``x-should-retry: false``). Neither is stored by
-    Celery: they steer the in-process retries only.
+    Celery: they steer the in-process retries only. ``rate_limits`` holds the API's
+    ``x-ratelimit-*`` headers of the failed response, for the shared budget.
     """
 
     retry_after_s: float | None = None
     should_retry: bool = True
+    rate_limits: RateLimitHeaders | None = None
 
 
 class EmbeddingRateLimitError(EmbeddingRetryableError):
@@ -111,6 +120,15 @@ class EmbeddingPoolExhausted(EmbeddingRetryableError):
 
 class EmbeddingCircuitOpenError(EmbeddingRetryableError):
     """This process's circuit breaker is open after repeated failures; no call was made."""
+
+
+class EmbeddingBudgetWaitError(EmbeddingRetryableError):
+    """The cluster's shared rate-limit budget could not admit the call in time; none was made.
+
+    Raised when the budget asks for a wait longer than ``EMBEDDINGS_LIMITER_MAX_WAIT_S``, when
+    the API kept answering 429, or when the budget's Redis stayed unreachable. The task becomes
+    a Celery retry no sooner than ``retry_after_s``.
+    """
 
 
 class EmbeddingFatalError(EmbeddingError):

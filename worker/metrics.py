@@ -11,10 +11,15 @@ from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 __all__ = [
     "BATCH_FILL",
     "BREAKER_STATE",
+    "BUDGET_PAUSES",
+    "BUDGET_UNAVAILABLE",
+    "BUDGET_WAIT",
     "FAILURE",
     "LATENCY_MS",
     "PENDING_TEXTS",
     "POOL_EXHAUSTED",
+    "RATELIMIT_REMAINING",
+    "RATE_LIMITED",
     "RETRY",
     "SUCCESS",
     "get_counter",
@@ -40,6 +45,25 @@ PENDING_TEXTS = Gauge(
 )
 BREAKER_STATE = Gauge(
     "embeddings_breaker_state", "This process's circuit breaker: 0 closed, 1 open, 2 half-open"
+)
+
+RATE_LIMITED = Counter("embeddings_rate_limited", "429 answers received from the API")
+BUDGET_WAIT = Histogram(
+    "embeddings_budget_wait_seconds",
+    "Seconds a text waited for the cluster's shared rate-limit budget before its call left",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BUDGET_PAUSES = Counter(
+    "embeddings_budget_pauses",
+    "Cluster-wide pauses of a model started by this process (a 429, or no budget remaining)",
+)
+BUDGET_UNAVAILABLE = Counter(
+    "embeddings_budget_unavailable", "Budget checks that failed: the budget's Redis was unreachable"
+)
+RATELIMIT_REMAINING = Gauge(
+    "embeddings_ratelimit_remaining",
+    "Requests or tokens remaining of the account's limit, as the API last reported them",
+    ["kind"],
 )
 
 

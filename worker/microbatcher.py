@@ -6,10 +6,16 @@ them began to wait, and keeps at most ``pool_size`` calls in flight. While every
 texts keep arriving, so under load calls leave full. A call thread that finishes sends the
 next due batch itself, and a results thread stores the finished call's vectors and wakes
 its tasks meanwhile, so under load a slot goes from one call to the next without waiting.
+
+With a ``BudgetGate`` (the cluster's shared rate-limit budget), a due batch leaves only
+once the budget admits it. Its texts wait here meanwhile, not as Celery retries, so the
+batch keeps filling and calls stay full while the limit holds; a 429 pauses the cluster and
+puts the call's texts back at the head of the line.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -19,8 +25,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from worker import metrics
+from worker.budget import BudgetGate, estimate_tokens
 from worker.embeddings.batcher import EmbeddingBatcher
-from worker.errors import EmbeddingError
+from worker.errors import EmbeddingBudgetWaitError, EmbeddingError, EmbeddingRateLimitError
 
 __all__ = ["MicroBatcher", "MicroBatcherClosed"]
 
@@ -43,6 +50,11 @@ class _Waiting:
     future: Future[list[float]]
     since: float = field(default=0.0)
     task_id: str | None = None
+    rate_limited: int = 0  # 429s met so far; past the gate's bound, the text retries in Celery
+
+
+# (model, texts, tokens charged to the shared budget)
+_Batch = tuple[str, list[_Waiting], int]
 
 
 class MicroBatcher:
@@ -51,6 +63,7 @@ class MicroBatcher:
     ``store_vectors``, when given, receives the vectors of each call's texts submitted with
     a ``task_id`` before their futures resolve, so a call's results can be written in one
     step; if it raises, the futures resolve anyway and each task stores its own.
+    ``gate``, when given, admits every call against the cluster's shared budget.
     ``clock`` is monotonic seconds, injectable for tests.
     """
 
@@ -60,10 +73,15 @@ class MicroBatcher:
         *,
         flush_interval_s: float,
         store_vectors: StoreVectors | None = None,
+        gate: BudgetGate | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.batcher = batcher
         self._store_vectors = store_vectors
+        self._gate = gate
+        # One thread per process waits for budget; the others would only ask Redis again.
+        self._admitting = threading.Lock()
+        self._stopping = threading.Event()
         self.batch_size = batcher.config.batch_size
         self.flush_interval_s = flush_interval_s
         self._clock = clock
@@ -117,43 +135,141 @@ class MicroBatcher:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
+        self._stopping.set()  # a wait for budget ends now; its texts go back to the queue
         self._dispatcher.join(timeout_s)
         self._calls.shutdown(wait=True)
         # Only once no call can hand over another result.
         self._completions.shutdown(wait=True)
         self.batcher.close()
+        if self._gate is not None:
+            self._gate.budget.close()
 
     def _dispatch_forever(self) -> None:
         while True:
             # Hold a free slot before choosing a batch, so texts that arrive while every
             # slot is busy still join the next call.
             self._slots.acquire()
-            taken = self._next_batch()
+            try:
+                taken = self._take_batch(block=True)
+            except Exception:
+                # A bug here must not stop every later text of this process from leaving.
+                log.exception("the embeddings dispatcher failed to take a batch")
+                self._slots.release()
+                self._stopping.wait(0.1)
+                continue
             if taken is None:
                 self._slots.release()
                 return
-            model, batch = taken
             try:
-                self._calls.submit(self._call, model, batch)
+                self._calls.submit(self._call, taken)
             except RuntimeError as exc:  # executor already shut down
                 self._slots.release()
-                _fail(batch, MicroBatcherClosed(str(exc)))
+                _fail(taken[1], MicroBatcherClosed(str(exc)))
 
-    def _next_batch(self) -> tuple[str, list[_Waiting]] | None:
-        """Block until a batch is due; return it, or None once closing and drained."""
+    def _take_batch(self, *, block: bool) -> _Batch | None:
+        """The next due batch, admitted by the budget if there is one.
+
+        ``block``: wait until one is due, and return None only once closing and drained.
+        Otherwise return None at once when nothing is due, or another thread is admitting.
+        """
+        while True:
+            if block and not self._wait_until_due():
+                return None
+            if self._gate is None:
+                taken = self._admit_due()
+            elif self._admitting.acquire(blocking=block):
+                try:
+                    taken = self._admit_due()
+                finally:
+                    self._admitting.release()
+            else:
+                return None
+            if taken is not None or not block:
+                return taken
+
+    def _wait_until_due(self) -> bool:
+        """Block until some batch is due; False once closing with nothing waiting."""
         with self._cond:
             while True:
                 if not self._waiting:
                     if self._closing:
-                        return None
+                        return False
                     self._cond.wait()
                     continue
-                model, queue = self._due_model()
-                if model is not None:
-                    break
+                if self._due_model()[0] is not None:
+                    return True
                 oldest = min(q[0].since for q in self._waiting.values())
                 self._cond.wait(max(0.0, oldest + self.flush_interval_s - self._clock()))
-            return model, self._pop_batch(model, queue)
+
+    def _admit_due(self) -> _Batch | None:
+        # Callers hold self._admitting. Texts stay queued while the budget says wait, so a
+        # batch that was due half-full leaves full once the budget admits it.
+        started = self._clock()
+        while True:
+            with self._cond:
+                model, queue = self._due_model()
+                if model is None:
+                    return None
+                if self._gate is None:
+                    return model, self._pop_batch(model, queue), 0
+                head = list(itertools.islice(queue, self.batch_size))
+            tokens = sum(estimate_tokens(waiting.text) for waiting in head)
+            try:
+                admission = self._gate.try_admit(model, tokens)
+            except EmbeddingBudgetWaitError as exc:
+                self._fail_model(model, exc)
+                continue
+            if admission.admitted:
+                with self._cond:
+                    queue = self._waiting.get(model, deque())
+                    batch = self._pop_batch(model, queue) if queue else []
+                if not batch:  # failed or taken meanwhile: the admission goes unused
+                    continue
+                waited_s = self._clock() - started
+                for _ in batch:
+                    metrics.BUDGET_WAIT.observe(waited_s)
+                return model, batch, tokens
+            if admission.wait_s > self._gate.max_wait_s:
+                error = EmbeddingBudgetWaitError(
+                    f"the shared rate-limit budget asks {model} calls to wait "
+                    f"{admission.wait_s:.1f}s, more than EMBEDDINGS_LIMITER_MAX_WAIT_S "
+                    f"({self._gate.max_wait_s:g}s)"
+                )
+                error.retry_after_s = admission.wait_s
+                self._fail_model(model, error)
+                continue
+            self._fail_overdue(model)
+            if self._stopping.wait(self._gate.sleep_s(admission)):
+                self._fail_model(model, MicroBatcherClosed("the worker is shutting down"))
+
+    def _fail_overdue(self, model: str) -> None:
+        """Texts that waited for budget past the bound become Celery retries."""
+        assert self._gate is not None
+        cutoff = self._clock() - self._gate.max_wait_s
+        with self._cond:
+            queue = self._waiting.get(model, deque())
+            overdue = []
+            while queue and queue[0].since < cutoff:
+                overdue.append(queue.popleft())
+            if not queue and model in self._waiting:
+                del self._waiting[model]
+            self._pending -= len(overdue)
+            metrics.PENDING_TEXTS.set(self._pending)
+        _fail(
+            overdue,
+            EmbeddingBudgetWaitError(
+                f"waited more than EMBEDDINGS_LIMITER_MAX_WAIT_S ({self._gate.max_wait_s:g}s) "
+                f"for the shared rate-limit budget of {model}"
+            ),
+        )
+
+    def _fail_model(self, model: str, exc: BaseException) -> None:
+        """Resolve every text of ``model`` still waiting with ``exc``."""
+        with self._cond:
+            queue = self._waiting.pop(model, deque())
+            self._pending -= len(queue)
+            metrics.PENDING_TEXTS.set(self._pending)
+        _fail(list(queue), exc)
 
     def _pop_batch(self, model: str, queue: deque[_Waiting]) -> list[_Waiting]:
         # Callers hold self._cond.
@@ -174,30 +290,72 @@ class MicroBatcher:
                 return model, queue
         return None, deque()
 
-    def _call(self, model: str, batch: list[_Waiting]) -> None:
+    def _call(self, taken: _Batch) -> None:
         # Runs on a call thread holding one slot. When the call ends and another batch is
-        # already due, this thread sends it at once with the same slot. Handing the slot back
-        # to the dispatcher, which then hands the batch to a call thread, costs two thread
-        # wake-ups, each waiting for the GIL behind the task threads this call just woke:
-        # 10-16 ms (p50) between a call's end and the next call's start, under load.
+        # already due, this thread sends it at once with the same slot: handing the slot
+        # back to the dispatcher costs two thread wake-ups (docs/benchmark.md).
         try:
-            while True:
-                self._embed(model, batch)
-                taken = self._take_due_batch()
-                if taken is None:
-                    return
-                model, batch = taken
+            next_batch: _Batch | None = taken
+            while next_batch is not None:
+                self._embed(*next_batch)
+                next_batch = self._take_batch(block=False)
         finally:
             self._slots.release()
 
-    def _embed(self, model: str, batch: list[_Waiting]) -> None:
+    def _embed(self, model: str, batch: list[_Waiting], tokens: int) -> None:
+        texts = [w.text for w in batch]
+        outcomes: list[_Outcome] | None
         try:
-            outcomes = self.batcher.embed_isolated([w.text for w in batch], model)
+            if self._gate is None:
+                outcomes = self.batcher.embed_isolated(texts, model)
+            else:
+                outcomes = self._embed_in_budget(model, batch, tokens)
         except BaseException as exc:
             log.exception("embeddings call crashed")
             _fail(batch, exc)
             return
-        self._completions.submit(self._complete, batch, outcomes)
+        if outcomes is not None:
+            self._completions.submit(self._complete, batch, outcomes)
+
+    def _embed_in_budget(
+        self, model: str, batch: list[_Waiting], tokens: int
+    ) -> list[_Outcome] | None:
+        """One admitted call; None when a 429 sent its texts back to wait for budget."""
+        assert self._gate is not None
+        texts = [w.text for w in batch]
+        try:
+            call = self.batcher.client.embed(texts, model)
+        except EmbeddingRateLimitError as exc:
+            self._wait_again_after_429(model, batch, exc)
+            return None
+        except EmbeddingError as exc:
+            # Split calls that isolate a rejected text go out unmetered: they are rare.
+            return self.batcher.isolate(texts, model, exc)
+        self._gate.after_call(model, tokens, call)
+        return list(call.embeddings)
+
+    def _wait_again_after_429(
+        self, model: str, batch: list[_Waiting], exc: EmbeddingRateLimitError
+    ) -> None:
+        assert self._gate is not None
+        for waiting in batch:
+            waiting.rate_limited += 1
+        self._gate.after_rate_limit(model, exc, max(w.rate_limited for w in batch))
+        # A text that keeps meeting 429s becomes a Celery retry, whose countdown honours them.
+        give_up = [w for w in batch if w.rate_limited > self._gate.max_rate_limited]
+        again = [w for w in batch if w.rate_limited <= self._gate.max_rate_limited]
+        _fail(give_up, exc)
+        with self._cond:
+            if self._closing:
+                _fail(again, MicroBatcherClosed("the worker is shutting down"))
+                return
+            if not again:
+                return
+            queue = self._waiting.setdefault(model, deque())
+            queue.extendleft(reversed(again))
+            self._pending += len(again)
+            metrics.PENDING_TEXTS.set(self._pending)
+            self._cond.notify()
 
     def _complete(self, batch: list[_Waiting], outcomes: list[_Outcome]) -> None:
         try:
@@ -226,14 +384,6 @@ class MicroBatcher:
         except Exception as exc:
             log.warning("storing %d results in one step failed (%s); each task stores its own",
                         len(vectors), exc)  # fmt: skip
-
-    def _take_due_batch(self) -> tuple[str, list[_Waiting]] | None:
-        """A batch that is due now (full, flush interval over, or closing), without waiting."""
-        with self._cond:
-            model, queue = self._due_model()
-            if model is None:
-                return None
-            return model, self._pop_batch(model, queue)
 
 
 def _fail(batch: list[_Waiting], exc: BaseException) -> None:

@@ -9,19 +9,22 @@ import logging
 import os
 import threading
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery.signals import worker_process_shutdown, worker_shutdown
 
 import worker.observability  # noqa: F401 - serves /metrics when EMBEDDINGS_METRICS_PORT is set
 from worker.breaker import EmbeddingBreaker
+from worker.budget import BudgetGate, SharedBudget
 from worker.celery_app import app
 from worker.embeddings.batcher import EmbeddingBatcher
 from worker.embeddings.config import EmbeddingConfig
+from worker.errors import EmbeddingConfigError
 from worker.microbatcher import MicroBatcher
 from worker.result_backend import ResultBackend
 from worker.settings import Settings
 
-__all__ = ["get_microbatcher", "get_settings", "shutdown"]
+__all__ = ["get_microbatcher", "get_settings", "limiter_url", "shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +48,62 @@ def get_microbatcher() -> MicroBatcher:
     with _lock:
         if _microbatcher is None or _owner_pid != os.getpid():
             settings = get_settings()
+            gate = _budget_gate(settings)
+            shared = gate is not None
             batcher = EmbeddingBatcher(
                 EmbeddingConfig.from_settings(settings),
-                breaker=EmbeddingBreaker.from_settings(settings),
+                breaker=EmbeddingBreaker.from_settings(settings, count_rate_limits=not shared),
+                # Under the shared budget a 429 pauses the cluster instead of being retried here.
+                retry_rate_limits=not shared,
             )
             _microbatcher = MicroBatcher(
-                batcher, flush_interval_s=settings.flush_interval_s, store_vectors=_store_vectors
+                batcher,
+                flush_interval_s=settings.flush_interval_s,
+                store_vectors=_store_vectors,
+                gate=gate,
             )
             _owner_pid = os.getpid()
+            rpm, tpm = settings.limits_for(settings.model)
             log.info(
-                "embeddings micro-batcher ready: base_url=%s model=%s batch_size=%d pool_size=%d",
+                "embeddings micro-batcher ready: base_url=%s model=%s batch_size=%d pool_size=%d "
+                "shared budget=%s rpm=%s tpm=%s",
                 settings.base_url,
                 settings.model,
                 settings.batch_size,
                 settings.pool_size,
+                "on" if shared else "off",
+                rpm or "learned",
+                tpm or "learned",
             )
         return _microbatcher
+
+
+def limiter_url(settings: Settings, broker_url: str, result_backend: str) -> str | None:
+    """The Redis of the shared budget: ``EMBEDDINGS_LIMITER_URL``, else the broker's or the
+    result backend's, whichever is Redis; None when none is."""
+    candidates = [settings.limiter_url, broker_url, result_backend.rpartition("+")[2]]
+    for url in candidates:
+        if url and urlsplit(url).scheme in ("redis", "rediss", "unix"):
+            return url
+    if settings.limiter_url:
+        raise EmbeddingConfigError(
+            f"EMBEDDINGS_LIMITER_URL must be a redis://, rediss:// or unix:// URL, "
+            f"got scheme {urlsplit(settings.limiter_url).scheme!r}"
+        )
+    return None
+
+
+def _budget_gate(settings: Settings) -> BudgetGate | None:
+    if not settings.shared_budget:
+        return None
+    url = limiter_url(settings, str(app.conf.broker_url or ""), str(app.conf.result_backend or ""))
+    if url is None:
+        log.warning(
+            "no Redis for the shared rate-limit budget (the broker is not Redis); set "
+            "EMBEDDINGS_LIMITER_URL. Each process now backs off on its own."
+        )
+        return None
+    return BudgetGate.from_settings(SharedBudget.from_url(url, settings), settings)
 
 
 def _store_vectors(vectors: list[tuple[str, list[float]]]) -> bool:

@@ -58,6 +58,18 @@ DEFAULT_REDIS_SOCKET_TIMEOUT_S = 3.0
 DEFAULT_RESULT_BACKEND_MAX_RETRIES = 5
 # Every interface, so a scraper in another container or host reaches the worker.
 DEFAULT_METRICS_ADDR = "0.0.0.0"
+# The shared rate-limit budget (worker/budget): a call waits at most this long for budget
+# before its texts become Celery retries; past it, a pause of minutes should not hold threads.
+DEFAULT_LIMITER_MAX_WAIT_S = 30.0
+# 0 means not configured: the budget learns each model's limit from the API's headers.
+DEFAULT_RPM_LIMIT = 0
+DEFAULT_TPM_LIMIT = 0
+DEFAULT_MODEL_LIMITS = ""  # "model=RPM:TPM,other-model=RPM:TPM"
+DEFAULT_SHARED_BUDGET = 1  # 0 turns it off: each process backs off on its own, as the seed does
+DEFAULT_LIMITER_URL = ""  # empty: the broker's Redis (or the result backend's)
+# Fraction of a configured or learned limit left unused, so calls spaced by the budget still
+# fit a provider's per-second quantization when they arrive a few milliseconds apart.
+DEFAULT_LIMIT_HEADROOM = 0.05
 
 _T = TypeVar("_T")
 
@@ -131,6 +143,14 @@ class Settings:
     result_expires_s: int = DEFAULT_RESULT_EXPIRES_S
     redis_socket_timeout_s: float = DEFAULT_REDIS_SOCKET_TIMEOUT_S
     result_backend_max_retries: int = DEFAULT_RESULT_BACKEND_MAX_RETRIES
+    # The account's rate limit, one budget for every worker process (worker/budget).
+    rpm_limit: int = DEFAULT_RPM_LIMIT  # requests per minute
+    tpm_limit: int = DEFAULT_TPM_LIMIT  # tokens per minute
+    model_limits: str = DEFAULT_MODEL_LIMITS  # per-model overrides of the two above
+    shared_budget: int = DEFAULT_SHARED_BUDGET
+    limiter_url: str = DEFAULT_LIMITER_URL
+    limiter_max_wait_s: float = DEFAULT_LIMITER_MAX_WAIT_S
+    limit_headroom: float = DEFAULT_LIMIT_HEADROOM
 
     def __post_init__(self) -> None:
         _check_positive("batch_size", self.batch_size)
@@ -156,10 +176,29 @@ class Settings:
             raise EmbeddingConfigError("EMBEDDINGS_JITTER_FACTOR must be in [0, 1)")
         if self.encoding_format not in ("float", "base64"):
             raise EmbeddingConfigError("EMBEDDINGS_ENCODING_FORMAT must be 'float' or 'base64'")
+        for name in ("rpm_limit", "tpm_limit"):
+            if getattr(self, name) < 0:
+                raise EmbeddingConfigError(
+                    f"{ENV_PREFIX}{name.upper()} must be 0 (not configured) or a positive "
+                    f"integer, got {getattr(self, name)!r}"
+                )
+        if self.shared_budget not in (0, 1):
+            raise EmbeddingConfigError("EMBEDDINGS_SHARED_BUDGET must be 0 or 1")
+        _check_positive("limiter_max_wait_s", self.limiter_max_wait_s)
+        if not 0.0 <= self.limit_headroom < 0.5:
+            raise EmbeddingConfigError("EMBEDDINGS_LIMIT_HEADROOM must be in [0, 0.5)")
+        self.limits_for(self.model)  # parses EMBEDDINGS_MODEL_LIMITS, naming it when bad
         if not self.base_url.startswith(("http://", "https://")):
             raise EmbeddingConfigError(
                 f"EMBEDDINGS_BASE_URL must start with http:// or https://, got {self.base_url!r}"
             )
+
+    def limits_for(self, model: str) -> tuple[int, int]:
+        """``(rpm, tpm)`` of ``model``: its ``EMBEDDINGS_MODEL_LIMITS`` entry, else the defaults.
+
+        0 means not configured: the budget then learns the limit from the API's headers.
+        """
+        return _parse_model_limits(self.model_limits).get(model, (self.rpm_limit, self.tpm_limit))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -183,6 +222,25 @@ class Settings:
             else:
                 values[spec.name] = env_str(name, default, environ)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _parse_model_limits(raw: str) -> dict[str, tuple[int, int]]:
+    limits: dict[str, tuple[int, int]] = {}
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        model, sep, pair = entry.rpartition("=")
+        rpm_text, colon, tpm_text = pair.partition(":")
+        try:
+            if not (sep and colon and model.strip()):
+                raise ValueError("expected MODEL=RPM:TPM")
+            rpm, tpm = int(rpm_text), int(tpm_text)
+            if rpm < 0 or tpm < 0:
+                raise ValueError("limits must not be negative")
+        except ValueError as exc:
+            raise EmbeddingConfigError(
+                f"{ENV_PREFIX}MODEL_LIMITS entry {entry!r} is invalid: {exc}"
+            ) from exc
+        limits[model.strip()] = (rpm, tpm)
+    return limits
 
 
 def _check_positive(name: str, value: float) -> None:

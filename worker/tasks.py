@@ -16,7 +16,9 @@ from celery.utils.log import get_task_logger
 
 from worker.celery_app import app
 from worker.errors import (
+    EmbeddingBudgetWaitError,
     EmbeddingCircuitOpenError,
+    EmbeddingRateLimitError,
     EmbeddingRetryableError,
     EmbeddingTimeoutError,
 )
@@ -57,13 +59,15 @@ def retry_countdown_s(retries: int, settings: Settings, random_: float) -> float
 def circuit_open_countdown_s(
     exc: EmbeddingRetryableError, retries: int, settings: Settings, random_: float
 ) -> float:
-    """The retry countdown, but never before an open breaker lets calls through again.
+    """The retry countdown, but never before the API, the budget or the breaker allow a call.
 
-    The breaker's remaining open time (``retry_after_s`` of an open-circuit error) plus up to
-    ``task_retry_backoff_s`` of jitter, so a process's waiting texts do not return at once.
+    An open breaker's remaining time, the shared budget's wait, or a 429's hint
+    (``retry_after_s``) plus up to ``task_retry_backoff_s`` of jitter, so a process's
+    waiting texts do not return at once.
     """
     countdown = retry_countdown_s(retries, settings, random_)
-    if isinstance(exc, EmbeddingCircuitOpenError) and exc.retry_after_s is not None:
+    hinted = (EmbeddingCircuitOpenError, EmbeddingBudgetWaitError, EmbeddingRateLimitError)
+    if isinstance(exc, hinted) and exc.retry_after_s is not None:
         countdown = max(countdown, exc.retry_after_s + settings.task_retry_backoff_s * random_)
     return countdown
 
@@ -73,6 +77,7 @@ def _worst_case_wait_s(settings: Settings) -> float:
     attempts = settings.max_retries + 1
     return (
         settings.flush_interval_s
+        + settings.limiter_max_wait_s
         + attempts * (settings.timeout_s + settings.pool_timeout_s)
         + settings.max_retries * settings.max_backoff_s
         + 5.0

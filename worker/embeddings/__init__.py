@@ -11,6 +11,7 @@ from worker.embeddings.client import CallResult, EmbeddingClient
 from worker.embeddings.config import EmbeddingConfig
 from worker.errors import (
     EmbeddingAPIError,
+    EmbeddingBudgetWaitError,
     EmbeddingCircuitOpenError,
     EmbeddingConfigError,
     EmbeddingConnectionError,
@@ -33,6 +34,7 @@ __all__ = [
     "CallResult",
     "EmbeddingAPIError",
     "EmbeddingBatcher",
+    "EmbeddingBudgetWaitError",
     "EmbeddingCircuitOpenError",
     "EmbeddingClient",
     "EmbeddingConfig",

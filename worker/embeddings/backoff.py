@@ -71,9 +71,11 @@ def build_retrying(
     sleep: Sleep = time.sleep,
     random: Random = _random.random,
     before_sleep: Callable[[RetryCallState], None] | None = None,
+    never_retry: tuple[type[BaseException], ...] = (),
 ) -> Retrying:
     """A tenacity policy: retry ``EmbeddingRetryableError`` up to ``max_retries`` times.
 
+    Errors of the ``never_retry`` types are raised at once, whatever their class.
     A ``retry_after_s`` attribute on the error (set from the server's headers) replaces the
     computed backoff, capped at ``max_s``. The last error is re-raised unchanged.
     """
@@ -91,7 +93,11 @@ def build_retrying(
         )
 
     def should_retry(exc: BaseException) -> bool:
-        return isinstance(exc, EmbeddingRetryableError) and exc.should_retry
+        return (
+            isinstance(exc, EmbeddingRetryableError)
+            and exc.should_retry
+            and not isinstance(exc, never_retry)
+        )
 
     return Retrying(
         stop=stop_after_attempt(max_retries + 1),

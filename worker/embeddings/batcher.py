@@ -130,10 +130,19 @@ class EmbeddingBatcher:
         """
         try:
             return list(self.client.embed(texts, model).embeddings)
-        except EmbeddingAPIError as exc:
-            if exc.status_code not in ISOLATABLE_STATUSES or len(texts) == 1:
-                return [exc] * len(texts)
         except EmbeddingError as exc:
+            return self.isolate(texts, model, exc)
+
+    def isolate(
+        self, texts: Sequence[str], model: str | None, exc: EmbeddingError
+    ) -> list[list[float] | EmbeddingError]:
+        """Outcomes of ``texts`` after their whole call failed with ``exc``.
+
+        A 400/413/422 that names no single input is narrowed down by splitting the call;
+        any other error is every text's outcome.
+        """
+        isolatable = isinstance(exc, EmbeddingAPIError) and exc.status_code in ISOLATABLE_STATUSES
+        if not isolatable or len(texts) == 1:
             return [exc] * len(texts)
         middle = len(texts) // 2
         return self.embed_isolated(texts[:middle], model) + self.embed_isolated(

@@ -14,7 +14,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -23,6 +23,11 @@ from tenacity import RetryCallState
 from worker import metrics
 from worker.embeddings.backoff import Random, Sleep, build_retrying, parse_retry_after
 from worker.embeddings.config import EmbeddingConfig
+from worker.embeddings.ratelimit_headers import (
+    RateLimitHeaders,
+    parse_rate_limit_headers,
+    retry_hint_s,
+)
 from worker.errors import (
     EmbeddingAPIError,
     EmbeddingConnectionError,
@@ -48,12 +53,16 @@ _MAX_API_MESSAGE_CHARS = 500
 
 @dataclass(frozen=True)
 class CallResult:
-    """The outcome of one successful API call: vectors in input order."""
+    """The outcome of one successful API call: vectors in input order.
+
+    ``rate_limits`` holds the response's ``x-ratelimit-*`` headers (empty when it had none).
+    """
 
     embeddings: list[list[float]]
     usage: dict[str, int]
     retries: int
     latency_ms: float
+    rate_limits: RateLimitHeaders = field(default_factory=RateLimitHeaders)
 
 
 class EmbeddingClient:
@@ -61,8 +70,10 @@ class EmbeddingClient:
 
     At most ``pool_size`` calls run at once; a call that waits longer than ``pool_timeout``
     for a slot raises ``EmbeddingPoolExhausted``. ``breaker`` (none by default; the Celery
-    worker gives each process one) guards every call, retries included. ``transport``,
-    ``sleep``, ``random`` and ``clock`` are for tests.
+    worker gives each process one) guards every call, retries included. With
+    ``retry_rate_limits=False`` a 429 is raised at once instead of retried in process: the
+    worker's shared budget then pauses the whole cluster instead. ``transport``, ``sleep``,
+    ``random`` and ``clock`` are for tests.
     """
 
     def __init__(
@@ -74,9 +85,11 @@ class EmbeddingClient:
         random: Random = _random.random,
         clock: Callable[[], float] = time.time,
         breaker: EmbeddingBreaker | None = None,
+        retry_rate_limits: bool = True,
     ) -> None:
         self.config = config
         self.breaker = breaker
+        self.retry_rate_limits = retry_rate_limits
         self._transport = transport
         self._sleep = sleep
         self._random = random
@@ -147,12 +160,13 @@ class EmbeddingClient:
             sleep=self._sleep,
             random=self._random,
             before_sleep=before_sleep,
+            never_retry=() if self.retry_rate_limits else (EmbeddingRateLimitError,),
         )
         try:
             if self.breaker is None:
-                vectors, usage = retrying(self._attempt, texts, model)
+                vectors, usage, limits = retrying(self._attempt, texts, model)
             else:
-                vectors, usage = self.breaker.call(retrying, self._attempt, texts, model)
+                vectors, usage, limits = self.breaker.call(retrying, self._attempt, texts, model)
         except EmbeddingError as exc:
             metrics.FAILURE.labels(error_type=type(exc).__name__, retries=str(retries)).inc()
             if retries and isinstance(exc, EmbeddingRetryableError):
@@ -165,11 +179,11 @@ class EmbeddingClient:
         metrics.SUCCESS.labels(batch_size=size, retries=str(retries)).inc()
         metrics.LATENCY_MS.labels(batch_size=size).observe(latency_ms)
         metrics.BATCH_FILL.set(len(texts) / self.config.batch_size)
-        return CallResult(vectors, usage, retries, latency_ms)
+        return CallResult(vectors, usage, retries, latency_ms, limits)
 
     def _attempt(
         self, texts: Sequence[str], model: str
-    ) -> tuple[list[list[float]], dict[str, int]]:
+    ) -> tuple[list[list[float]], dict[str, int], RateLimitHeaders]:
         http = self._client()
         slots = self._slots
         if not slots.acquire(timeout=self.config.pool_timeout):
@@ -193,9 +207,11 @@ class EmbeddingClient:
             ) from exc
         finally:
             slots.release()
+        limits = parse_rate_limit_headers(response.headers)
+        _observe_remaining(limits)
         if response.status_code != 200:
-            raise self._status_error(response)
-        return _parse_response(response, len(texts))
+            raise self._status_error(response, limits)
+        return (*_parse_response(response, len(texts)), limits)
 
     def _body(self, texts: Sequence[str], model: str) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -207,12 +223,13 @@ class EmbeddingClient:
             body["dimensions"] = self.config.dimensions
         return body
 
-    def _status_error(self, response: httpx.Response) -> EmbeddingError:
+    def _status_error(self, response: httpx.Response, limits: RateLimitHeaders) -> EmbeddingError:
         status = response.status_code
         api_message = _api_message(response)
         message = f"the API answered {status} {response.reason_phrase}: {api_message}"
         error: EmbeddingRetryableError
         if status == 429:
+            metrics.RATE_LIMITED.inc()
             error = EmbeddingRateLimitError(message, status, api_message)
         elif status in RETRYABLE_STATUSES:
             error = EmbeddingServerError(message, status, api_message)
@@ -221,13 +238,25 @@ class EmbeddingClient:
             error = EmbeddingTimeoutError(message, status, api_message)
         else:
             return EmbeddingAPIError(message, status, api_message)
-        hinted = parse_retry_after(response.headers, now=self._clock)
+        if status == 429:
+            hinted = retry_hint_s(response.headers, api_message, now=self._clock)
+        else:
+            hinted = parse_retry_after(response.headers, now=self._clock)
         if hinted is not None:
             error.retry_after_s = hinted
+        if not limits.is_empty():
+            error.rate_limits = limits
         # openai-python's convention: the server may veto or force a retry explicitly.
         if response.headers.get("x-should-retry", "").lower() == "false":
             error.should_retry = False
         return error
+
+
+def _observe_remaining(limits: RateLimitHeaders) -> None:
+    if limits.remaining_requests is not None:
+        metrics.RATELIMIT_REMAINING.labels(kind="requests").set(limits.remaining_requests)
+    if limits.remaining_tokens is not None:
+        metrics.RATELIMIT_REMAINING.labels(kind="tokens").set(limits.remaining_tokens)
 
 
 def _api_message(response: httpx.Response) -> str:

@@ -1,0 +1,43 @@
+"""Four worker processes share one account limit that the stub API enforces on all of them."""
+
+from __future__ import annotations
+
+import pytest
+
+import producers
+from stubapi.vectors import vector_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DIMS = 16
+CALLS_PER_S = 10
+TEXTS = 1200
+
+
+def test_four_workers_under_a_configured_limit_stay_within_it_in_full_calls(
+    start_worker, stub, app
+):
+    stub.set_latency_ms(20)
+    stub.configure(rpm=CALLS_PER_S * 60, limit_window_s=1.0)
+    texts = [f"budgeted text {i}: lorem ipsum {i % 41}" for i in range(TEXTS)]
+    results = producers.enqueue_texts(texts, app=app)
+    env = {"EMBEDDINGS_RPM_LIMIT": str(CALLS_PER_S * 60)}
+    workers = [start_worker(stub.base_url, env, name=f"budget{i}") for i in range(4)]
+
+    vectors = [result.get(timeout=120) for result in results]
+
+    assert all(result.state == "SUCCESS" for result in results)
+    for text, vector in zip(texts, vectors, strict=True):
+        assert vector == pytest.approx(vector_for(text, DIMS), rel=1e-6, abs=1e-7)
+    stats = app.control.inspect(destination=[w.hostname for w in workers], timeout=2).stats()
+    runs = [stats[w.hostname]["total"].get("embeddings.embed_text", 0) for w in workers]
+    api = stub.stats()
+    per_call = api["total_inputs"] / api["ok_calls"]
+    print(f"\ntask runs per worker {runs}; calls {api['calls']}, 429s "
+          f"{api['rate_limited_calls']}, texts per call {per_call:.3f}")  # fmt: skip
+    # Every text ran once (no Celery retry) and reached the API once.
+    assert sum(runs) == TEXTS
+    assert api["total_inputs"] == TEXTS
+    assert sum(1 for r in runs if r) >= 2, runs  # the budget was shared, not won by one
+    assert api["rate_limited_calls"] <= 0.01 * api["calls"]
+    assert per_call >= 7.9

@@ -1,0 +1,174 @@
+"""``SharedBudget``: one request and token budget per model for every worker, kept in Redis.
+
+The API limits the account, not the process, so every worker process on every host draws on
+one budget: two Lua scripts (``acquire.lua``, ``report.lua``) run atomically on Redis's own
+clock. Why Lua and not a rate-limit library: docs/design.md, "The shared budget".
+
+Limits come from settings (``EMBEDDINGS_RPM_LIMIT``/``_TPM_LIMIT``, per model through
+``EMBEDDINGS_MODEL_LIMITS``) or, when those are 0, from the ``x-ratelimit-limit-*`` headers
+the API sends, which every worker then shares. A 429, or a response saying nothing remains,
+pauses the model for the whole cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from worker.embeddings.ratelimit_headers import RateLimitHeaders
+from worker.errors import EmbeddingBudgetWaitError
+from worker.settings import Settings
+
+__all__ = ["Admission", "SharedBudget", "estimate_tokens", "pause_for_exhausted_s"]
+
+# A model's state outlives its last call by this long, so learned limits survive a lull.
+STATE_TTL_MS = 3_600_000
+# The provider's quantization window we assume: OpenAI enforces per-minute limits over
+# periods as short as a second, so a burst may use at most the headroom of one second's share.
+_QUANTUM_MS = 1000.0
+_Arg = str | int | float
+
+
+def _script(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def estimate_tokens(text: str) -> int:
+    """A conservative token count for ``text``: one token per two UTF-8 bytes, at least one.
+
+    BPE tokens cover 3-4 bytes of natural language and code, so this over-counts; the
+    call's ``usage.total_tokens`` settles the difference. (tiktoken would be exact, but it
+    downloads its encodings at run time, which an offline worker cannot.)
+    """
+    return max(1, math.ceil(len(text.encode("utf-8", "surrogatepass")) / 2))
+
+
+def pause_for_exhausted_s(limits: RateLimitHeaders, tokens_used: int) -> float:
+    """Seconds to pause the cluster when the API says the next call would be refused, else 0.
+
+    That is when no request remains, or fewer tokens remain than this call used; the pause
+    lasts until the API's own reset of that limit.
+    """
+    pauses = [0.0]
+    if limits.remaining_requests == 0 and limits.reset_requests_s is not None:
+        pauses.append(limits.reset_requests_s)
+    if (
+        limits.remaining_tokens is not None
+        and limits.remaining_tokens < tokens_used
+        and limits.reset_tokens_s is not None
+    ):
+        pauses.append(limits.reset_tokens_s)
+    return max(pauses)
+
+
+@dataclass(frozen=True)
+class Admission:
+    """The budget's answer: ``admitted``, or how long to wait (``wait_s``) and whether that
+    wait is a cluster-wide pause after a 429 (``paused``) rather than the limit's pacing."""
+
+    admitted: bool
+    wait_s: float = 0.0
+    paused: bool = False
+
+
+class SharedBudget:
+    """The cluster's budget in the Redis at ``client``, for the API at ``settings.base_url``.
+
+    ``now_ms`` replaces Redis's clock, for tests only. Redis failures raise
+    ``EmbeddingBudgetWaitError``: a call never goes around the budget silently.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        *,
+        now_ms: Callable[[], float] | None = None,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._now_ms = now_ms
+        self._acquire = client.register_script(_script("acquire.lua"))
+        self._report = client.register_script(_script("report.lua"))
+        # Workers of one provider share a budget; another base URL is another account.
+        self._prefix = (
+            "embeddings:budget:"
+            + hashlib.sha256(settings.base_url.rstrip("/").encode()).hexdigest()[:12]
+        )
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings) -> SharedBudget:
+        """A budget in the Redis at ``url``, with the project's bounded socket timeouts."""
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=settings.redis_socket_timeout_s,
+            socket_connect_timeout=settings.redis_socket_timeout_s,
+            health_check_interval=10,
+            # One quick retry for a stale connection; the gate rides out longer outages.
+            retry=Retry(NoBackoff(), 1),
+        )
+        return cls(client, settings)
+
+    def key(self, model: str) -> str:
+        """The Redis hash holding ``model``'s budget (braces: one cluster slot per model)."""
+        return f"{self._prefix}:{{{model}}}"
+
+    def close(self) -> None:
+        """Close the Redis connections."""
+        self._client.close()
+
+    def _now_arg(self) -> str:
+        return "" if self._now_ms is None else repr(float(self._now_ms()))
+
+    def try_acquire(self, model: str, tokens: int) -> Admission:
+        """Take 1 request and ``tokens`` from ``model``'s budget, or say how long to wait.
+
+        A refusal takes nothing.
+        """
+        rpm, tpm = self._settings.limits_for(model)
+        headroom = self._settings.limit_headroom
+        args: list[_Arg] = [rpm, tpm, tokens, headroom, self._tolerance_ms(), STATE_TTL_MS,
+                            self._now_arg()]  # fmt: skip
+        try:
+            admitted, wait_ms, paused = self._acquire(keys=[self.key(model)], args=args)
+        except redis.RedisError as exc:
+            raise EmbeddingBudgetWaitError(
+                f"the rate-limit budget's Redis is unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
+        return Admission(bool(admitted), float(wait_ms) / 1000.0, bool(paused))
+
+    def report(
+        self,
+        model: str,
+        *,
+        token_correction: int = 0,
+        limits: RateLimitHeaders | None = None,
+        pause_s: float = 0.0,
+    ) -> bool:
+        """Settle a call's tokens, share the limits the API reported, and maybe pause ``model``.
+
+        Returns True when this report started a cluster-wide pause (none was running).
+        """
+        _, tpm = self._settings.limits_for(model)
+        reported_rpm = (limits.limit_requests if limits else None) or 0
+        reported_tpm = (limits.limit_tokens if limits else None) or 0
+        headroom = self._settings.limit_headroom
+        args: list[_Arg] = [token_correction, tpm, headroom, reported_rpm, reported_tpm,
+                            math.ceil(pause_s * 1000), STATE_TTL_MS, self._now_arg()]  # fmt: skip
+        try:
+            started = self._report(keys=[self.key(model)], args=args)
+        except redis.RedisError as exc:
+            raise EmbeddingBudgetWaitError(
+                f"the rate-limit budget's Redis is unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
+        return bool(started)
+
+    def _tolerance_ms(self) -> float:
+        return self._settings.limit_headroom * _QUANTUM_MS
