@@ -28,6 +28,7 @@ from worker import metrics
 from worker.budget import BudgetGate, estimate_tokens
 from worker.embeddings.batcher import EmbeddingBatcher
 from worker.errors import EmbeddingBudgetWaitError, EmbeddingError, EmbeddingRateLimitError
+from worker.flush_policy import FlushPolicy, batch_is_due
 
 __all__ = ["MicroBatcher", "MicroBatcherClosed"]
 
@@ -64,6 +65,7 @@ class MicroBatcher:
     a ``task_id`` before their futures resolve, so a call's results can be written in one
     step; if it raises, the futures resolve anyway and each task stores its own.
     ``gate``, when given, admits every call against the cluster's shared budget.
+    ``flush_policy`` says when a partial batch leaves (worker/flush_policy.py).
     ``clock`` is monotonic seconds, injectable for tests.
     """
 
@@ -74,6 +76,7 @@ class MicroBatcher:
         flush_interval_s: float,
         store_vectors: StoreVectors | None = None,
         gate: BudgetGate | None = None,
+        flush_policy: FlushPolicy = FlushPolicy.NAGLE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.batcher = batcher
@@ -84,6 +87,8 @@ class MicroBatcher:
         self._stopping = threading.Event()
         self.batch_size = batcher.config.batch_size
         self.flush_interval_s = flush_interval_s
+        self.flush_policy = flush_policy
+        self._in_flight = 0  # calls under way; the flush policy reads it
         self._clock = clock
         self._cond = threading.Condition()
         # model -> texts waiting, oldest first; OrderedDict keeps models in arrival order.
@@ -163,6 +168,7 @@ class MicroBatcher:
             try:
                 self._calls.submit(self._call, taken)
             except RuntimeError as exc:  # executor already shut down
+                self._call_ended()
                 self._slots.release()
                 _fail(taken[1], MicroBatcherClosed(str(exc)))
 
@@ -272,21 +278,37 @@ class MicroBatcher:
         _fail(list(queue), exc)
 
     def _pop_batch(self, model: str, queue: deque[_Waiting]) -> list[_Waiting]:
-        # Callers hold self._cond.
+        # Callers hold self._cond. The batch is a call under way from here on.
         batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
         if not queue:
             del self._waiting[model]
         self._pending -= len(batch)
+        self._in_flight += 1
         metrics.PENDING_TEXTS.set(self._pending)
         return batch
 
+    def _call_ended(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._waiting:
+                self._cond.notify()  # the flush policy may send a partial batch now
+
     def _due_model(self) -> tuple[str | None, deque[_Waiting]]:
-        now = self._clock()
+        # Callers hold self._cond. A full batch first, then the oldest due one.
         for model, queue in self._waiting.items():
             if len(queue) >= self.batch_size:
                 return model, queue
+        now = self._clock()
         for model, queue in self._waiting.items():
-            if self._closing or now - queue[0].since >= self.flush_interval_s:
+            if batch_is_due(
+                self.flush_policy,
+                waiting=len(queue),
+                batch_size=self.batch_size,
+                waited_s=now - queue[0].since,
+                flush_interval_s=self.flush_interval_s,
+                in_flight=self._in_flight,
+                closing=self._closing,
+            ):
                 return model, queue
         return None, deque()
 
@@ -297,7 +319,10 @@ class MicroBatcher:
         try:
             next_batch: _Batch | None = taken
             while next_batch is not None:
-                self._embed(*next_batch)
+                try:
+                    self._embed(*next_batch)
+                finally:
+                    self._call_ended()
                 next_batch = self._take_batch(block=False)
         finally:
             self._slots.release()

@@ -20,6 +20,7 @@ from worker.celery_app import app
 from worker.embeddings.batcher import EmbeddingBatcher
 from worker.embeddings.config import EmbeddingConfig
 from worker.errors import EmbeddingConfigError
+from worker.flush_policy import FlushPolicy
 from worker.microbatcher import MicroBatcher
 from worker.result_backend import ResultBackend
 from worker.settings import Settings
@@ -61,6 +62,7 @@ def get_microbatcher() -> MicroBatcher:
                 flush_interval_s=settings.flush_interval_s,
                 store_vectors=_store_vectors,
                 gate=gate,
+                flush_policy=FlushPolicy(settings.flush_policy),
             )
             _owner_pid = os.getpid()
             rpm, tpm = settings.limits_for(settings.model)

@@ -1,0 +1,160 @@
+"""The flush policy: as a pure rule, and in the micro-batcher with a clock that never moves.
+
+With the clock frozen, ``flush_interval_s`` never runs out, so every call seen here left
+because of the policy alone.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from tests.unit.test_microbatcher import Recorder as _Recorder
+from worker.embeddings import EmbeddingBatcher, EmbeddingConfig
+from worker.flush_policy import FlushPolicy, batch_is_due
+from worker.microbatcher import MicroBatcher
+
+NAGLE, CONTINUOUS, INTERVAL = FlushPolicy.NAGLE, FlushPolicy.CONTINUOUS, FlushPolicy.INTERVAL
+
+
+class Recorder(_Recorder):
+    """Records each call as it starts, then holds it until ``gate`` is set."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        with self.lock:
+            self.calls.append((body["model"], list(body["input"])))
+        self.gate.wait(5)
+        data = [{"index": i, "embedding": [1.0, 2.0]} for i, _ in enumerate(body["input"])]
+        return httpx.Response(200, json={"data": data, "usage": {"total_tokens": 1}})
+
+
+def _due(policy: FlushPolicy, **state: object) -> bool:
+    defaults: dict[str, object] = {
+        "waiting": 1,
+        "batch_size": 8,
+        "waited_s": 0.0,
+        "flush_interval_s": 0.1,
+        "in_flight": 0,
+    }
+    defaults.update(state)
+    return batch_is_due(policy, **defaults)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("policy", list(FlushPolicy))
+def test_every_policy_sends_a_full_batch_and_one_past_the_interval(policy) -> None:
+    assert _due(policy, waiting=8, in_flight=3)
+    assert _due(policy, waiting=1, waited_s=0.1, in_flight=3)
+    assert _due(policy, waiting=1, in_flight=3, closing=True)
+    assert not _due(policy, waiting=0, closing=True)
+
+
+def test_nagle_sends_at_once_when_idle_and_waits_while_a_call_is_in_flight() -> None:
+    assert _due(NAGLE, in_flight=0)
+    assert not _due(NAGLE, in_flight=1)
+    assert not _due(NAGLE, in_flight=2, waited_s=0.099)
+
+
+def test_continuous_sends_whenever_a_slot_is_free() -> None:
+    assert _due(CONTINUOUS, in_flight=2)
+
+
+def test_interval_waits_out_the_interval_even_when_idle() -> None:
+    assert not _due(INTERVAL, in_flight=0, waited_s=0.099)
+
+
+@pytest.fixture
+def make_microbatcher() -> Iterator[Callable[..., MicroBatcher]]:
+    made: list[MicroBatcher] = []
+
+    def make(recorder: Recorder, policy: FlushPolicy, pool_size: int = 3) -> MicroBatcher:
+        cfg = EmbeddingConfig(
+            base_url="http://stub.test/v1",
+            api_key="sk-test",
+            encoding_format="float",
+            max_retries=0,
+            pool_size=pool_size,
+        )
+        batcher = EmbeddingBatcher(cfg, transport=httpx.MockTransport(recorder))
+        microbatcher = MicroBatcher(
+            batcher, flush_interval_s=10.0, flush_policy=policy, clock=lambda: 0.0
+        )
+        made.append(microbatcher)
+        return microbatcher
+
+    yield make
+    for microbatcher in made:
+        microbatcher.close(timeout_s=5)
+
+
+def _wait_for_calls(recorder: Recorder, count: int) -> None:
+    deadline = threading.Event()
+    for _ in range(200):
+        with recorder.lock:
+            if len(recorder.calls) >= count:
+                return
+        deadline.wait(0.01)
+    raise AssertionError(f"expected {count} calls, saw {recorder.calls}")
+
+
+def test_idle_a_lone_text_is_sent_at_once(make_microbatcher) -> None:
+    recorder = Recorder()
+    microbatcher = make_microbatcher(recorder, NAGLE)
+    assert microbatcher.submit("alone").result(timeout=5)
+    assert [texts for _, texts in recorder.calls] == [["alone"]]
+
+
+def test_in_flight_texts_join_the_next_call(make_microbatcher) -> None:
+    recorder = Recorder()
+    recorder.gate.clear()  # the first call hangs until released
+    microbatcher = make_microbatcher(recorder, NAGLE)
+    first = microbatcher.submit("first")
+    _wait_for_calls(recorder, 1)
+    followers = [microbatcher.submit(f"follower {i}") for i in range(5)]
+    assert microbatcher.pending == 5  # two slots are free, yet they wait for the next call
+    recorder.gate.set()
+    assert first.result(timeout=5) and all(f.result(timeout=5) for f in followers)
+    assert [texts for _, texts in recorder.calls] == [
+        ["first"],
+        [f"follower {i}" for i in range(5)],
+    ]
+
+
+def test_in_flight_a_full_batch_leaves_at_eight(make_microbatcher) -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    microbatcher = make_microbatcher(recorder, NAGLE)
+    microbatcher.submit("first")
+    _wait_for_calls(recorder, 1)
+    batch = [microbatcher.submit(f"t{i}") for i in range(9)]
+    _wait_for_calls(recorder, 2)  # the first call is still held: the 8 left because full
+    assert microbatcher.pending == 1
+    recorder.gate.set()
+    assert all(f.result(timeout=5) for f in batch)
+    assert [len(texts) for _, texts in recorder.calls] == [1, 8, 1]
+
+
+def test_continuous_sends_into_a_free_slot_while_a_call_is_in_flight(make_microbatcher) -> None:
+    recorder = Recorder()
+    recorder.gate.clear()
+    microbatcher = make_microbatcher(recorder, CONTINUOUS)
+    microbatcher.submit("first")
+    _wait_for_calls(recorder, 1)
+    microbatcher.submit("second")
+    _wait_for_calls(recorder, 2)
+    recorder.gate.set()
+    assert [texts for _, texts in recorder.calls] == [["first"], ["second"]]
+
+
+def test_interval_keeps_a_lone_text_waiting_until_the_interval(make_microbatcher) -> None:
+    recorder = Recorder()
+    microbatcher = make_microbatcher(recorder, INTERVAL)
+    future = microbatcher.submit("patient")
+    assert not future.done()
+    assert recorder.calls == []
+    microbatcher.close(timeout_s=5)  # closing sends what waits
+    assert future.result(timeout=5)
