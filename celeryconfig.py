@@ -15,12 +15,15 @@ from worker.settings import DEFAULT_REDIS_URL as _DEFAULT_REDIS_URL
 from worker.settings import Settings as _Settings
 from worker.settings import env_int as _env_int
 from worker.settings import env_str as _env_str
+from worker.vector_cache import check_cache_placement as _check_cache_placement
 
 _settings = _Settings.from_env()
 _redis_url = _env_str("REDIS_URL", _DEFAULT_REDIS_URL)
 
 broker_url = _env_str("CELERY_BROKER_URL", _redis_url)
 result_backend = _env_str("CELERY_RESULT_BACKEND", _redis_url)
+# A vector cache in the broker's (noeviction) database is refused here, at start-up.
+_check_cache_placement(_settings, broker_url)
 if _urlsplit(result_backend).scheme in ("redis", "rediss"):
     # Celery's Redis backend, except that a Redis outage is never stored as a text's failure:
     # the text goes back to the queue instead (see worker/outages.py). It also stores a

@@ -55,6 +55,7 @@ from producers.client import enqueue_text
 from worker.errors import EmbeddingError, EmbeddingInputError
 from worker.settings import Settings
 from worker.validation import validate_text
+from worker.vector_cache import VectorCache
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -108,6 +109,7 @@ class Summary:
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    cached: int = 0  # of ``ok``, read from the vector cache instead of embedded
     elapsed_s: float = 0.0
 
     @property
@@ -311,12 +313,38 @@ def embed_items(
     return summary
 
 
-def celery_window_embedder(app: Celery | None = None, model: str | None = None) -> WindowEmbedder:
-    """Embed a window through the queue: enqueue each text, then wait for all of them."""
+def celery_window_embedder(
+    app: Celery | None = None,
+    model: str | None = None,
+    *,
+    cache: VectorCache | None = None,
+    on_cached: Callable[[int], None] = lambda _: None,
+) -> WindowEmbedder:
+    """Embed a window through the queue: enqueue each text, then wait for all of them.
+
+    With the workers' vector ``cache``, texts embedded before are read from it instead of
+    enqueued (``on_cached`` hears how many per window): a re-run pays for nothing twice.
+    """
 
     def embed(
         texts: Sequence[str], timeout_s: float, on_one_done: Callable[[], None]
     ) -> list[Outcome]:
+        cached: list[list[float] | None] = [None] * len(texts)
+        if cache is not None:
+            cached = cache.get_many(model or Settings.from_env().model, texts)
+            hits = sum(vector is not None for vector in cached)
+            on_cached(hits)
+            for _ in range(hits):
+                on_one_done()
+        missing = [text for text, vector in zip(texts, cached, strict=True) if vector is None]
+        fresh = iter(_through_queue(missing, timeout_s, on_one_done))
+        return [next(fresh) if vector is None else vector for vector in cached]
+
+    def _through_queue(
+        texts: Sequence[str], timeout_s: float, on_one_done: Callable[[], None]
+    ) -> list[Outcome]:
+        if not texts:
+            return []  # Celery's join_native cannot wait for nothing
         results: list[AsyncResult] = [enqueue_text(t, model=model, app=app) for t in texts]
         values: dict[str, Any] = {}
 
@@ -378,12 +406,14 @@ def _summary_table(summary: Summary, output: Path) -> Table:
     table.add_column("ok", justify="right")
     table.add_column("failed", justify="right")
     table.add_column("skipped", justify="right")
+    table.add_column("from cache", justify="right")
     table.add_column("texts/s", justify="right")
     table.add_row(
         str(summary.texts),
         str(summary.ok),
         str(summary.failed),
         str(summary.skipped),
+        str(summary.cached),
         f"{summary.texts_per_s:.1f}",
     )
     return table
@@ -402,12 +432,19 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
     fmt = args.format or guess_format(args.input)
     field = (args.column or args.field) if fmt == "csv" else args.field
     output: Path = args.output or args.input.with_name(args.input.name + ".embeddings.jsonl")
+    cached = [0]
     if embedder is None:
         from worker.celery_app import app
 
         if args.redis_url:
             app.conf.broker_url = app.conf.result_backend = args.redis_url
-        embedder = celery_window_embedder(app, args.model)
+        settings = Settings.from_env()
+        cache = VectorCache.from_url(settings.cache_url, settings) if settings.cache_url else None
+
+        def count_cached(hits: int) -> None:
+            cached[0] += hits
+
+        embedder = celery_window_embedder(app, args.model, cache=cache, on_cached=count_cached)
 
     embedded, failed_only = load_done(output)
     skip = embedded if args.retry_failed else embedded | failed_only
@@ -464,6 +501,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
         return 2
     if reported > _MAX_REPORTED:
         console.print(f"… and {reported - _MAX_REPORTED} more failed records, all in {output}")
+    summary.cached = cached[0]
     console.print(_summary_table(summary, output))
     return 1 if summary.failed else 0
 

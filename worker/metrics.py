@@ -14,7 +14,11 @@ __all__ = [
     "BUDGET_PAUSES",
     "BUDGET_UNAVAILABLE",
     "BUDGET_WAIT",
+    "CACHE_ERRORS",
+    "CACHE_HITS",
+    "CACHE_MISSES",
     "FAILURE",
+    "INPUTS_SAVED",
     "LATENCY_MS",
     "PENDING_TEXTS",
     "POOL_EXHAUSTED",
@@ -64,6 +68,17 @@ RATELIMIT_REMAINING = Gauge(
     "embeddings_ratelimit_remaining",
     "Requests or tokens remaining of the account's limit, as the API last reported them",
     ["kind"],
+)
+
+CACHE_HITS = Counter("embeddings_cache_hits", "Texts whose vector the vector cache held")
+CACHE_MISSES = Counter("embeddings_cache_misses", "Texts looked up in the vector cache in vain")
+CACHE_ERRORS = Counter(
+    "embeddings_cache_errors", "Vector cache reads or writes that failed (the text went on)"
+)
+INPUTS_SAVED = Counter(
+    "embeddings_inputs_saved",
+    "Texts that cost no API input: served by the cache, or merged with an identical text",
+    ["reason"],
 )
 
 

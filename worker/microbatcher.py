@@ -1,11 +1,17 @@
 """The per-process micro-batcher: single texts from many task threads, grouped into calls.
 
 Each Celery task submits its one text and waits on a future. A dispatcher thread sends a
-call when ``batch_size`` texts of one model wait, or ``flush_interval_s`` after the first of
-them began to wait, and keeps at most ``pool_size`` calls in flight. While every slot is busy
-texts keep arriving, so under load calls leave full. A call thread that finishes sends the
-next due batch itself, and a results thread stores the finished call's vectors and wakes
-its tasks meanwhile, so under load a slot goes from one call to the next without waiting.
+call when ``batch_size`` distinct texts of one model wait, when the flush policy says a
+partial batch may leave (worker/flush_policy.py), or ``flush_interval_s`` after the first
+of them began to wait, and keeps at most ``pool_size`` calls in flight. While every slot is
+busy texts keep arriving, so under load calls leave full. A call thread that finishes sends
+the next due batch itself, and a results thread stores the finished call's vectors and
+wakes its tasks meanwhile, so under load a slot goes from one call to the next without
+waiting.
+
+Identical texts waiting together, or arriving while one is in a call, cost one input
+(worker/waiting.py). With a ``VectorCache``, a batch's texts are looked up before it leaves
+and hits complete without a call; the call's vectors are stored for next time.
 
 With a ``BudgetGate`` (the cluster's shared rate-limit budget), a due batch leaves only
 once the budget admits it. Its texts wait here meanwhile, not as Celery retries, so the
@@ -15,20 +21,19 @@ puts the call's texts back at the head of the line.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 from worker import metrics
 from worker.budget import BudgetGate, estimate_tokens
 from worker.embeddings.batcher import EmbeddingBatcher
 from worker.errors import EmbeddingBudgetWaitError, EmbeddingError, EmbeddingRateLimitError
 from worker.flush_policy import FlushPolicy, batch_is_due
+from worker.vector_cache import VectorCache
+from worker.waiting import Batch, Waiting, WaitingTexts
 
 __all__ = ["MicroBatcher", "MicroBatcherClosed"]
 
@@ -45,27 +50,14 @@ _Outcome = list[float] | EmbeddingError
 StoreVectors = Callable[[list[tuple[str, list[float]]]], object]
 
 
-@dataclass
-class _Waiting:
-    text: str
-    future: Future[list[float]]
-    since: float = field(default=0.0)
-    task_id: str | None = None
-    rate_limited: int = 0  # 429s met so far; past the gate's bound, the text retries in Celery
-
-
-# (model, texts, tokens charged to the shared budget)
-_Batch = tuple[str, list[_Waiting], int]
-
-
 class MicroBatcher:
     """Groups submitted texts into calls of ``batcher.config.batch_size``, one model each.
 
     ``store_vectors``, when given, receives the vectors of each call's texts submitted with
     a ``task_id`` before their futures resolve, so a call's results can be written in one
     step; if it raises, the futures resolve anyway and each task stores its own.
-    ``gate``, when given, admits every call against the cluster's shared budget.
-    ``flush_policy`` says when a partial batch leaves (worker/flush_policy.py).
+    ``gate``, when given, admits every call against the cluster's shared budget; ``cache``
+    serves texts embedded before. ``flush_policy`` says when a partial batch leaves.
     ``clock`` is monotonic seconds, injectable for tests.
     """
 
@@ -76,31 +68,31 @@ class MicroBatcher:
         flush_interval_s: float,
         store_vectors: StoreVectors | None = None,
         gate: BudgetGate | None = None,
+        cache: VectorCache | None = None,
         flush_policy: FlushPolicy = FlushPolicy.NAGLE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.batcher = batcher
         self._store_vectors = store_vectors
         self._gate = gate
-        # One thread per process waits for budget; the others would only ask Redis again.
-        self._admitting = threading.Lock()
-        self._stopping = threading.Event()
+        self._cache = cache
         self.batch_size = batcher.config.batch_size
         self.flush_interval_s = flush_interval_s
         self.flush_policy = flush_policy
-        self._in_flight = 0  # calls under way; the flush policy reads it
         self._clock = clock
         self._cond = threading.Condition()
-        # model -> texts waiting, oldest first; OrderedDict keeps models in arrival order.
-        self._waiting: OrderedDict[str, deque[_Waiting]] = OrderedDict()
-        self._pending = 0
+        self._waiting = WaitingTexts(self.batch_size)
+        self._in_flight = 0  # calls under way; the flush policy reads it
         self._closing = False
+        # One thread per process waits for budget; the others would only ask Redis again.
+        self._admitting = threading.Lock()
+        self._stopping = threading.Event()
         self._slots = threading.Semaphore(batcher.config.pool_size)
         self._calls = ThreadPoolExecutor(
             max_workers=batcher.config.pool_size, thread_name_prefix="embeddings-call"
         )
         # Stores a call's results and wakes its tasks while the call thread sends the next
-        # call: done on the call thread, that took ~3 ms of every ~59 ms call cycle.
+        # call (docs/benchmark.md: a few ms of every call cycle otherwise).
         self._completions = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="embeddings-results"
         )
@@ -112,7 +104,7 @@ class MicroBatcher:
     @property
     def pending(self) -> int:
         """Texts waiting for a call (not yet sent)."""
-        return self._pending
+        return self._waiting.pending
 
     def submit(
         self, text: str, model: str | None = None, task_id: str | None = None
@@ -123,20 +115,18 @@ class MicroBatcher:
         with self._cond:
             if self._closing:
                 raise MicroBatcherClosed("the worker is shutting down")
-            queue = self._waiting.setdefault(key, deque())
-            queue.append(_Waiting(text, future, self._clock(), task_id))
-            self._pending += 1
-            metrics.PENDING_TEXTS.set(self._pending)
+            queued = self._waiting.add(key, Waiting(text, future, self._clock(), task_id))
+            metrics.PENDING_TEXTS.set(self._waiting.pending)
             # Wake the dispatcher only when this text changes what it waits for: a first text
             # (it starts the flush timer) or a full batch. It only waits when no queue is full,
-            # so every queue passes through exactly batch_size. Waking it for each text cost a
-            # thread hand-off per text (py-spy: ~3% of a loaded worker's GIL samples).
-            if len(queue) == 1 or len(queue) == self.batch_size:
+            # so every queue passes through exactly batch_size. A wake-up per text cost a
+            # thread hand-off per text (docs/benchmark.md).
+            if queued == 1 or queued == self.batch_size:
                 self._cond.notify()
         return future
 
     def close(self, timeout_s: float | None = None) -> None:
-        """Send what waits, let calls in flight finish, then stop threads and the HTTP pool."""
+        """Send what waits, let calls in flight finish, then stop threads and pools."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
@@ -148,6 +138,8 @@ class MicroBatcher:
         self.batcher.close()
         if self._gate is not None:
             self._gate.budget.close()
+        if self._cache is not None:
+            self._cache.close()
 
     def _dispatch_forever(self) -> None:
         while True:
@@ -155,24 +147,24 @@ class MicroBatcher:
             # slot is busy still join the next call.
             self._slots.acquire()
             try:
-                taken = self._take_batch(block=True)
+                batch = self._take_batch(block=True)
             except Exception:
                 # A bug here must not stop every later text of this process from leaving.
                 log.exception("the embeddings dispatcher failed to take a batch")
                 self._slots.release()
                 self._stopping.wait(0.1)
                 continue
-            if taken is None:
+            if batch is None:
                 self._slots.release()
                 return
             try:
-                self._calls.submit(self._call, taken)
+                self._calls.submit(self._call, batch)
             except RuntimeError as exc:  # executor already shut down
-                self._call_ended()
+                self._end_call(batch)
                 self._slots.release()
-                _fail(taken[1], MicroBatcherClosed(str(exc)))
+                _fail(batch.all_entries(), MicroBatcherClosed(str(exc)))
 
-    def _take_batch(self, *, block: bool) -> _Batch | None:
+    def _take_batch(self, *, block: bool) -> Batch | None:
         """The next due batch, admitted by the budget if there is one.
 
         ``block``: wait until one is due, and return None only once closing and drained.
@@ -182,16 +174,16 @@ class MicroBatcher:
             if block and not self._wait_until_due():
                 return None
             if self._gate is None:
-                taken = self._admit_due()
+                batch = self._admit_due()
             elif self._admitting.acquire(blocking=block):
                 try:
-                    taken = self._admit_due()
+                    batch = self._admit_due()
                 finally:
                     self._admitting.release()
             else:
                 return None
-            if taken is not None or not block:
-                return taken
+            if batch is not None or not block:
+                return batch
 
     def _wait_until_due(self) -> bool:
         """Block until some batch is due; False once closing with nothing waiting."""
@@ -202,39 +194,62 @@ class MicroBatcher:
                         return False
                     self._cond.wait()
                     continue
-                if self._due_model()[0] is not None:
+                if self._due_model() is not None:
                     return True
-                oldest = min(q[0].since for q in self._waiting.values())
-                self._cond.wait(max(0.0, oldest + self.flush_interval_s - self._clock()))
+                deadline = self._waiting.oldest_since() + self.flush_interval_s
+                self._cond.wait(max(0.0, deadline - self._clock()))
 
-    def _admit_due(self) -> _Batch | None:
-        # Callers hold self._admitting. Texts stay queued while the budget says wait, so a
-        # batch that was due half-full leaves full once the budget admits it.
+    def _due_model(self) -> str | None:
+        # Callers hold self._cond. A full batch first, then the oldest due one.
+        for model, queue in self._waiting.queues():
+            if len(queue) >= self.batch_size and self._waiting.distinct(model) == self.batch_size:
+                return model
+        now = self._clock()
+        for model, queue in self._waiting.queues():
+            if batch_is_due(
+                self.flush_policy,
+                waiting=self._waiting.distinct(model),
+                batch_size=self.batch_size,
+                waited_s=now - queue[0].since,
+                flush_interval_s=self.flush_interval_s,
+                in_flight=self._in_flight,
+                closing=self._closing,
+            ):
+                return model
+        return None
+
+    def _admit_due(self) -> Batch | None:
+        # Callers hold self._admitting when there is a gate. Texts stay queued while the
+        # budget says wait, so a batch that was due half-full leaves full once admitted.
         started = self._clock()
         while True:
             with self._cond:
-                model, queue = self._due_model()
+                model = self._due_model()
                 if model is None:
                     return None
-                if self._gate is None:
-                    return model, self._pop_batch(model, queue), 0
-                head = list(itertools.islice(queue, self.batch_size))
-            tokens = sum(estimate_tokens(waiting.text) for waiting in head)
+                head = self._waiting.head(model)
+                unchecked = self._waiting.unchecked(model, head) if self._cache else []
+                if self._gate is None and not unchecked:
+                    return self._pop_batch(model, 0)
+            if unchecked:
+                self._serve_from_cache(model, unchecked)
+                continue
+            assert self._gate is not None
+            tokens = sum(map(estimate_tokens, head))
             try:
                 admission = self._gate.try_admit(model, tokens)
             except EmbeddingBudgetWaitError as exc:
-                self._fail_model(model, exc)
+                self._fail_queued(model, exc)
                 continue
             if admission.admitted:
                 with self._cond:
-                    queue = self._waiting.get(model, deque())
-                    batch = self._pop_batch(model, queue) if queue else []
-                if not batch:  # failed or taken meanwhile: the admission goes unused
+                    batch = self._pop_batch(model, tokens) if self._waiting.head(model) else None
+                if batch is None:  # failed or taken meanwhile: the admission goes unused
                     continue
                 waited_s = self._clock() - started
-                for _ in batch:
+                for _ in batch.texts:
                     metrics.BUDGET_WAIT.observe(waited_s)
-                return model, batch, tokens
+                return batch
             if admission.wait_s > self._gate.max_wait_s:
                 error = EmbeddingBudgetWaitError(
                     f"the shared rate-limit budget asks {model} calls to wait "
@@ -242,25 +257,48 @@ class MicroBatcher:
                     f"({self._gate.max_wait_s:g}s)"
                 )
                 error.retry_after_s = admission.wait_s
-                self._fail_model(model, error)
+                self._fail_queued(model, error)
                 continue
             self._fail_overdue(model)
             if self._stopping.wait(self._gate.sleep_s(admission)):
-                self._fail_model(model, MicroBatcherClosed("the worker is shutting down"))
+                self._fail_queued(model, MicroBatcherClosed("the worker is shutting down"))
+
+    def _pop_batch(self, model: str, tokens: int) -> Batch:
+        # Callers hold self._cond. The batch is a call under way from here on.
+        batch = self._waiting.pop_batch(model)
+        batch.tokens = tokens
+        self._in_flight += 1
+        metrics.PENDING_TEXTS.set(self._waiting.pending)
+        return batch
+
+    def _end_call(self, batch: Batch) -> list[Waiting]:
+        """``batch``'s call is over; return its entries, late joiners included."""
+        with self._cond:
+            self._waiting.finish(batch)
+            self._in_flight -= 1
+            if self._in_flight == 0 and self._waiting:
+                self._cond.notify()  # the flush policy may send a partial batch now
+        return batch.all_entries()
+
+    def _serve_from_cache(self, model: str, texts: list[str]) -> None:
+        assert self._cache is not None
+        vectors = self._cache.get_many(model, texts)
+        hits = {text: v for text, v in zip(texts, vectors, strict=True) if v is not None}
+        with self._cond:
+            self._waiting.mark_checked(model, texts)
+            served = self._waiting.take(model, set(hits))
+            metrics.PENDING_TEXTS.set(self._waiting.pending)
+        if served:
+            metrics.INPUTS_SAVED.labels(reason="cache").inc(len(served))
+            outcomes: list[_Outcome] = [hits[w.text] for w in served]
+            self._completions.submit(self._complete, served, outcomes)
 
     def _fail_overdue(self, model: str) -> None:
         """Texts that waited for budget past the bound become Celery retries."""
         assert self._gate is not None
-        cutoff = self._clock() - self._gate.max_wait_s
         with self._cond:
-            queue = self._waiting.get(model, deque())
-            overdue = []
-            while queue and queue[0].since < cutoff:
-                overdue.append(queue.popleft())
-            if not queue and model in self._waiting:
-                del self._waiting[model]
-            self._pending -= len(overdue)
-            metrics.PENDING_TEXTS.set(self._pending)
+            overdue = self._waiting.pop_older_than(model, self._clock() - self._gate.max_wait_s)
+            metrics.PENDING_TEXTS.set(self._waiting.pending)
         _fail(
             overdue,
             EmbeddingBudgetWaitError(
@@ -269,137 +307,103 @@ class MicroBatcher:
             ),
         )
 
-    def _fail_model(self, model: str, exc: BaseException) -> None:
+    def _fail_queued(self, model: str, exc: BaseException) -> None:
         """Resolve every text of ``model`` still waiting with ``exc``."""
         with self._cond:
-            queue = self._waiting.pop(model, deque())
-            self._pending -= len(queue)
-            metrics.PENDING_TEXTS.set(self._pending)
-        _fail(list(queue), exc)
+            queued = self._waiting.pop_model(model)
+            metrics.PENDING_TEXTS.set(self._waiting.pending)
+        _fail(queued, exc)
 
-    def _pop_batch(self, model: str, queue: deque[_Waiting]) -> list[_Waiting]:
-        # Callers hold self._cond. The batch is a call under way from here on.
-        batch = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
-        if not queue:
-            del self._waiting[model]
-        self._pending -= len(batch)
-        self._in_flight += 1
-        metrics.PENDING_TEXTS.set(self._pending)
-        return batch
-
-    def _call_ended(self) -> None:
-        with self._cond:
-            self._in_flight -= 1
-            if self._in_flight == 0 and self._waiting:
-                self._cond.notify()  # the flush policy may send a partial batch now
-
-    def _due_model(self) -> tuple[str | None, deque[_Waiting]]:
-        # Callers hold self._cond. A full batch first, then the oldest due one.
-        for model, queue in self._waiting.items():
-            if len(queue) >= self.batch_size:
-                return model, queue
-        now = self._clock()
-        for model, queue in self._waiting.items():
-            if batch_is_due(
-                self.flush_policy,
-                waiting=len(queue),
-                batch_size=self.batch_size,
-                waited_s=now - queue[0].since,
-                flush_interval_s=self.flush_interval_s,
-                in_flight=self._in_flight,
-                closing=self._closing,
-            ):
-                return model, queue
-        return None, deque()
-
-    def _call(self, taken: _Batch) -> None:
+    def _call(self, batch: Batch) -> None:
         # Runs on a call thread holding one slot. When the call ends and another batch is
         # already due, this thread sends it at once with the same slot: handing the slot
         # back to the dispatcher costs two thread wake-ups (docs/benchmark.md).
         try:
-            next_batch: _Batch | None = taken
+            next_batch: Batch | None = batch
             while next_batch is not None:
-                try:
-                    self._embed(*next_batch)
-                finally:
-                    self._call_ended()
+                self._embed(next_batch)
                 next_batch = self._take_batch(block=False)
         finally:
             self._slots.release()
 
-    def _embed(self, model: str, batch: list[_Waiting], tokens: int) -> None:
-        texts = [w.text for w in batch]
+    def _embed(self, batch: Batch) -> None:
         outcomes: list[_Outcome] | None
         try:
             if self._gate is None:
-                outcomes = self.batcher.embed_isolated(texts, model)
+                outcomes = self.batcher.embed_isolated(batch.texts, batch.model)
             else:
-                outcomes = self._embed_in_budget(model, batch, tokens)
+                outcomes = self._embed_in_budget(batch)
         except BaseException as exc:
             log.exception("embeddings call crashed")
-            _fail(batch, exc)
+            _fail(self._end_call(batch), exc)
             return
-        if outcomes is not None:
-            self._completions.submit(self._complete, batch, outcomes)
+        if outcomes is None:
+            return  # a 429 sent the texts back to wait
+        entries = self._end_call(batch)
+        by_text = dict(zip(batch.texts, outcomes, strict=True))
+        saved = len(entries) - len(batch.texts)
+        if saved:
+            metrics.INPUTS_SAVED.labels(reason="duplicate").inc(saved)
+        self._completions.submit(self._complete, entries, [by_text[w.text] for w in entries], batch)
 
-    def _embed_in_budget(
-        self, model: str, batch: list[_Waiting], tokens: int
-    ) -> list[_Outcome] | None:
+    def _embed_in_budget(self, batch: Batch) -> list[_Outcome] | None:
         """One admitted call; None when a 429 sent its texts back to wait for budget."""
         assert self._gate is not None
-        texts = [w.text for w in batch]
         try:
-            call = self.batcher.client.embed(texts, model)
+            call = self.batcher.client.embed(batch.texts, batch.model)
         except EmbeddingRateLimitError as exc:
-            self._wait_again_after_429(model, batch, exc)
+            self._wait_again_after_429(batch, exc)
             return None
         except EmbeddingError as exc:
             # Split calls that isolate a rejected text go out unmetered: they are rare.
-            return self.batcher.isolate(texts, model, exc)
-        self._gate.after_call(model, tokens, call)
+            return self.batcher.isolate(batch.texts, batch.model, exc)
+        self._gate.after_call(batch.model, batch.tokens, call)
         return list(call.embeddings)
 
-    def _wait_again_after_429(
-        self, model: str, batch: list[_Waiting], exc: EmbeddingRateLimitError
-    ) -> None:
+    def _wait_again_after_429(self, batch: Batch, exc: EmbeddingRateLimitError) -> None:
         assert self._gate is not None
-        for waiting in batch:
+        entries = self._end_call(batch)
+        for waiting in entries:
             waiting.rate_limited += 1
-        self._gate.after_rate_limit(model, exc, max(w.rate_limited for w in batch))
+        self._gate.after_rate_limit(batch.model, exc, max(w.rate_limited for w in entries))
         # A text that keeps meeting 429s becomes a Celery retry, whose countdown honours them.
-        give_up = [w for w in batch if w.rate_limited > self._gate.max_rate_limited]
-        again = [w for w in batch if w.rate_limited <= self._gate.max_rate_limited]
+        give_up = [w for w in entries if w.rate_limited > self._gate.max_rate_limited]
+        again = [w for w in entries if w.rate_limited <= self._gate.max_rate_limited]
         _fail(give_up, exc)
         with self._cond:
             if self._closing:
                 _fail(again, MicroBatcherClosed("the worker is shutting down"))
                 return
-            if not again:
-                return
-            queue = self._waiting.setdefault(model, deque())
-            queue.extendleft(reversed(again))
-            self._pending += len(again)
-            metrics.PENDING_TEXTS.set(self._pending)
+            self._waiting.requeue(batch.model, again)
+            metrics.PENDING_TEXTS.set(self._waiting.pending)
             self._cond.notify()
 
-    def _complete(self, batch: list[_Waiting], outcomes: list[_Outcome]) -> None:
+    def _complete(
+        self, entries: list[Waiting], outcomes: list[_Outcome], batch: Batch | None = None
+    ) -> None:
         try:
-            self._store(batch, outcomes)
-            for waiting, outcome in zip(batch, outcomes, strict=True):
+            self._store(entries, outcomes)
+            for waiting, outcome in zip(entries, outcomes, strict=True):
                 if isinstance(outcome, EmbeddingError):
                     waiting.future.set_exception(outcome)
                 else:
                     waiting.future.set_result(outcome)
         except BaseException as exc:
             log.exception("completing an embeddings call crashed")
-            _fail(batch, exc)
+            _fail(entries, exc)
+        if batch is not None and self._cache is not None:
+            # After the tasks are woken: the cache is for next time, not for them.
+            fresh = {w.text: o for w, o in zip(entries, outcomes, strict=True)}
+            self._cache.put_many(
+                batch.model, [(t, v) for t, v in fresh.items() if not isinstance(v, EmbeddingError)]
+            )
 
-    def _store(self, batch: list[_Waiting], outcomes: list[_Outcome]) -> None:
+    def _store(self, entries: list[Waiting], outcomes: list[_Outcome]) -> None:
         if self._store_vectors is None:
             return
         vectors = [
             (waiting.task_id, outcome)
-            for waiting, outcome in zip(batch, outcomes, strict=True)
+            for waiting, outcome in zip(entries, outcomes, strict=True)
             if waiting.task_id is not None and not isinstance(outcome, EmbeddingError)
         ]
         if not vectors:
@@ -411,7 +415,7 @@ class MicroBatcher:
                         len(vectors), exc)  # fmt: skip
 
 
-def _fail(batch: list[_Waiting], exc: BaseException) -> None:
-    for waiting in batch:
+def _fail(entries: list[Waiting], exc: BaseException) -> None:
+    for waiting in entries:
         if not waiting.future.done():
             waiting.future.set_exception(exc)

@@ -24,6 +24,7 @@ from worker.flush_policy import FlushPolicy
 from worker.microbatcher import MicroBatcher
 from worker.result_backend import ResultBackend
 from worker.settings import Settings
+from worker.vector_cache import VectorCache, check_cache_placement
 
 __all__ = ["get_microbatcher", "get_settings", "limiter_url", "shutdown"]
 
@@ -62,6 +63,7 @@ def get_microbatcher() -> MicroBatcher:
                 flush_interval_s=settings.flush_interval_s,
                 store_vectors=_store_vectors,
                 gate=gate,
+                cache=_vector_cache(settings),
                 flush_policy=FlushPolicy(settings.flush_policy),
             )
             _owner_pid = os.getpid()
@@ -106,6 +108,13 @@ def _budget_gate(settings: Settings) -> BudgetGate | None:
         )
         return None
     return BudgetGate.from_settings(SharedBudget.from_url(url, settings), settings)
+
+
+def _vector_cache(settings: Settings) -> VectorCache | None:
+    if not settings.cache_url:
+        return None
+    check_cache_placement(settings, str(app.conf.broker_url or ""))
+    return VectorCache.from_url(settings.cache_url, settings)
 
 
 def _store_vectors(vectors: list[tuple[str, list[float]]]) -> bool:

@@ -69,6 +69,11 @@ DEFAULT_TPM_LIMIT = 0
 DEFAULT_MODEL_LIMITS = ""  # "model=RPM:TPM,other-model=RPM:TPM"
 DEFAULT_SHARED_BUDGET = 1  # 0 turns it off: each process backs off on its own, as the seed does
 DEFAULT_LIMITER_URL = ""  # empty: the broker's Redis (or the result backend's)
+# The vector cache (worker/vector_cache.py): off unless a Redis is named for it.
+DEFAULT_CACHE_URL = ""
+DEFAULT_CACHE_TTL_S = 30 * 86_400
+# The broker's database runs noeviction and a cache must evict: sharing it is opt-in.
+DEFAULT_CACHE_IN_BROKER_DB = 0
 # Fraction of a configured or learned limit left unused, so calls spaced by the budget still
 # fit a provider's per-second quantization when they arrive a few milliseconds apart.
 DEFAULT_LIMIT_HEADROOM = 0.05
@@ -154,6 +159,10 @@ class Settings:
     limiter_url: str = DEFAULT_LIMITER_URL
     limiter_max_wait_s: float = DEFAULT_LIMITER_MAX_WAIT_S
     limit_headroom: float = DEFAULT_LIMIT_HEADROOM
+    # The vector cache: never pay twice for one text.
+    cache_url: str = DEFAULT_CACHE_URL
+    cache_ttl_s: int = DEFAULT_CACHE_TTL_S
+    cache_in_broker_db: int = DEFAULT_CACHE_IN_BROKER_DB
 
     def __post_init__(self) -> None:
         _check_positive("batch_size", self.batch_size)
@@ -196,6 +205,9 @@ class Settings:
         if not 0.0 <= self.limit_headroom < 0.5:
             raise EmbeddingConfigError("EMBEDDINGS_LIMIT_HEADROOM must be in [0, 0.5)")
         self.limits_for(self.model)  # parses EMBEDDINGS_MODEL_LIMITS, naming it when bad
+        _check_positive("cache_ttl_s", self.cache_ttl_s)
+        if self.cache_in_broker_db not in (0, 1):
+            raise EmbeddingConfigError("EMBEDDINGS_CACHE_IN_BROKER_DB must be 0 or 1")
         if not self.base_url.startswith(("http://", "https://")):
             raise EmbeddingConfigError(
                 f"EMBEDDINGS_BASE_URL must start with http:// or https://, got {self.base_url!r}"

@@ -66,6 +66,14 @@ def test_redis_has_a_ping_health_check_and_never_evicts(services):
     assert command[at + 1] == "noeviction"
 
 
+def test_the_vector_cache_is_a_redis_of_its_own_that_evicts_least_recently_used(services):
+    command = services["cache"]["command"]
+    command = command if isinstance(command, list) else command.split()
+    assert command[command.index("--maxmemory-policy") + 1] == "allkeys-lru"
+    assert command[command.index("--maxmemory") + 1].endswith(("mb", "gb"))
+    assert "redis-cli" in services["cache"]["healthcheck"]["test"]
+
+
 def test_the_worker_is_scalable_and_waits_for_a_healthy_redis(services):
     worker = services["worker"]
     assert "container_name" not in worker

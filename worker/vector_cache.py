@@ -1,0 +1,183 @@
+"""``VectorCache``: vectors already paid for, in a Redis of their own, by content.
+
+The key is a SHA-256 of everything that changes a vector: the API's base URL, the model,
+``dimensions`` and the text (not the API key, not ``user``). Values are little-endian
+float32, base64-encoded, as the project packs vectors everywhere. Reads and writes take one
+round trip per call (MGET; a pipeline of SETs with a TTL).
+
+The cache must be able to evict, so it belongs in a Redis with ``maxmemory-policy
+allkeys-lru``, not in the broker's (``noeviction``) database. A cache that fails is skipped
+for a while, never a text's failure: it logs once and counts ``embeddings_cache_errors``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import sys
+import threading
+import time
+from array import array
+from collections.abc import Callable, Sequence
+from urllib.parse import urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from worker import metrics
+from worker.errors import EmbeddingConfigError
+from worker.settings import Settings
+
+__all__ = [
+    "VectorCache",
+    "cache_key",
+    "check_cache_placement",
+    "pack_vector",
+    "unpack_vector",
+]
+
+KEY_PREFIX = "embeddings:vec:"
+# After a failure the cache is left alone this long (seconds), so an outage costs one
+# timeout per interval instead of one per call.
+_RETRY_AFTER_FAILURE_S = 5.0
+
+
+def cache_key(base_url: str, model: str, dimensions: int, text: str) -> str:
+    """The key of ``text``'s vector from ``model`` at ``base_url`` with ``dimensions``."""
+    digest = hashlib.sha256()
+    for part in (base_url.rstrip("/"), model, str(dimensions), text):
+        encoded = part.encode("utf-8", "surrogatepass")
+        # Length-prefixed, so no choice of fields can collide with another.
+        digest.update(len(encoded).to_bytes(8, "big") + encoded)
+    return KEY_PREFIX + digest.hexdigest()
+
+
+def pack_vector(vector: Sequence[float]) -> bytes:
+    """Little-endian float32, base64."""
+    floats = array("f", vector)
+    if sys.byteorder != "little":
+        floats.byteswap()
+    return base64.b64encode(floats.tobytes())
+
+
+def unpack_vector(packed: bytes) -> list[float]:
+    floats = array("f")
+    floats.frombytes(base64.b64decode(packed))
+    if sys.byteorder != "little":
+        floats.byteswap()
+    return floats.tolist()
+
+
+def check_cache_placement(settings: Settings, broker_url: str) -> None:
+    """Refuse a cache in the broker's database unless ``EMBEDDINGS_CACHE_IN_BROKER_DB=1``.
+
+    The broker's Redis runs ``noeviction`` (a full Redis must refuse tasks, not drop them),
+    and a cache must evict. Called when the configuration loads, so a worker fails at start.
+    """
+    if not settings.cache_url or settings.cache_in_broker_db:
+        return
+    if _database(settings.cache_url) == _database(broker_url):
+        raise EmbeddingConfigError(
+            "EMBEDDINGS_CACHE_URL names the broker's Redis database, which must not evict "
+            "while a cache must: give the cache a Redis (or database) of its own with "
+            "maxmemory-policy allkeys-lru, or set EMBEDDINGS_CACHE_IN_BROKER_DB=1"
+        )
+
+
+def _database(url: str) -> tuple[str | None, int, str]:
+    parts = urlsplit(url)
+    host = "localhost" if parts.hostname in ("127.0.0.1", "::1") else parts.hostname
+    return host, parts.port or 6379, parts.path.strip("/") or "0"
+
+
+def _as_bytes(raw: bytes | str) -> bytes:
+    return raw if isinstance(raw, bytes) else raw.encode("ascii")
+
+
+class VectorCache:
+    """Vectors by content in the Redis at ``client``; thread-safe. ``clock`` for tests."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._base_url = settings.base_url
+        self._dimensions = settings.dimensions
+        self._ttl_s = settings.cache_ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._down_until = 0.0
+        self._failing = False
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings) -> VectorCache:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=settings.redis_socket_timeout_s,
+            socket_connect_timeout=settings.redis_socket_timeout_s,
+            retry=Retry(NoBackoff(), 1),
+        )
+        return cls(client, settings)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def key(self, model: str, text: str) -> str:
+        return cache_key(self._base_url, model, self._dimensions, text)
+
+    def get_many(self, model: str, texts: Sequence[str]) -> list[list[float] | None]:
+        """The cached vector of each text, or None: one MGET. All None while it is down."""
+        if not texts or not self._usable():
+            return [None] * len(texts)
+        try:
+            found = self._client.mget([self.key(model, text) for text in texts])
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return [None] * len(texts)
+        self._recovered()
+        vectors = [None if raw is None else unpack_vector(_as_bytes(raw)) for raw in found]
+        hits = sum(v is not None for v in vectors)
+        metrics.CACHE_HITS.inc(hits)
+        metrics.CACHE_MISSES.inc(len(texts) - hits)
+        return vectors
+
+    def put_many(self, model: str, vectors: Sequence[tuple[str, Sequence[float]]]) -> None:
+        """Store each (text, vector) with the TTL: one pipelined round trip."""
+        if not vectors or not self._usable():
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for text, vector in vectors:
+            pipe.set(self.key(model, text), pack_vector(vector), ex=self._ttl_s)
+        try:
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._failed(exc)
+            return
+        self._recovered()
+
+    def _usable(self) -> bool:
+        return self._clock() >= self._down_until
+
+    def _failed(self, exc: redis.RedisError) -> None:
+        metrics.CACHE_ERRORS.inc()
+        with self._lock:
+            self._down_until = self._clock() + _RETRY_AFTER_FAILURE_S
+            first, self._failing = not self._failing, True
+        if first:
+            logging.getLogger(__name__).warning(
+                "the vector cache is unreachable (%s: %s); embedding without it",
+                type(exc).__name__,
+                exc,
+            )
+
+    def _recovered(self) -> None:
+        if self._failing:
+            with self._lock:
+                self._failing = False
+            logging.getLogger(__name__).warning("the vector cache is reachable again")

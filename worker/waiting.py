@@ -1,0 +1,156 @@
+"""Texts waiting in one worker process for a call, by model, with identical texts merged.
+
+Identical texts of one model (the process embeds every text with one ``dimensions``) go to
+the API as one input: a batch holds up to ``batch_size`` distinct texts and every waiting
+entry of each, and a text that arrives while an identical one is in a call joins that call.
+
+Not thread-safe: the micro-batcher holds its condition's lock around every method.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+__all__ = ["Batch", "Waiting", "WaitingTexts"]
+
+
+@dataclass(eq=False)
+class Waiting:
+    """One task's text and the future its task waits on."""
+
+    text: str
+    future: Future[list[float]]
+    since: float = 0.0  # monotonic seconds when it began to wait
+    task_id: str | None = None
+    rate_limited: int = 0  # 429s met so far; past the gate's bound, the text retries in Celery
+    cache_checked: bool = False  # looked up in the vector cache already (a miss)
+
+
+_Predicate = Callable[[Waiting], bool]
+
+
+@dataclass(eq=False)
+class Batch:
+    """One call's worth: its distinct ``texts`` and every entry waiting for each of them."""
+
+    model: str
+    texts: list[str]
+    entries: dict[str, list[Waiting]] = field(default_factory=dict)
+    tokens: int = 0  # charged to the shared budget
+
+    def all_entries(self) -> list[Waiting]:
+        return [waiting for text in self.texts for waiting in self.entries.get(text, [])]
+
+
+class WaitingTexts:
+    """Per-model queues of ``Waiting`` entries, oldest first, and the texts in calls."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.pending = 0  # entries in the queues (not in calls)
+        self._queues: OrderedDict[str, deque[Waiting]] = OrderedDict()
+        self._in_calls: dict[tuple[str, str], list[Waiting]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._queues)
+
+    def add(self, model: str, waiting: Waiting) -> int:
+        """Queue ``waiting``; return its queue's length, or 0 if it joined a call in flight."""
+        joined = self._in_calls.get((model, waiting.text))
+        if joined is not None:
+            joined.append(waiting)
+            return 0
+        queue = self._queues.setdefault(model, deque())
+        queue.append(waiting)
+        self.pending += 1
+        return len(queue)
+
+    def queues(self) -> Iterator[tuple[str, deque[Waiting]]]:
+        """(model, queue) pairs, the model waiting longest first."""
+        return iter(self._queues.items())
+
+    def oldest_since(self) -> float:
+        return min(queue[0].since for queue in self._queues.values())
+
+    def head(self, model: str) -> list[str]:
+        """The first ``batch_size`` distinct texts of ``model``'s queue."""
+        texts: dict[str, None] = {}
+        for waiting in self._queues.get(model, ()):
+            texts.setdefault(waiting.text)
+            if len(texts) == self.batch_size:
+                break
+        return list(texts)
+
+    def distinct(self, model: str) -> int:
+        """How many distinct texts wait for ``model``, counting at most ``batch_size``."""
+        return len(self.head(model))
+
+    def unchecked(self, model: str, texts: list[str]) -> list[str]:
+        """Those of ``texts`` not yet looked up in the vector cache."""
+        wanted = set(texts)
+        found: dict[str, None] = {}
+        for waiting in self._queues.get(model, ()):
+            if waiting.text in wanted and not waiting.cache_checked:
+                found.setdefault(waiting.text)
+        return list(found)
+
+    def mark_checked(self, model: str, texts: list[str]) -> None:
+        wanted = set(texts)
+        for waiting in self._queues.get(model, ()):
+            if waiting.text in wanted:
+                waiting.cache_checked = True
+
+    def take(self, model: str, texts: set[str]) -> list[Waiting]:
+        """Remove and return every queued entry of ``model`` whose text is in ``texts``."""
+        return self._remove(model, lambda w: w.text in texts)
+
+    def pop_batch(self, model: str) -> Batch:
+        """Take the head's texts with all their entries; they are in a call from now on."""
+        texts = self.head(model)
+        batch = Batch(model, texts, {text: [] for text in texts})
+        for waiting in self.take(model, set(texts)):
+            batch.entries[waiting.text].append(waiting)
+        for text in texts:
+            self._in_calls[(model, text)] = batch.entries[text]
+        return batch
+
+    def finish(self, batch: Batch) -> None:
+        """``batch``'s call is over: texts arriving from now on queue for a new call.
+
+        Entries that joined while it was in flight are in ``batch.entries`` already.
+        """
+        for text in batch.texts:
+            self._in_calls.pop((batch.model, text), None)
+
+    def requeue(self, model: str, entries: list[Waiting]) -> None:
+        """Put ``entries`` back at the head of ``model``'s queue, in their order."""
+        if not entries:
+            return
+        queue = self._queues.setdefault(model, deque())
+        queue.extendleft(reversed(entries))
+        self.pending += len(entries)
+
+    def pop_model(self, model: str) -> list[Waiting]:
+        """Remove and return everything queued for ``model``."""
+        return self._remove(model, lambda w: True)
+
+    def pop_older_than(self, model: str, cutoff: float) -> list[Waiting]:
+        """Remove and return ``model``'s entries that began to wait before ``cutoff``."""
+        return self._remove(model, lambda w: w.since < cutoff)
+
+    def _remove(self, model: str, matches: _Predicate) -> list[Waiting]:
+        queue = self._queues.get(model)
+        if queue is None:
+            return []
+        taken = [w for w in queue if matches(w)]
+        if taken:
+            kept = deque(w for w in queue if not matches(w))
+            if kept:
+                self._queues[model] = kept
+            else:
+                del self._queues[model]
+            self.pending -= len(taken)
+        return taken
