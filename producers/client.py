@@ -12,7 +12,7 @@ from redis.exceptions import RedisError
 from worker.celery_app import app as default_app
 from worker.errors import EmbeddingQueueUnavailableError
 from worker.settings import Settings
-from worker.validation import validate_text, validate_texts
+from worker.validation import validate_model, validate_text, validate_texts
 
 __all__ = ["EMBED_TEXT_TASK", "embed_text", "embed_texts", "enqueue_text", "enqueue_texts"]
 
@@ -64,9 +64,12 @@ def _send(text: str, model: str | None, app: Celery) -> AsyncResult:
 
 
 def enqueue_text(text: str, *, model: str | None = None, app: Celery | None = None) -> AsyncResult:
-    """Check ``text`` and enqueue it as one task; the result's ``id`` finds its vector later."""
+    """Check ``text`` and enqueue it as one task; the result's ``id`` finds its vector later.
+
+    ``model`` is None (the workers' configured model) or a non-empty model name.
+    """
     checked = validate_text(text, max_chars=_max_chars())
-    return _send(checked, model, app or default_app)
+    return _send(checked, validate_model(model), app or default_app)
 
 
 def enqueue_texts(
@@ -77,8 +80,9 @@ def enqueue_texts(
     One bad text refuses the whole list before anything is enqueued.
     """
     checked = validate_texts(texts, max_chars=_max_chars())
+    checked_model = validate_model(model)
     target = app or default_app
-    return [_send(text, model, target) for text in checked]
+    return [_send(text, checked_model, target) for text in checked]
 
 
 def embed_text(

@@ -9,7 +9,11 @@ from collections.abc import Iterable
 
 from worker.errors import EmbeddingInputError, EmbeddingInputTypeError
 
-__all__ = ["validate_text", "validate_texts"]
+__all__ = ["MAX_MODEL_CHARS", "validate_model", "validate_text", "validate_texts"]
+
+# Model names are short ("text-embedding-3-small", "BAAI/bge-large-en-v1.5"); a long one is
+# a mistake, and it travels in every task message.
+MAX_MODEL_CHARS = 256
 
 
 def validate_text(text: object, *, max_chars: int, position: int | None = None) -> str:
@@ -46,3 +50,24 @@ def validate_texts(texts: Iterable[object], *, max_chars: int) -> list[str]:
             "texts must be a list of str, not a single str; use the single-text function"
         )
     return [validate_text(text, max_chars=max_chars, position=i) for i, text in enumerate(texts)]
+
+
+def validate_model(model: object) -> str | None:
+    """Return ``model`` if it can name a model (None: the configured one), else raise.
+
+    It must be None or a non-empty ``str`` of at most ``MAX_MODEL_CHARS`` printable
+    characters; anything else would cost an API call and then fail, or fail obscurely.
+    """
+    if model is None:
+        return None
+    if not isinstance(model, str):
+        raise EmbeddingInputTypeError(f"model must be str or None, got {type(model).__name__}")
+    if not model.strip():
+        raise EmbeddingInputError("model is empty; pass None for the configured model")
+    if len(model) > MAX_MODEL_CHARS:
+        raise EmbeddingInputError(
+            f"model has {len(model)} characters; the limit is {MAX_MODEL_CHARS}"
+        )
+    if not model.isprintable():
+        raise EmbeddingInputError("model contains a control character")
+    return model

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker.errors import EmbeddingError, EmbeddingInputError, EmbeddingInputTypeError
-from worker.validation import validate_text, validate_texts
+from worker.validation import validate_model, validate_text, validate_texts
 
 LIMIT = 50
 
@@ -81,3 +81,37 @@ def test_a_text_error_is_chained_from_the_encoding_error() -> None:
     with pytest.raises(EmbeddingInputError) as info:
         validate_text("\udfff", max_chars=LIMIT)
     assert isinstance(info.value.__cause__, UnicodeEncodeError)
+
+
+@pytest.mark.parametrize("model", [None, "text-embedding-3-small", "BAAI/bge-large-en-v1.5"])
+def test_a_model_name_or_none_is_accepted(model) -> None:
+    assert validate_model(model) == model
+
+
+@pytest.mark.parametrize(
+    ("model", "error"),
+    [
+        (123, EmbeddingInputTypeError),
+        (["m"], EmbeddingInputTypeError),
+        ("", EmbeddingInputError),
+        ("   ", EmbeddingInputError),
+        ("m" * 257, EmbeddingInputError),
+        ("model\n", EmbeddingInputError),
+    ],
+)
+def test_a_bad_model_is_refused_with_a_typed_error(model, error) -> None:
+    with pytest.raises(error, match="model"):
+        validate_model(model)
+
+
+@pytest.mark.parametrize("model", ["", 123, ["m"]])
+def test_the_producer_refuses_a_bad_model_before_enqueueing(model, monkeypatch) -> None:
+    import producers.client
+
+    sent: list[object] = []
+    monkeypatch.setattr(producers.client, "_send", lambda *args: sent.append(args))
+    with pytest.raises(EmbeddingInputError):
+        producers.client.enqueue_text("fine text", model=model)
+    with pytest.raises(EmbeddingInputError):
+        producers.client.enqueue_texts(["fine", "texts"], model=model)
+    assert sent == []
