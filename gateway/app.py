@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -31,8 +31,12 @@ __all__ = ["create_app", "get_service"]
 log = logging.getLogger(__name__)
 
 
-def get_service(request: Request) -> EmbeddingService:
-    """The running app's queue side (a FastAPI dependency)."""
+async def get_service(request: Request) -> EmbeddingService:
+    """The running app's queue side (a FastAPI dependency).
+
+    Dependencies are ``async def``: FastAPI runs a plain ``def`` one in a worker thread, a
+    thread hop per request for a dictionary lookup.
+    """
     service: EmbeddingService = request.app.state.service
     return service
 
@@ -119,10 +123,10 @@ def create_app(
     return app
 
 
-def _authorizer(settings: GatewaySettings) -> Callable[[Request], None]:
+def _authorizer(settings: GatewaySettings) -> Callable[[Request], Awaitable[None]]:
     keys = [key.encode() for key in settings.api_keys]
 
-    def authorize(request: Request) -> None:
+    async def authorize(request: Request) -> None:
         if not keys:
             return  # GATEWAY_ALLOW_NO_AUTH=1
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
