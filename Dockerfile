@@ -1,4 +1,4 @@
-# The project's one image: worker, Flower, the CLI and the stub API all run from it.
+# The project's one image: worker, Flower, the gateway, the CLI and the stub API run from it.
 # No secret is baked in: the API key and Flower's login come from the environment at run time.
 FROM python:3.11-slim
 
@@ -18,6 +18,7 @@ RUN useradd --create-home --uid 10001 app \
 COPY pyproject.toml README.md celeryconfig.py flowerconfig.py ./
 COPY worker ./worker
 COPY producers ./producers
+COPY gateway ./gateway
 COPY stubapi ./stubapi
 COPY devstack ./devstack
 RUN pip install . && rm -rf build *.egg-info

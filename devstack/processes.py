@@ -17,7 +17,14 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-__all__ = ["REPO_ROOT", "StubProcess", "WorkerProcess", "free_port", "wait_for"]
+__all__ = [
+    "REPO_ROOT",
+    "GatewayProcess",
+    "StubProcess",
+    "WorkerProcess",
+    "free_port",
+    "wait_for",
+]
 
 
 def wait_for(condition: Callable[[], object], timeout_s: float, what: str) -> object:
@@ -157,3 +164,27 @@ class WorkerProcess(_Process):
             return bool(app.control.ping(destination=[self.hostname], timeout=0.5))
 
         wait_for(answers, timeout_s, f"worker {self.hostname} to answer a ping")
+
+
+class GatewayProcess(_Process):
+    """``python -m gateway`` on a free loopback port; ``env`` carries its ``GATEWAY_*``."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path, port: int = 0) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.base_url = self.url + "/v1"
+        full_env = {**env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(self.port)}
+        super().__init__([sys.executable, "-m", "gateway"], full_env, log_path)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> None:
+        """Wait until ``/healthz`` answers 200 (Redis reachable)."""
+
+        def healthy() -> bool:
+            if not self.alive():
+                raise RuntimeError(f"gateway exited early:\n{self.log()}")
+            try:
+                return httpx.get(self.url + "/healthz", timeout=5).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(healthy, timeout_s, "the gateway to answer /healthz")

@@ -6,8 +6,21 @@ neither the worker's HTTP code nor its task module::
     from producers import enqueue_text, embed_texts
     result = enqueue_text("What is machine learning?")   # an AsyncResult; keep result.id
     vectors = embed_texts(["a", "b"], timeout=60)       # in order, through the queue
+
+From asyncio code (FastAPI, aiohttp…), the same with ``await`` and no thread per waiting text::
+
+    from producers import aembed_text, aembed_texts
+    vector = await aembed_text("What is machine learning?", timeout=30)
 """
 
+from producers.aio import (
+    AsyncEmbeddingResult,
+    AsyncProducer,
+    aembed_text,
+    aembed_texts,
+    aenqueue_text,
+    aenqueue_texts,
+)
 from producers.client import (
     EMBED_TEXT_TASK,
     embed_text,
@@ -20,14 +33,24 @@ from worker.errors import (
     EmbeddingInputError,
     EmbeddingInputTypeError,
     EmbeddingQueueUnavailableError,
+    EmbeddingResultStoreUnavailableError,
+    EmbeddingResultTimeoutError,
 )
 
 __all__ = [
     "EMBED_TEXT_TASK",
+    "AsyncEmbeddingResult",
+    "AsyncProducer",
     "EmbeddingError",
     "EmbeddingInputError",
     "EmbeddingInputTypeError",
     "EmbeddingQueueUnavailableError",
+    "EmbeddingResultStoreUnavailableError",
+    "EmbeddingResultTimeoutError",
+    "aembed_text",
+    "aembed_texts",
+    "aenqueue_text",
+    "aenqueue_texts",
     "embed_text",
     "embed_texts",
     "enqueue_text",

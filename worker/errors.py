@@ -13,7 +13,8 @@ Every error raised by this project derives from :class:`EmbeddingError`::
     │   ├── EmbeddingConnectionError             the API could not be reached
     │   ├── EmbeddingPoolExhausted               no pooled connection freed up in time
     │   ├── EmbeddingQueueUnavailableError       the broker could not be reached to enqueue
-    │   ├── EmbeddingResultStoreUnavailableError Redis failed under a running text; requeued
+    │   ├── EmbeddingResultStoreUnavailableError Redis failed under a running or awaited text
+    │   ├── EmbeddingResultTimeoutError (TimeoutError)  no result within a producer's timeout
     │   ├── EmbeddingCircuitOpenError            the per-process breaker is refusing calls
     │   └── EmbeddingBudgetWaitError             the shared rate-limit budget kept the call waiting
     └── EmbeddingFatalError                      trying again will not help
@@ -47,6 +48,7 @@ __all__ = [
     "EmbeddingRateLimitError",
     "EmbeddingResponseError",
     "EmbeddingResultStoreUnavailableError",
+    "EmbeddingResultTimeoutError",
     "EmbeddingRetryableError",
     "EmbeddingServerError",
     "EmbeddingTimeoutError",
@@ -148,7 +150,29 @@ class EmbeddingQueueUnavailableError(EmbeddingRetryableError):
 
 
 class EmbeddingResultStoreUnavailableError(EmbeddingRetryableError):
-    """Redis failed while a worker was finishing a text; the text goes back to the queue.
+    """Redis failed while a worker was finishing a text, or while a producer awaited one.
 
-    Raised in the worker only (see ``worker.outages``), never stored as a text's outcome.
+    In a worker (see ``worker.outages``) the text goes back to the queue; it is never stored
+    as a text's outcome. In ``producers.aio`` it means the result subscription could not be
+    made: the text may still be embedded, and its result can be read later by its id.
     """
+
+
+class EmbeddingResultTimeoutError(EmbeddingRetryableError, TimeoutError):
+    """No result arrived within an async producer's ``timeout``; the text may still finish.
+
+    Also a builtin ``TimeoutError``, so ``except TimeoutError`` around asyncio code catches
+    it. Only raised in producers, never stored by Celery.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        api_message: str | None = None,
+    ) -> None:
+        super().__init__(message, status_code, api_message)
+        # OSError keeps only two of three constructor arguments in ``args`` and reads them as
+        # (errno, strerror, filename); restore the tree's contract: ``cls(*args)`` rebuilds.
+        self.args = (message, status_code, api_message)
+        self.errno, self.strerror, self.filename = None, message, None

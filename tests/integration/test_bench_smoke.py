@@ -52,3 +52,23 @@ def test_a_quick_benchmark_run_prints_every_scenario_ratio_and_target(clean_redi
     assert "(b) project, 1 worker / (c) in-process" in proc.stdout
     assert (tmp_path / "results.md").read_text() in proc.stdout
     assert "plot written" in proc.stdout or "plot skipped" in proc.stdout
+
+
+@pytest.mark.timeout(180)
+def test_the_gateway_benchmark_prints_its_lag_and_throughput_tables(clean_redis):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "CELERY_"))}
+    argv = [sys.executable, "-m", "bench.gateway", "--texts", "48", "--lag-texts", "32",
+            "--batch", "8", "--latency-ms", "5", "--dimensions", "16",
+            "--redis-url", TEST_REDIS_URL]  # fmt: skip
+    proc = subprocess.run(
+        argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=170, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "32 texts awaited at once in one event loop" in proc.stdout
+    for row in (
+        "| async producers, one text per coroutine |",
+        "| gateway, one text per request |",
+        "| gateway, 8 texts per request |",
+    ):
+        assert row in proc.stdout, row
+    assert "event-loop lag p99" in proc.stdout and "through the gateway / producers" in proc.stdout

@@ -53,8 +53,8 @@ def _env_example() -> dict[str, str]:
     return values
 
 
-def test_compose_has_redis_worker_flower_and_the_stub(services):
-    assert {"redis", "worker", "flower", "stubapi"} <= set(services)
+def test_compose_has_redis_worker_flower_the_gateway_and_the_stub(services):
+    assert {"redis", "worker", "flower", "gateway", "stubapi"} <= set(services)
 
 
 def test_redis_has_a_ping_health_check_and_never_evicts(services):
@@ -106,6 +106,26 @@ def test_flower_never_holds_the_api_key_even_though_the_env_file_has_it(services
     env = _environment(services["flower"])
     assert env["EMBEDDINGS_API_KEY"] == ""
     assert env["OPENAI_API_KEY"] == ""
+
+
+def test_the_gateway_uses_the_image_listens_on_host_loopback_and_checks_healthz(services):
+    gateway = services["gateway"]
+    assert gateway["image"] == services["worker"]["image"]
+    assert gateway["command"] == ["embedding-gateway"]
+    assert gateway["ports"] == ["127.0.0.1:8080:8080"]
+    assert "/healthz" in " ".join(gateway["healthcheck"]["test"])
+    assert gateway["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert ".env" in _env_files(gateway)
+    env = _environment(gateway)
+    assert (env["GATEWAY_HOST"], env["GATEWAY_PORT"]) == ("0.0.0.0", "8080")
+    # Its keys come from .env; the upstream key is blanked, as for Flower.
+    assert "GATEWAY_API_KEYS" not in env
+    assert env["EMBEDDINGS_API_KEY"] == "" and env["OPENAI_API_KEY"] == ""
+    assert _env_example()["GATEWAY_API_KEYS"] == ""
+
+
+def test_the_image_contains_the_gateway_package():
+    assert "COPY gateway ./gateway" in (REPO_ROOT / "Dockerfile").read_text()
 
 
 def test_the_stub_api_runs_only_under_the_dev_profile(services):

@@ -1,4 +1,4 @@
-"""The public surface of ``worker.embeddings`` and the shape of the error tree."""
+"""The public surface of worker.embeddings, producers and gateway, and the error tree."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import types
 
 import pytest
 
+import gateway
+import producers
 import worker.embeddings
 import worker.errors
 from worker.errors import EmbeddingError
@@ -122,3 +124,35 @@ def test_every_error_survives_pickling(error: type[EmbeddingError]) -> None:
         502,
         "upstream",
     )
+
+
+# The same checks for what web apps import: ``producers`` (sync and async) and ``gateway``.
+PACKAGES = [producers, gateway]
+
+
+@pytest.mark.parametrize("package", PACKAGES, ids=lambda p: p.__name__)
+def test_every_package_all_is_sorted_unique_and_complete(package: types.ModuleType) -> None:
+    names = package.__all__
+    # ruff's RUF022 order: CONSTANTS, then Classes, then functions, each alphabetical.
+    assert names == sorted(names, key=lambda n: (not n.isupper(), not n[0].isupper(), n))
+    assert len(set(names)) == len(names)
+    public = {
+        name
+        for name, value in vars(package).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public == set(names)
+
+
+def test_producers_export_the_sync_and_async_functions_side_by_side() -> None:
+    for name in ("embed_text", "embed_texts", "enqueue_text", "enqueue_texts"):
+        assert name in producers.__all__
+        assert "a" + name in producers.__all__
+        assert inspect.iscoroutinefunction(getattr(producers, "a" + name))
+
+
+def test_the_result_timeout_error_is_retryable_and_a_builtin_timeout() -> None:
+    error = worker.errors.EmbeddingResultTimeoutError
+    assert issubclass(error, worker.errors.EmbeddingRetryableError)
+    assert issubclass(error, TimeoutError)
+    assert "EmbeddingResultTimeoutError" in (worker.errors.__doc__ or "")

@@ -1,0 +1,214 @@
+"""The ASGI app: OpenAI's ``POST /v1/embeddings`` and ``GET /v1/models`` in front of the queue.
+
+Stateless: every input of a request becomes its own ``embeddings.embed_text`` task, so the
+workers batch texts across requests and across gateway replicas. ``GET /healthz`` reports
+Redis, worker pings and queue depth; FastAPI serves the OpenAPI docs at ``/docs``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.errors import SERVER_ERROR, ApiError, error_body, error_for
+from gateway.limits import BodyLimit
+from gateway.parsing import EmbeddingRequest, parse_request, render_response
+from gateway.schemas import OPENAPI_REQUEST_BODY, RESPONSES
+from gateway.service import EmbeddingService, QueueService
+from gateway.settings import GatewaySettings
+from worker.errors import EmbeddingError
+
+__all__ = ["create_app", "get_service"]
+
+log = logging.getLogger(__name__)
+
+
+async def get_service(request: Request) -> EmbeddingService:
+    """The running app's queue side (a FastAPI dependency).
+
+    Dependencies are ``async def``: FastAPI runs a plain ``def`` one in a worker thread, a
+    thread hop per request for a dictionary lookup.
+    """
+    service: EmbeddingService = request.app.state.service
+    return service
+
+
+# At module level: FastAPI resolves string annotations in the module's namespace.
+Service = Annotated[EmbeddingService, Depends(get_service)]
+
+
+def create_app(
+    settings: GatewaySettings,
+    service_factory: Callable[[], EmbeddingService] | None = None,
+) -> FastAPI:
+    """The gateway for ``settings``; ``service_factory`` builds its queue side at start-up.
+
+    By default that is a :class:`QueueService` over the project's Celery app. Tests pass a
+    fake, or override the :func:`get_service` dependency.
+    """
+
+    def default_service() -> EmbeddingService:
+        from worker.celery_app import app as celery_app
+
+        return QueueService(celery_app, ping_timeout_s=settings.worker_ping_timeout_s)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = (service_factory or default_service)()
+        app.state.service = service
+        try:
+            yield
+        finally:
+            await service.aclose()
+
+    app = FastAPI(
+        title="embedding-gateway",
+        summary="OpenAI-compatible embeddings in front of the embedding queue.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    authorize = _authorizer(settings)
+
+    @app.post(
+        "/v1/embeddings",
+        dependencies=[Depends(authorize)],
+        responses=RESPONSES,
+        openapi_extra=OPENAPI_REQUEST_BODY,
+        summary="Create embeddings (OpenAI-compatible)",
+    )
+    async def create_embeddings(request: Request, service: Service) -> Response:
+        parsed = parse_request(await request.body(), max_text_chars=settings.max_text_chars)
+        _check_dimensions_before(parsed, settings)
+        if settings.max_queue_depth:
+            await _check_backlog(service, settings)
+        try:
+            vectors = await service.embed(
+                parsed.texts, model=parsed.model, timeout_s=settings.request_timeout_s
+            )
+        except Exception as exc:
+            if not isinstance(exc, EmbeddingError):
+                # A task's non-project error (revoked, a bug): answered 502, kept in the log.
+                log.warning("embedding failed: %s: %s", type(exc).__name__, exc)
+            raise error_for(exc, timeout_s=settings.request_timeout_s) from exc
+        _check_dimensions_after(parsed, vectors)
+        return _json(render_response(parsed, vectors))
+
+    @app.get("/v1/models", dependencies=[Depends(authorize)], summary="List models")
+    async def list_models() -> dict[str, Any]:
+        model = {"id": settings.model, "object": "model", "created": 0, "owned_by": "system"}
+        return {"object": "list", "data": [model]}
+
+    @app.get("/healthz", summary="Redis, worker pings and queue depth (no auth)")
+    async def healthz(service: Service) -> Response:
+        health = await service.health()
+        body = {
+            "status": "ok" if health.redis else "unavailable",
+            "redis": health.redis,
+            "workers": health.workers,
+            "queue_depth": health.queue_depth,
+        }
+        return _json(body, 200 if health.redis else 503)
+
+    return app
+
+
+def _authorizer(settings: GatewaySettings) -> Callable[[Request], Awaitable[None]]:
+    keys = [key.encode() for key in settings.api_keys]
+
+    async def authorize(request: Request) -> None:
+        if not keys:
+            return  # GATEWAY_ALLOW_NO_AUTH=1
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ApiError(
+                401,
+                "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.",
+                code="missing_api_key",
+            )
+        given = token.strip().encode()
+        # Every key compared in constant time, and no early exit: the time taken says
+        # nothing about which key, or how much of one, matched.
+        matched = False
+        for key in keys:
+            matched |= hmac.compare_digest(given, key)
+        if not matched:
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    return authorize
+
+
+def _check_dimensions_before(request: EmbeddingRequest, settings: GatewaySettings) -> None:
+    # The task takes no per-text dimensions, so the workers' size is the only one served.
+    # Truncating and renormalising would be wrong for models not trained for it (non-MRL).
+    if (
+        request.dimensions is not None
+        and settings.dimensions
+        and (request.dimensions != settings.dimensions)
+    ):
+        raise ApiError(
+            400,
+            f"This deployment serves {settings.dimensions}-dimension embeddings; "
+            f"'dimensions' must be {settings.dimensions} or omitted.",
+            param="dimensions",
+        )
+
+
+def _check_dimensions_after(request: EmbeddingRequest, vectors: list[list[float]]) -> None:
+    if request.dimensions is None or not vectors:
+        return
+    served = len(vectors[0])
+    if request.dimensions != served:
+        raise ApiError(
+            400,
+            f"This deployment serves {served}-dimension embeddings for {request.model!r}; "
+            f"'dimensions' must be {served} or omitted.",
+            param="dimensions",
+        )
+
+
+async def _check_backlog(service: EmbeddingService, settings: GatewaySettings) -> None:
+    try:
+        depth = await service.queue_depth()
+    except Exception as exc:
+        raise error_for(exc, timeout_s=settings.request_timeout_s) from exc
+    if depth >= settings.max_queue_depth:
+        raise ApiError(
+            429,
+            f"The embedding queue holds {depth} texts, over this gateway's bound of "
+            f"{settings.max_queue_depth}. Please retry shortly.",
+            type="requests",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": "1"},
+        )
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    # json.dumps directly: 2,048 vectors through FastAPI's jsonable_encoder would walk every
+    # float in Python a second time.
+    content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    return Response(content, status_code=status, media_type="application/json")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, ApiError):
+        return JSONResponse(exc.body(), exc.status_code, headers=exc.headers)
+    # Routing's own 404 and 405, in the same shape.
+    kind = SERVER_ERROR if exc.status_code >= 500 else "invalid_request_error"
+    return JSONResponse(error_body(str(exc.detail), kind), exc.status_code, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return JSONResponse(error_body("The server had an error.", SERVER_ERROR), 500)

@@ -1,0 +1,113 @@
+"""What the gateway needs from the queue, behind one small interface the tests can fake.
+
+:class:`QueueService` is the real one: texts go through the async producers (each input its
+own task, so workers batch across requests and gateway replicas), queue depth is an
+``LLEN`` of the task queue, and worker liveness is Celery's broadcast ping, run in one
+thread with a short timeout because it blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from celery import Celery
+from redis.exceptions import RedisError
+
+from producers.aio import AsyncProducer, redis_for_url
+from worker.errors import EmbeddingQueueUnavailableError
+
+__all__ = ["EmbeddingService", "Health", "QueueService"]
+
+# A health check hammered by many probes still runs one ping at a time, at most this often.
+_PING_CACHE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Health:
+    """Redis reachable; workers that answered the ping (None: not asked); texts queued."""
+
+    redis: bool
+    workers: int | None
+    queue_depth: int | None
+
+
+class EmbeddingService(Protocol):
+    """The queue as the gateway sees it."""
+
+    async def embed(
+        self, texts: Sequence[str], *, model: str, timeout_s: float
+    ) -> list[list[float]]:
+        """Vectors of already-validated ``texts``, in order; raises the project's errors."""
+        ...
+
+    async def queue_depth(self) -> int:
+        """Texts waiting in the queue; raises ``EmbeddingQueueUnavailableError``."""
+        ...
+
+    async def health(self) -> Health: ...
+
+    async def aclose(self) -> None: ...
+
+
+class QueueService:
+    """:class:`EmbeddingService` over a Celery app's Redis broker and result backend."""
+
+    def __init__(self, app: Celery, *, ping_timeout_s: float) -> None:
+        self.app = app
+        self.producer = AsyncProducer(app)
+        self._broker = redis_for_url(str(app.conf.broker_url), app)
+        self._queue = str(app.conf.task_default_queue)
+        self._ping_timeout_s = ping_timeout_s
+        # Celery's ping blocks for its whole timeout: one thread, and one ping at a time.
+        self._ping_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-ping")
+        self._ping_lock = asyncio.Lock()
+        self._last_ping: tuple[float, int | None] = (float("-inf"), None)
+
+    async def embed(
+        self, texts: Sequence[str], *, model: str, timeout_s: float
+    ) -> list[list[float]]:
+        return await self.producer.embed_texts_checked(texts, model=model, timeout=timeout_s)
+
+    async def queue_depth(self) -> int:
+        try:
+            return int(await self._broker.llen(self._queue))
+        except RedisError as exc:
+            raise EmbeddingQueueUnavailableError(
+                f"could not read the queue's depth: Redis is unreachable ({type(exc).__name__})"
+            ) from exc
+
+    async def health(self) -> Health:
+        try:
+            await self._broker.ping()
+            depth = await self.queue_depth()
+        except (RedisError, EmbeddingQueueUnavailableError):
+            return Health(redis=False, workers=None, queue_depth=None)
+        return Health(redis=True, workers=await self._workers(), queue_depth=depth)
+
+    async def _workers(self) -> int | None:
+        async with self._ping_lock:
+            pinged_at, count = self._last_ping
+            if time.monotonic() - pinged_at < _PING_CACHE_S:
+                return count
+            loop = asyncio.get_running_loop()
+            try:
+                replies: list[Any] = await loop.run_in_executor(self._ping_executor, self._ping)
+                count = len(replies)
+            except Exception:  # an unreachable broker: report "unknown", not a crash
+                count = None
+            self._last_ping = (time.monotonic(), count)
+            return count
+
+    def _ping(self) -> list[Any]:
+        replies: list[Any] = self.app.control.ping(timeout=self._ping_timeout_s)
+        return replies
+
+    async def aclose(self) -> None:
+        await self.producer.aclose()
+        await self._broker.aclose()
+        self._ping_executor.shutdown(wait=False, cancel_futures=True)

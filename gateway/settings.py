@@ -1,0 +1,114 @@
+"""The gateway's settings: typed defaults in one place, read from the environment once.
+
+``GatewaySettings.from_env()`` reads ``GATEWAY_*`` and three of the workers' own settings
+(``EMBEDDINGS_MODEL``, ``EMBEDDINGS_DIMENSIONS``, ``EMBEDDINGS_MAX_TEXT_CHARS``), and fails
+at start-up naming the variable when a value is bad. It never reads ``EMBEDDINGS_API_KEY``:
+the upstream key stays with the workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from worker.errors import EmbeddingConfigError
+from worker.settings import DEFAULT_MAX_TEXT_CHARS, DEFAULT_MODEL, env_float, env_int, env_str
+
+__all__ = [
+    "DEFAULT_HOST",
+    "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_PORT",
+    "DEFAULT_REQUEST_TIMEOUT_S",
+    "MAX_INPUTS",
+    "GatewaySettings",
+]
+
+# Loopback unless told otherwise: the compose file sets 0.0.0.0 inside its network and
+# publishes the port on the host's 127.0.0.1 only.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+# OpenAI caps a request at 300,000 tokens, about 1.2 M characters: 8 MiB of JSON holds that
+# with room for escapes and multi-byte text.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+DEFAULT_REQUEST_TIMEOUT_S = 60.0
+DEFAULT_WORKER_PING_TIMEOUT_S = 1.0
+# OpenAI's own limit of inputs per request.
+MAX_INPUTS = 2048
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def _env_bool(name: str, default: bool, environ: Mapping[str, str] | None) -> bool:
+    raw = env_str(name, "1" if default else "0", environ).lower()
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise EmbeddingConfigError(f"{name}={raw!r} is invalid: use 1 or 0")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything ``embedding-gateway`` is configured with; units are in the names.
+
+    ``api_keys`` (``GATEWAY_API_KEYS``, comma-separated) are the Bearer tokens clients may
+    send; they are hidden from ``repr`` and never logged. Without keys the gateway refuses to
+    start unless ``allow_no_auth`` (``GATEWAY_ALLOW_NO_AUTH=1``). ``max_queue_depth`` > 0
+    answers 429 while more texts than that wait in the queue (0: no bound).
+    ``dimensions`` is the workers' ``EMBEDDINGS_DIMENSIONS`` (0: the model's native size).
+    """
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    allow_no_auth: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S
+    max_queue_depth: int = 0
+    worker_ping_timeout_s: float = DEFAULT_WORKER_PING_TIMEOUT_S
+    access_log: bool = False
+    model: str = DEFAULT_MODEL
+    dimensions: int = 0
+    max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+
+    def __post_init__(self) -> None:
+        if not self.api_keys and not self.allow_no_auth:
+            raise EmbeddingConfigError(
+                "GATEWAY_API_KEYS is empty: set one or more comma-separated keys, or "
+                "GATEWAY_ALLOW_NO_AUTH=1 to serve without authentication"
+            )
+        if not 1 <= self.port <= 65535:
+            raise EmbeddingConfigError(f"GATEWAY_PORT must be in [1, 65535], got {self.port}")
+        for name in ("max_body_bytes", "request_timeout_s", "worker_ping_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise EmbeddingConfigError(f"GATEWAY_{name.upper()} must be positive")
+        if self.max_queue_depth < 0:
+            raise EmbeddingConfigError("GATEWAY_MAX_QUEUE_DEPTH must not be negative")
+        if self.dimensions < 0:
+            raise EmbeddingConfigError("EMBEDDINGS_DIMENSIONS must not be negative")
+        if self.max_text_chars <= 0:
+            raise EmbeddingConfigError("EMBEDDINGS_MAX_TEXT_CHARS must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
+        """Build settings from ``GATEWAY_*`` (and three ``EMBEDDINGS_*``) over the defaults."""
+        keys = env_str("GATEWAY_API_KEYS", "", environ)
+        return cls(
+            host=env_str("GATEWAY_HOST", DEFAULT_HOST, environ),
+            port=env_int("GATEWAY_PORT", DEFAULT_PORT, environ),
+            api_keys=tuple(key.strip() for key in keys.split(",") if key.strip()),
+            allow_no_auth=_env_bool("GATEWAY_ALLOW_NO_AUTH", False, environ),
+            max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, environ),
+            request_timeout_s=env_float(
+                "GATEWAY_REQUEST_TIMEOUT_S", DEFAULT_REQUEST_TIMEOUT_S, environ
+            ),
+            max_queue_depth=env_int("GATEWAY_MAX_QUEUE_DEPTH", 0, environ),
+            worker_ping_timeout_s=env_float(
+                "GATEWAY_WORKER_PING_TIMEOUT_S", DEFAULT_WORKER_PING_TIMEOUT_S, environ
+            ),
+            access_log=_env_bool("GATEWAY_ACCESS_LOG", False, environ),
+            model=env_str("EMBEDDINGS_MODEL", DEFAULT_MODEL, environ),
+            dimensions=env_int("EMBEDDINGS_DIMENSIONS", 0, environ),
+            max_text_chars=env_int("EMBEDDINGS_MAX_TEXT_CHARS", DEFAULT_MAX_TEXT_CHARS, environ),
+        )

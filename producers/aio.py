@@ -1,0 +1,320 @@
+"""Enqueue texts and await their vectors from asyncio code, without a thread per waiting text.
+
+::
+
+    from producers import aembed_text, aembed_texts, aenqueue_text
+
+    vector = await aembed_text("What is machine learning?", timeout=30)
+    vectors = await aembed_texts(["a", "b"], timeout=60)          # in order
+    pending = await aenqueue_text("later")                        # pending.id, await pending.get()
+
+The same checks and errors as the synchronous functions (``worker.validation``): bad input
+raises before anything is enqueued.
+
+**Waiting** costs no thread: every coroutine of one event loop waits on the same Redis
+pub/sub connection (:class:`~producers.waiter.ResultWaiter`), and results are decoded as
+Celery decodes them (``backend.decode_result``), so a failed text re-raises its typed error
+(``EmbeddingAPIError``…) as ``AsyncResult.get`` would. A timeout raises
+``EmbeddingResultTimeoutError``.
+
+**Publishing** runs in a small, bounded thread pool, because kombu has no asyncio path: at
+most ``DEFAULT_PUBLISH_THREADS`` threads per process, each publishing up to
+``PUBLISH_CHUNK`` texts per job. It builds and sends the message with Celery's own
+``app.amqp`` (as ``app.send_task`` does) but skips ``send_task``'s call to
+``backend.on_task_call``, which would also subscribe Celery's synchronous result consumer to
+every text: a second subscription per text that nothing here ever reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import weakref
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import urlsplit
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from producers.client import _PUBLISH_RETRY_POLICY, DEFAULT_WAIT_TIMEOUT_S, EMBED_TEXT_TASK
+from producers.client import _max_chars as _configured_max_chars
+from producers.waiter import ResultWaiter
+from worker.celery_app import app as default_app
+from worker.errors import EmbeddingConfigError, EmbeddingQueueUnavailableError
+from worker.validation import validate_text, validate_texts
+
+__all__ = [
+    "DEFAULT_PUBLISH_THREADS",
+    "AsyncEmbeddingResult",
+    "AsyncProducer",
+    "aembed_text",
+    "aembed_texts",
+    "aenqueue_text",
+    "aenqueue_texts",
+    "redis_for_url",
+    "result_redis",
+]
+
+# Enough to keep one Redis busy with LPUSHes; more would only contend for the GIL with the
+# event loop they serve.
+DEFAULT_PUBLISH_THREADS = 4
+# Texts one publishing job sends on one pooled connection before the next job's turn, so a
+# 2,048-text request does not hold every thread while one-text requests queue behind it.
+PUBLISH_CHUNK = 64
+
+# How the producers' Redis connections are named in ``CLIENT LIST``.
+CLIENT_NAME = "embedding-producer"
+
+_shared_executor: ThreadPoolExecutor | None = None
+
+
+def _publish_executor() -> ThreadPoolExecutor:
+    global _shared_executor
+    if _shared_executor is None:
+        _shared_executor = ThreadPoolExecutor(
+            max_workers=DEFAULT_PUBLISH_THREADS, thread_name_prefix="embedding-publish"
+        )
+    return _shared_executor
+
+
+class AsyncEmbeddingResult:
+    """An enqueued text: its task ``id``, and ``await get(timeout)`` for its vector."""
+
+    __slots__ = ("_producer", "id")
+
+    def __init__(self, task_id: str, producer: AsyncProducer) -> None:
+        self.id = task_id
+        self._producer = producer
+
+    def __repr__(self) -> str:
+        return f"<AsyncEmbeddingResult {self.id}>"
+
+    async def get(self, timeout: float = DEFAULT_WAIT_TIMEOUT_S) -> list[float]:
+        """Wait up to ``timeout`` seconds for the vector; a failed text re-raises its error."""
+        vectors = await self._producer.wait([self.id], timeout=timeout)
+        vector: list[float] = vectors[0]
+        return vector
+
+
+class AsyncProducer:
+    """The async producer side of one Celery app, for one event loop.
+
+    ``app`` defaults to the project's ``worker.app``. ``redis`` (a ``redis.asyncio.Redis``
+    on the result backend's database) defaults to one built from the app's result backend
+    URL; the producer owns it and closes it in :meth:`aclose`. ``executor`` defaults to the
+    process's shared pool of ``DEFAULT_PUBLISH_THREADS`` publishing threads.
+    """
+
+    def __init__(
+        self,
+        app: Celery | None = None,
+        *,
+        redis: Redis | None = None,
+        executor: ThreadPoolExecutor | None = None,
+        max_text_chars: int | None = None,
+    ) -> None:
+        self.app = app or default_app
+        backend = self.app.backend
+        if not hasattr(backend, "get_key_for_task"):
+            raise EmbeddingConfigError(
+                "CELERY_RESULT_BACKEND must be Redis for async producers, got "
+                f"{type(backend).__name__}"
+            )
+        self._executor = executor or _publish_executor()
+        self._max_chars = max_text_chars
+        self.waiter = ResultWaiter(
+            redis if redis is not None else result_redis(self.app),
+            key_for=lambda task_id: _text(backend.get_key_for_task(task_id)),
+            decode=backend.decode_result,
+        )
+
+    @property
+    def max_text_chars(self) -> int:
+        """The longest text accepted, in characters (``EMBEDDINGS_MAX_TEXT_CHARS``)."""
+        if self._max_chars is None:
+            self._max_chars = _configured_max_chars()
+        return self._max_chars
+
+    async def enqueue_text(self, text: str, *, model: str | None = None) -> AsyncEmbeddingResult:
+        """Check ``text`` and enqueue it as one task; nothing is enqueued if it is bad."""
+        checked = validate_text(text, max_chars=self.max_text_chars)
+        return (await self._publish([checked], model))[0]
+
+    async def enqueue_texts(
+        self, texts: Iterable[str], *, model: str | None = None
+    ) -> list[AsyncEmbeddingResult]:
+        """Check every text, then enqueue each as its own task, in order."""
+        checked = validate_texts(texts, max_chars=self.max_text_chars)
+        return await self._publish(checked, model)
+
+    async def embed_text(
+        self, text: str, *, model: str | None = None, timeout: float = DEFAULT_WAIT_TIMEOUT_S
+    ) -> list[float]:
+        """Enqueue ``text`` and await its vector for up to ``timeout`` seconds."""
+        checked = validate_text(text, max_chars=self.max_text_chars)
+        return (await self.embed_texts_checked([checked], model=model, timeout=timeout))[0]
+
+    async def embed_texts(
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None = None,
+        timeout: float = DEFAULT_WAIT_TIMEOUT_S,
+    ) -> list[list[float]]:
+        """Enqueue ``texts`` one task each and await all vectors, in order, within ``timeout``."""
+        checked = validate_texts(texts, max_chars=self.max_text_chars)
+        return await self.embed_texts_checked(checked, model=model, timeout=timeout)
+
+    async def embed_texts_checked(
+        self, texts: Sequence[str], *, model: str | None, timeout: float
+    ) -> list[list[float]]:
+        """:meth:`embed_texts` for texts the caller already passed through validation."""
+        if not texts:
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = await self._publish(texts, model)
+        return await self.wait([p.id for p in pending], timeout=max(0.0, deadline - loop.time()))
+
+    async def wait(self, task_ids: Sequence[str], *, timeout: float) -> list[Any]:
+        """The results of ``task_ids`` in order; a failed task re-raises its typed error."""
+        return await self.waiter.wait(task_ids, timeout)
+
+    async def aclose(self) -> None:
+        """Close the result subscription and its Redis connections."""
+        await self.waiter.aclose()
+
+    async def _publish(self, texts: Sequence[str], model: str | None) -> list[AsyncEmbeddingResult]:
+        task_ids = [str(uuid.uuid4()) for _ in texts]
+        messages = list(zip(task_ids, texts, strict=True))
+        jobs = [messages[i : i + PUBLISH_CHUNK] for i in range(0, len(messages), PUBLISH_CHUNK)]
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._executor, _publish, self.app, job, model) for job in jobs)
+        )
+        return [AsyncEmbeddingResult(task_id, self) for task_id in task_ids]
+
+
+def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
+    """Send one task message per ``(task_id, text)`` on one pooled producer (a worker thread)."""
+    kwargs = {"model": model} if model else {}
+    amqp = app.amqp
+    try:
+        with app.producer_or_acquire() as producer:
+            for task_id, text in messages:
+                args = (text,)
+                options = amqp.router.route({}, EMBED_TEXT_TASK, args, kwargs, None)
+                message = amqp.create_task_message(
+                    task_id,
+                    EMBED_TEXT_TASK,
+                    args,
+                    kwargs,
+                    reply_to=app.thread_oid,
+                    create_sent_event=app.conf.task_send_sent_event,
+                    ignore_result=None,  # what send_task passes when not told
+                )
+                amqp.send_task_message(
+                    producer,
+                    EMBED_TEXT_TASK,
+                    message,
+                    retry=True,
+                    retry_policy=_PUBLISH_RETRY_POLICY,
+                    **options,
+                )
+    except (OperationalError, RedisError, OSError) as exc:
+        raise EmbeddingQueueUnavailableError(
+            f"could not enqueue the text: the broker is unreachable ({exc})"
+        ) from exc
+
+
+def result_redis(app: Celery) -> Redis:
+    """A ``redis.asyncio.Redis`` on ``app``'s result backend database."""
+    return redis_for_url(str(app.conf.result_backend or ""), app)
+
+
+def redis_for_url(url: str, app: Celery) -> Redis:
+    """A ``redis.asyncio.Redis`` for ``url`` with ``app``'s Redis timeouts.
+
+    Named ``embedding-producer`` in ``CLIENT LIST``. ``module:Class+redis://…`` (a backend
+    class before the URL, as ``celeryconfig`` writes it) is read as the URL after the ``+``.
+    """
+    scheme, _, _ = url.partition("://")
+    if "+" in scheme:  # as celery.app.backends.by_url reads it
+        url = url.split("+", 1)[1]
+    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+        raise EmbeddingConfigError(
+            "async producers need Redis: CELERY_BROKER_URL and CELERY_RESULT_BACKEND must be "
+            "redis://, rediss:// or unix:// URLs"
+        )
+    conf = app.conf
+    return Redis.from_url(
+        url,
+        socket_connect_timeout=conf.get("redis_socket_connect_timeout"),
+        socket_timeout=conf.get("redis_socket_timeout"),
+        health_check_interval=conf.get("redis_backend_health_check_interval") or 0,
+        client_name=CLIENT_NAME,
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+# One producer, hence one result subscription, per running event loop and app.
+_defaults: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, AsyncProducer]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _default(app: Celery | None) -> AsyncProducer:
+    """This loop's producer for ``app``; its reader closes its connections at loop shutdown."""
+    target = app or default_app
+    # A producer's tasks and locks refer to their loop, so a closed loop's entry would
+    # never leave the weak dictionary on its own.
+    for closed in [loop for loop in _defaults if loop.is_closed()]:
+        del _defaults[closed]
+    per_loop = _defaults.setdefault(asyncio.get_running_loop(), {})
+    producer = per_loop.get(id(target))
+    if producer is None or producer.app is not target:
+        producer = per_loop[id(target)] = AsyncProducer(target)
+    return producer
+
+
+async def aenqueue_text(
+    text: str, *, model: str | None = None, app: Celery | None = None
+) -> AsyncEmbeddingResult:
+    """Check ``text`` and enqueue it as one task; ``await result.get()`` reads its vector."""
+    return await _default(app).enqueue_text(text, model=model)
+
+
+async def aenqueue_texts(
+    texts: Iterable[str], *, model: str | None = None, app: Celery | None = None
+) -> list[AsyncEmbeddingResult]:
+    """Check every text first, then enqueue each as its own task, in order."""
+    return await _default(app).enqueue_texts(texts, model=model)
+
+
+async def aembed_text(
+    text: str,
+    *,
+    model: str | None = None,
+    timeout: float = DEFAULT_WAIT_TIMEOUT_S,
+    app: Celery | None = None,
+) -> list[float]:
+    """Enqueue ``text`` and await its vector for up to ``timeout`` seconds."""
+    return await _default(app).embed_text(text, model=model, timeout=timeout)
+
+
+async def aembed_texts(
+    texts: Sequence[str],
+    *,
+    model: str | None = None,
+    timeout: float = DEFAULT_WAIT_TIMEOUT_S,
+    app: Celery | None = None,
+) -> list[list[float]]:
+    """Enqueue ``texts`` one task each and await every vector, in order, within ``timeout``."""
+    return await _default(app).embed_texts(texts, model=model, timeout=timeout)

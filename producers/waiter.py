@@ -1,0 +1,314 @@
+"""Await many tasks' results on ONE Redis pub/sub connection per event loop, with no threads.
+
+Celery's Redis result backend stores a task's result under its result key
+(``celery-task-meta-<id>``) and publishes the same bytes on a channel named after that key;
+here one Lua script does both (``worker/result_backend.py``). A :class:`ResultWaiter`
+subscribes to those channels on one connection and multiplexes every waiting coroutine over
+it: a thousand waiting texts cost one socket, one reader task and a dict entry each.
+
+**Nothing is missed.** Every subscribe confirmation Redis sends back is followed by a
+``MGET`` of the confirmed keys. A result stored before the subscription took effect is read
+from its key; one stored after is delivered on the channel. redis-py re-subscribes on its own
+after a reconnect, and the confirmations of that re-subscription trigger the same ``MGET``,
+so results published while the connection was down are read too.
+
+**Clean cancellation.** A waiting coroutine that is cancelled or times out removes its
+futures from the registry and unsubscribes from every channel nobody else waits on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from celery import states
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from worker.errors import (
+    EmbeddingError,
+    EmbeddingResultStoreUnavailableError,
+    EmbeddingResultTimeoutError,
+)
+
+__all__ = ["ResultWaiter"]
+
+log = logging.getLogger(__name__)
+
+# How long the reader blocks for a message before it checks the connection's health again.
+DEFAULT_POLL_S = 5.0
+# First and longest pause before the reader tries a failed Redis again.
+DEFAULT_RETRY_S = 0.2
+MAX_RETRY_S = 5.0
+# Messages handled before the reader yields to the loop: decoding a 1,536-float result takes
+# tens of microseconds, and a burst of a thousand must not stall other coroutines.
+_DRAIN_MAX = 64
+# Keys per MGET: 256 results of ~8 KB keep one reply near 2 MB.
+_MGET_MAX = 256
+
+Decode = Callable[[bytes], dict[str, Any]]
+
+
+class ResultWaiter:
+    """A registry of futures keyed by result key, fed by one pub/sub subscription.
+
+    ``client`` is a ``redis.asyncio.Redis`` on the result backend's database; ``key_for``
+    maps a task id to its result key (and channel); ``decode`` turns stored bytes into
+    Celery's result meta, with a failure's exception already rebuilt (Celery's
+    ``backend.decode_result``). The waiter owns ``client`` and closes it. Use it from one
+    event loop only.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        key_for: Callable[[str], str],
+        decode: Decode,
+        poll_s: float = DEFAULT_POLL_S,
+        retry_s: float = DEFAULT_RETRY_S,
+    ) -> None:
+        self._client = client
+        self._key_for = key_for
+        self._decode = decode
+        self._poll_s = poll_s
+        self._retry_s = retry_s
+        self._waiters: dict[str, list[asyncio.Future[Any]]] = {}
+        # Keys whose subscription Redis confirmed but whose stored value is not read yet.
+        self._unchecked: set[str] = set()
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        # Serialises SUBSCRIBE/UNSUBSCRIBE: the first one opens the connection, and two
+        # coroutines opening it at once would each take one.
+        self._command_lock = asyncio.Lock()
+
+    @property
+    def waiting_keys(self) -> frozenset[str]:
+        """Result keys that at least one coroutine awaits right now."""
+        return frozenset(self._waiters)
+
+    @property
+    def subscribed_channels(self) -> frozenset[str]:
+        """Channels redis-py holds subscribed (an UNSUBSCRIBE leaves once Redis confirms it)."""
+        if self._pubsub is None:
+            return frozenset()
+        return frozenset(_text(channel) for channel in self._pubsub.channels)
+
+    async def wait(self, task_ids: Sequence[str], timeout_s: float) -> list[Any]:
+        """The results of ``task_ids``, in order, within ``timeout_s`` seconds.
+
+        A task that failed re-raises its error, rebuilt as Celery's ``AsyncResult.get`` does
+        (the first failure to arrive wins). Raises :class:`EmbeddingResultTimeoutError` when
+        the time is up and :class:`EmbeddingResultStoreUnavailableError` when Redis cannot
+        be reached to subscribe.
+        """
+        loop = asyncio.get_running_loop()
+        keys = [self._key_for(task_id) for task_id in task_ids]
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in keys]
+        new_keys = self._register(keys, futures)
+        scope = asyncio.timeout(timeout_s)
+        try:
+            async with scope:
+                if new_keys:
+                    await self._subscribe(new_keys)
+                return list(await asyncio.gather(*futures))
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise  # a task's own error that happens to be a TimeoutError
+            missing = sum(f.cancelled() or not f.done() for f in futures)
+            raise EmbeddingResultTimeoutError(
+                f"no result for {missing} of {len(keys)} texts within {timeout_s:g} s; "
+                "they may still finish and can be read later by their ids"
+            ) from exc
+        finally:
+            await self._unsubscribe(self._release(keys, futures))
+
+    async def aclose(self) -> None:
+        """Stop the reader and close the subscription and ``client``; pending waits end.
+
+        The reader also closes them when it is cancelled another way, e.g. by
+        ``asyncio.run`` cancelling every task as its loop shuts down.
+        """
+        for futures in self._waiters.values():
+            for future in futures:
+                future.cancel()
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        else:
+            await self._close_connections()
+
+    # -- registry -----------------------------------------------------------------------
+
+    def _register(self, keys: Sequence[str], futures: Sequence[asyncio.Future[Any]]) -> list[str]:
+        new_keys = []
+        for key, future in zip(keys, futures, strict=True):
+            waiting = self._waiters.get(key)
+            if waiting is None:
+                self._waiters[key] = waiting = []
+                new_keys.append(key)
+            waiting.append(future)
+        return new_keys
+
+    def _release(self, keys: Sequence[str], futures: Sequence[asyncio.Future[Any]]) -> list[str]:
+        """Forget ``futures``; return the keys that nobody waits on any more."""
+        unwatched = []
+        for key, future in zip(keys, futures, strict=True):
+            if future.done():
+                if not future.cancelled():
+                    future.exception()  # retrieved: no "exception never retrieved" at GC
+            else:
+                future.cancel()
+            waiting = self._waiters.get(key)
+            if waiting is None:
+                continue
+            waiting.remove(future)
+            if not waiting:
+                del self._waiters[key]
+                self._unchecked.discard(key)
+                unwatched.append(key)
+        return unwatched
+
+    def _deliver(self, key: str, payload: bytes | str) -> None:
+        waiting = self._waiters.get(key)
+        if not waiting:
+            return
+        try:
+            meta = self._decode(payload if isinstance(payload, bytes) else payload.encode())
+        except Exception as exc:  # a corrupt result fails its waiters instead of the reader
+            self._settle(waiting, None, EmbeddingError(f"unreadable result under {key}: {exc}"))
+            return
+        status = meta.get("status")
+        if status not in states.READY_STATES:
+            return  # RETRY and the like: the task is not finished
+        result = meta.get("result")
+        if status == states.SUCCESS:
+            self._settle(waiting, result, None)
+        elif isinstance(result, BaseException):
+            self._settle(waiting, None, result)
+        else:
+            self._settle(waiting, None, EmbeddingError(f"task ended {status}: {result!r}"))
+
+    @staticmethod
+    def _settle(
+        futures: Iterable[asyncio.Future[Any]], result: Any, error: BaseException | None
+    ) -> None:
+        for future in futures:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+    # -- Redis --------------------------------------------------------------------------
+
+    async def _subscribe(self, keys: list[str]) -> None:
+        try:
+            async with self._command_lock:
+                if self._pubsub is None:
+                    self._pubsub = self._client.pubsub()
+                await self._pubsub.subscribe(*keys)
+        except RedisError as exc:
+            raise EmbeddingResultStoreUnavailableError(
+                f"could not subscribe to the results of {len(keys)} texts: Redis is "
+                f"unreachable ({type(exc).__name__})"
+            ) from exc
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read(), name="embedding-result-reader")
+
+    async def _unsubscribe(self, keys: list[str]) -> None:
+        if not keys or self._pubsub is None:
+            return
+        try:
+            async with self._command_lock:
+                await self._pubsub.unsubscribe(*keys)
+        except RedisError as exc:
+            # The reader unsubscribes a channel whose message finds no waiter, so a channel
+            # left behind here costs one ignored message at most.
+            log.warning("could not unsubscribe %d result channels: %s", len(keys), exc)
+
+    async def _read(self) -> None:
+        """The one reader: deliver messages, and read stored results after confirmations."""
+        assert self._pubsub is not None
+        try:
+            await self._read_forever(self._pubsub)
+        finally:
+            await self._close_connections()
+
+    async def _read_forever(self, pubsub: PubSub) -> None:
+        delay = self._retry_s
+        me = asyncio.current_task()
+        while True:
+            if me is not None and me.cancelling():
+                # A read below swallowed the cancellation (fakeredis does); stop anyway.
+                raise asyncio.CancelledError
+            try:
+                message = await pubsub.get_message(timeout=self._poll_s)
+                handled = 0
+                stale: list[str] = []
+                while message is not None:
+                    self._on_message(message, stale)
+                    handled += 1
+                    if handled >= _DRAIN_MAX:
+                        break
+                    message = await pubsub.get_message(timeout=0)
+                if stale:
+                    await self._unsubscribe(stale)
+                if self._unchecked:
+                    await self._read_stored()
+                delay = self._retry_s
+                await asyncio.sleep(0)  # let other coroutines run between bursts
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the reader must outlive any one failure
+                log.warning(
+                    "result subscription failed (%s: %s); retrying in %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_S)
+
+    def _on_message(self, message: dict[str, Any], stale: list[str]) -> None:
+        kind = message["type"]
+        if kind == "subscribe":
+            key = _text(message["channel"])
+            if key in self._waiters:
+                self._unchecked.add(key)
+        elif kind == "message":
+            key = _text(message["channel"])
+            if key in self._waiters:
+                self._deliver(key, message["data"])
+            elif self._pubsub is not None and message["channel"] in self._pubsub.channels:
+                stale.append(key)
+
+    async def _read_stored(self) -> None:
+        keys = [key for key in self._unchecked if key in self._waiters]
+        for start in range(0, len(keys), _MGET_MAX):
+            chunk = keys[start : start + _MGET_MAX]
+            values = await self._client.mget(chunk)
+            # Discarded only once read: a failed MGET leaves the keys for the next attempt.
+            self._unchecked.difference_update(chunk)
+            for key, value in zip(chunk, values, strict=True):
+                if value is not None:
+                    self._deliver(key, value)
+        self._unchecked.intersection_update(self._waiters)
+
+    async def _close_connections(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        try:
+            if pubsub is not None:
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await self._client.aclose()
+        except (RedisError, OSError) as exc:
+            log.warning("closing the result subscription failed: %s", exc)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,167 @@
+"""OpenAI's own clients against ``python -m gateway`` (real uvicorn), real workers and the stub."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import math
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+import redis
+
+from devstack import GatewayProcess
+from stubapi.vectors import vector_for
+from tests.integration.harness import TEST_API_KEY, worker_env
+
+pytestmark = pytest.mark.integration
+
+DIMS = 16
+MODEL = "text-embedding-3-small"
+GATEWAY_KEY = "gw-integration-key-5f0c2b7e9d"
+
+
+def _expected(text: str) -> Any:
+    return pytest.approx(vector_for(text, DIMS), rel=1e-6, abs=1e-7)  # float32 in Redis
+
+
+@pytest.fixture(scope="module")
+def gateway(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    # The same environment the workers get, upstream key included, as compose's shared .env
+    # would give it: the gateway must drop that key and never need it.
+    env = worker_env(
+        "http://127.0.0.1:9/v1",
+        {"GATEWAY_API_KEYS": f"another-key,{GATEWAY_KEY}", "GATEWAY_REQUEST_TIMEOUT_S": "30"},
+    )
+    process = GatewayProcess(env, tmp_path_factory.mktemp("gateway") / "gateway.log")
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()
+        log = process.log_path.read_text()
+        assert GATEWAY_KEY not in log and TEST_API_KEY not in log, "a key reached the log"
+
+
+def _client(gateway: GatewayProcess, key: str = GATEWAY_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.base_url, api_key=key, max_retries=0, timeout=30)
+
+
+def _async_client(gateway: GatewayProcess) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(
+        base_url=gateway.base_url, api_key=GATEWAY_KEY, max_retries=0, timeout=60
+    )
+
+
+def test_float_vectors_come_back_in_input_order_with_estimated_usage(
+    start_worker, stub, gateway
+) -> None:
+    start_worker(stub.base_url)
+    texts = [f"ordered text {i}: {'long ' * i}" for i in range(12)]
+    with _client(gateway) as client:
+        response = client.embeddings.create(model=MODEL, input=texts, encoding_format="float")
+    assert [d.index for d in response.data] == list(range(12))
+    assert [d.embedding for d in response.data] == [_expected(t) for t in texts]
+    assert response.model == MODEL
+    tokens = sum(math.ceil(len(t) / 4) for t in texts)
+    assert (response.usage.prompt_tokens, response.usage.total_tokens) == (tokens, tokens)
+
+
+def test_base64_asked_for_explicitly_is_little_endian_float32(start_worker, stub, gateway):
+    start_worker(stub.base_url)
+    texts = ["base64 one", "base64 two"]
+    with _client(gateway) as client:
+        response = client.embeddings.create(model=MODEL, input=texts, encoding_format="base64")
+    for text, item in zip(texts, response.data, strict=True):
+        assert isinstance(item.embedding, str)
+        raw = base64.b64decode(item.embedding)
+        assert list(struct.unpack(f"<{DIMS}f", raw)) == _expected(text)
+
+
+def test_the_clients_default_base64_is_decoded_to_floats_by_the_client(
+    start_worker, stub, gateway
+) -> None:
+    # openai-python asks for base64 when no format is given, and decodes it itself.
+    start_worker(stub.base_url)
+    with _client(gateway) as client:
+        response = client.embeddings.create(model=MODEL, input="a single string")
+    assert len(response.data) == 1
+    assert response.data[0].embedding == _expected("a single string")
+
+
+def test_sixty_four_concurrent_one_text_requests_share_api_calls(start_worker, stub, gateway):
+    start_worker(stub.base_url)
+    texts = [f"concurrent request {i}" for i in range(64)]
+
+    async def main() -> list[list[float]]:
+        async with _async_client(gateway) as client:
+            responses = await asyncio.gather(
+                *(client.embeddings.create(model=MODEL, input=t, encoding_format="float")
+                  for t in texts)
+            )  # fmt: skip
+        return [r.data[0].embedding for r in responses]
+
+    assert asyncio.run(main()) == [_expected(t) for t in texts]
+    stats = stub.stats()
+    assert stats["total_inputs"] == 64
+    assert stats["ok_calls"] <= 64 // 8 + 4, stats["inputs_per_call"]
+
+
+@pytest.mark.parametrize(
+    ("bad_input", "words"),
+    [
+        ("", "empty"),
+        (["fine", ""], "index 1 is empty"),
+        (["fine", None], "index 1 must be str"),
+        ([{"text": "no"}], "index 0 must be str"),
+        ([], "'$.input' is invalid"),
+        ([101, 102], "token arrays"),
+    ],
+)
+def test_bad_input_is_a_bad_request_error_and_nothing_is_enqueued(
+    gateway, clean_redis, bad_input, words
+) -> None:
+    with _client(gateway) as client, pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=MODEL, input=bad_input)
+    assert info.value.status_code == 400
+    assert words in info.value.message
+    assert info.value.param == "input"
+    assert clean_redis.llen("embeddings") == 0
+
+
+def test_a_text_the_api_rejects_is_a_bad_request_with_the_apis_message(
+    start_worker, stub, gateway
+) -> None:
+    start_worker(stub.base_url)
+    with _client(gateway) as client, pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=MODEL, input=["fine", "this is __REJECT__ content"])
+    assert "disallowed content" in info.value.message
+
+
+def test_dimensions_other_than_the_workers_are_refused_before_enqueueing(gateway, clean_redis):
+    with _client(gateway) as client, pytest.raises(openai.BadRequestError) as info:
+        client.embeddings.create(model=MODEL, input="x", dimensions=8)
+    assert "16-dimension" in info.value.message
+    assert clean_redis.llen("embeddings") == 0
+
+
+def test_a_wrong_key_is_an_authentication_error(gateway, clean_redis) -> None:
+    with _client(gateway, "sk-wrong") as client, pytest.raises(openai.AuthenticationError):
+        client.embeddings.create(model=MODEL, input="no entry")
+    assert clean_redis.llen("embeddings") == 0
+
+
+def test_models_lists_the_configured_model(gateway) -> None:
+    with _client(gateway) as client:
+        assert [m.id for m in client.models.list()] == [MODEL]
+
+
+def test_healthz_reports_redis_the_workers_and_the_queue_depth(start_worker, stub, gateway):
+    import httpx
+
+    start_worker(stub.base_url)
+    body = httpx.get(gateway.url + "/healthz", timeout=10).json()
+    assert body == {"status": "ok", "redis": True, "workers": 1, "queue_depth": 0}

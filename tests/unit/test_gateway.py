@@ -1,0 +1,289 @@
+"""The gateway's HTTP contract with the queue faked: validation, limits, errors, auth, health."""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gateway import GatewaySettings, Health, create_app
+from worker.errors import (
+    EmbeddingAPIError,
+    EmbeddingQueueUnavailableError,
+    EmbeddingResponseError,
+    EmbeddingResultStoreUnavailableError,
+    EmbeddingResultTimeoutError,
+    EmbeddingServerError,
+)
+
+KEY = "gw-key-0123456789abcdef"
+OTHER_KEY = "gw-other-key-fedcba9876543210"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+MODEL = "text-embedding-3-small"
+
+
+def vector_for(text: str) -> list[float]:
+    """A 4-d vector per text, exact in float32."""
+    return [float(len(text)), float(ord(text[0])), 0.5, -2.0]
+
+
+class FakeService:
+    """The queue side, in memory: records what would be enqueued."""
+
+    def __init__(self) -> None:
+        self.embedded: list[tuple[list[str], str]] = []
+        self.error: BaseException | None = None
+        self.depth = 0
+        self.health_report = Health(redis=True, workers=2, queue_depth=0)
+        self.closed = False
+
+    async def embed(
+        self, texts: Sequence[str], *, model: str, timeout_s: float
+    ) -> list[list[float]]:
+        self.embedded.append((list(texts), model))
+        if self.error is not None:
+            raise self.error
+        return [vector_for(text) for text in texts]
+
+    async def queue_depth(self) -> int:
+        if isinstance(self.error, EmbeddingQueueUnavailableError):
+            raise self.error
+        return self.depth
+
+    async def health(self) -> Health:
+        return self.health_report
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+SETTINGS = GatewaySettings(api_keys=(KEY, OTHER_KEY), max_body_bytes=4096, max_text_chars=500)
+
+
+@pytest.fixture
+def service() -> FakeService:
+    return FakeService()
+
+
+def _client(service: FakeService, settings: GatewaySettings = SETTINGS) -> TestClient:
+    return TestClient(create_app(settings, lambda: service), raise_server_exceptions=False)
+
+
+@pytest.fixture
+def client(service: FakeService) -> Iterator[TestClient]:
+    with _client(service) as test_client:
+        yield test_client
+
+
+def _post(client: TestClient, body: Any, headers: dict[str, str] | None = None) -> Any:
+    return client.post("/v1/embeddings", json=body, headers=AUTH if headers is None else headers)
+
+
+def _error(response: Any, status: int, param: str | None = None) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    error: dict[str, Any] = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["param"] == param
+    return error
+
+
+def test_a_list_of_texts_comes_back_as_float_vectors_in_input_order(client, service) -> None:
+    texts = ["zebra", "apple", "mango tree"]
+    response = _post(client, {"input": texts, "model": MODEL})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "list" and body["model"] == MODEL
+    assert [d["index"] for d in body["data"]] == [0, 1, 2]
+    assert [d["object"] for d in body["data"]] == ["embedding"] * 3
+    assert [d["embedding"] for d in body["data"]] == [vector_for(t) for t in texts]
+    # ceil(chars / 4) per text: 5 → 2, 5 → 2, 10 → 3
+    assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
+    assert service.embedded == [(texts, MODEL)]
+
+
+def test_a_single_string_is_one_input(client, service) -> None:
+    response = _post(client, {"input": "just one", "model": "my-model", "user": "ignored"})
+    assert [d["embedding"] for d in response.json()["data"]] == [vector_for("just one")]
+    assert service.embedded == [(["just one"], "my-model")]
+
+
+def test_base64_is_little_endian_float32(client) -> None:
+    response = _post(client, {"input": ["abc"], "model": MODEL, "encoding_format": "base64"})
+    raw = base64.b64decode(response.json()["data"][0]["embedding"])
+    assert list(struct.unpack("<4f", raw)) == vector_for("abc")
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "words"),
+    [
+        ({"input": "", "model": MODEL}, "input", "empty"),
+        ({"input": ["ok", "   "], "model": MODEL}, "input", "index 1 is whitespace-only"),
+        ({"input": [], "model": MODEL}, "input", "'$.input' is invalid"),
+        ({"input": ["ok", 3.5], "model": MODEL}, "input", "index 1 must be str"),
+        ({"input": [1, 2, 3], "model": MODEL}, "input", "token arrays"),
+        ({"input": [[1, 2], [3]], "model": MODEL}, "input", "token arrays"),
+        ({"input": "x" * 501, "model": MODEL}, "input", "the limit is 500"),
+        ({"input": "nul\x00", "model": MODEL}, "input", "NUL"),
+        ({"model": MODEL}, "input", "'input' is a required property"),
+        ({"input": "ok"}, "model", "provide a model"),
+        ({"input": "ok", "model": MODEL, "encoding_format": "hex"}, "encoding_format", "float"),
+        ({"input": "ok", "model": MODEL, "dimensions": 0}, "dimensions", "positive"),
+        ({"input": "ok", "model": MODEL, "dimensions": True}, "dimensions", "positive"),
+    ],
+)
+def test_a_bad_request_gets_400_naming_the_parameter_and_enqueues_nothing(
+    client, service, body, param, words
+) -> None:
+    error = _error(_post(client, body), 400, param)
+    assert error["type"] == "invalid_request_error"
+    assert words in error["message"]
+    assert service.embedded == []
+
+
+def test_more_than_2048_inputs_get_400_and_nothing_is_enqueued(service) -> None:
+    roomy = replace(SETTINGS, max_body_bytes=1 << 20)
+    with _client(service, roomy) as client:
+        error = _error(_post(client, {"input": ["a"] * 2049, "model": MODEL}), 400, "input")
+        assert "max number of inputs is 2048" in error["message"]
+        assert _post(client, {"input": ["a"] * 2048, "model": MODEL}).status_code == 200
+    assert [len(texts) for texts, _ in service.embedded] == [2048]
+
+
+def test_a_body_that_is_not_json_gets_400(client, service) -> None:
+    response = client.post("/v1/embeddings", content=b"{not json", headers=AUTH)
+    assert "could not parse the JSON" in _error(response, 400)["message"]
+
+
+def test_a_declared_body_over_the_limit_gets_413_before_it_is_read(client, service) -> None:
+    body = {"input": "y" * 5000, "model": MODEL}
+    error = _error(_post(client, body), 413)
+    assert "GATEWAY_MAX_BODY_BYTES" in error["message"]
+    assert error["code"] == "request_too_large"
+    assert service.embedded == []
+
+
+def test_a_chunked_body_over_the_limit_gets_413(client, service) -> None:
+    chunks = (b"z" * 1000 for _ in range(10))  # no Content-Length: sent chunked
+    response = client.post("/v1/embeddings", content=chunks, headers=AUTH)
+    assert _error(response, 413)["code"] == "request_too_large"
+    assert service.embedded == []
+
+
+def test_a_missing_key_gets_401(client, service) -> None:
+    error = _error(_post(client, {"input": "x", "model": MODEL}, headers={}), 401)
+    assert "didn't provide an API key" in error["message"]
+    assert service.embedded == []
+
+
+@pytest.mark.parametrize(
+    "header", [f"Bearer {KEY[:-1]}", f"Bearer {KEY}x", f"Basic {KEY}", "Bearer ", KEY]
+)
+def test_a_wrong_key_gets_401(client, service, header) -> None:
+    response = _post(client, {"input": "x", "model": MODEL}, headers={"Authorization": header})
+    assert _error(response, 401)["type"] == "invalid_request_error"
+    assert service.embedded == []
+
+
+def test_every_configured_key_is_accepted(client) -> None:
+    for key in (KEY, OTHER_KEY):
+        response = _post(client, {"input": "x", "model": MODEL}, {"Authorization": f"Bearer {key}"})
+        assert response.status_code == 200
+
+
+def test_without_keys_and_allow_no_auth_requests_need_no_header(service) -> None:
+    with _client(service, GatewaySettings(allow_no_auth=True)) as client:
+        assert _post(client, {"input": "x", "model": MODEL}, headers={}).status_code == 200
+
+
+def test_a_queue_over_its_bound_gets_429_with_retry_after(service) -> None:
+    service.depth = 100
+    with _client(service, replace(SETTINGS, max_queue_depth=100)) as client:
+        response = _post(client, {"input": "x", "model": MODEL})
+        assert _error(response, 429)["code"] == "rate_limit_exceeded"
+        assert response.headers["retry-after"] == "1"
+        service.depth = 99
+        assert _post(client, {"input": "x", "model": MODEL}).status_code == 200
+    assert len(service.embedded) == 1
+
+
+def test_dimensions_other_than_the_workers_size_get_400_before_enqueueing(service) -> None:
+    with _client(service, replace(SETTINGS, dimensions=4)) as client:
+        body = {"input": "x", "model": MODEL, "dimensions": 8}
+        error = _error(_post(client, body), 400, "dimensions")
+        assert "serves 4-dimension" in error["message"]
+        assert service.embedded == []
+        assert _post(client, {"input": "x", "model": MODEL, "dimensions": 4}).status_code == 200
+
+
+def test_dimensions_are_checked_against_the_vectors_when_the_size_is_native(client) -> None:
+    # EMBEDDINGS_DIMENSIONS=0: the gateway learns the size from the vectors themselves.
+    body = {"input": "x", "model": MODEL, "dimensions": 2}
+    error = _error(_post(client, body), 400, "dimensions")
+    assert "serves 4-dimension" in error["message"]
+    assert _post(client, {"input": "x", "model": MODEL, "dimensions": 4}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "words"),
+    [
+        (EmbeddingAPIError("the API answered 400", 400, "bad input, said the API"), 400,
+         "bad input, said the API"),
+        (EmbeddingAPIError("the API answered 401", 401, "Incorrect API key sk-..."), 502,
+         "refused this deployment's credentials"),
+        (EmbeddingResponseError("wrong count"), 502, "EmbeddingResponseError"),
+        (EmbeddingServerError("the API answered 503", 503, "overloaded"), 503, "try again"),
+        (EmbeddingQueueUnavailableError("down"), 503, "queue is unavailable"),
+        (EmbeddingResultStoreUnavailableError("down"), 503, "queue is unavailable"),
+        (EmbeddingResultTimeoutError("slow"), 503, "no embedding within 60 s"),
+        (RuntimeError("revoked"), 502, "RuntimeError"),
+    ],
+)  # fmt: skip
+def test_task_failures_map_to_openai_statuses(client, service, error, status, words) -> None:
+    service.error = error
+    body = _error(
+        _post(client, {"input": "x", "model": MODEL}), status, "input" if status == 400 else None
+    )
+    assert words in body["message"]
+    assert "sk-" not in body["message"]  # an upstream 401's message never reaches the caller
+
+
+def test_models_lists_the_configured_model_behind_auth(client) -> None:
+    assert client.get("/v1/models").status_code == 401
+    body = client.get("/v1/models", headers=AUTH).json()
+    assert body["object"] == "list"
+    assert [(m["id"], m["object"]) for m in body["data"]] == [(MODEL, "model")]
+
+
+def test_healthz_is_200_with_redis_up_and_503_with_it_down(client, service) -> None:
+    assert client.get("/healthz").json() == {
+        "status": "ok", "redis": True, "workers": 2, "queue_depth": 0
+    }  # fmt: skip
+    service.health_report = Health(redis=False, workers=None, queue_depth=None)
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "unavailable"
+
+
+def test_unknown_routes_answer_in_openai_error_shape(client) -> None:
+    assert _error(client.get("/v1/nothing", headers=AUTH), 404)["type"] == "invalid_request_error"
+
+
+def test_the_openapi_docs_describe_the_embeddings_endpoint(client) -> None:
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    operation = schema["paths"]["/v1/embeddings"]["post"]
+    assert (
+        "input" in operation["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    )
+    assert {"200", "400", "401", "413", "429", "503"} <= set(operation["responses"])
+
+
+def test_the_service_is_closed_when_the_app_stops(service) -> None:
+    with _client(service):
+        assert not service.closed
+    assert service.closed

@@ -1,0 +1,192 @@
+"""``ResultWaiter``: one pub/sub subscription multiplexing many waiting tasks (fakeredis)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import fakeredis
+import pytest
+
+import worker
+from producers.waiter import ResultWaiter
+from worker.errors import EmbeddingAPIError, EmbeddingResultTimeoutError
+
+VECTOR = [0.5, -0.25, 0.125, 1.0, 2.0, -3.0, 0.75, 0.0625]  # exact in float32
+
+
+def _backend() -> Any:
+    return worker.app.backend
+
+
+def _meta(task_id: str, status: str, result: Any) -> bytes:
+    backend = _backend()
+    if isinstance(result, BaseException):
+        result = backend.prepare_exception(result)
+    meta = {"status": status, "result": result, "traceback": None, "children": []}
+    meta["task_id"] = task_id
+    encoded: bytes = backend.encode(meta).encode()
+    return encoded
+
+
+def _key(task_id: str) -> str:
+    key = _backend().get_key_for_task(task_id)
+    return key.decode() if isinstance(key, bytes) else key
+
+
+async def _until(condition: Callable[[], object], timeout_s: float = 5.0) -> None:
+    """Yield to the loop until ``condition()`` holds (no fixed sleeps)."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+def _run(scenario: Callable[[ResultWaiter, Any], Awaitable[None]]) -> None:
+    async def main() -> None:
+        server = fakeredis.FakeServer()
+        waiter = ResultWaiter(
+            fakeredis.FakeAsyncRedis(server=server),
+            key_for=_key,
+            decode=_backend().decode_result,
+            poll_s=0.05,
+        )
+        observer = fakeredis.FakeAsyncRedis(server=server)
+        try:
+            await scenario(waiter, observer)
+        finally:
+            await waiter.aclose()
+            await observer.aclose()
+
+    asyncio.run(main())
+
+
+async def _numsub(observer: Any, task_id: str) -> int:
+    [(_, count)] = await observer.pubsub_numsub(_key(task_id))
+    return int(count)
+
+
+def test_a_published_result_wakes_its_waiter_and_leaves_no_subscription() -> None:
+    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+        waiting = asyncio.create_task(waiter.wait(["t1"], timeout_s=5))
+        await _until(lambda: _key("t1") in waiter.subscribed_channels)
+        await _until_subscribed(redis, "t1")
+        await redis.publish(_key("t1"), _meta("t1", "SUCCESS", VECTOR))
+        assert await waiting == [VECTOR]
+        assert waiter.waiting_keys == frozenset()
+        await _until_unsubscribed(redis, "t1")
+
+    _run(scenario)
+
+
+def test_a_result_stored_before_the_subscription_is_read_from_its_key() -> None:
+    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+        await redis.set(_key("early"), _meta("early", "SUCCESS", VECTOR))
+        assert await waiter.wait(["early"], timeout_s=5) == [VECTOR]
+
+    _run(scenario)
+
+
+def test_many_tasks_share_one_subscription_and_come_back_in_order() -> None:
+    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+        ids = [f"t{i}" for i in range(50)]
+        waiting = asyncio.create_task(waiter.wait(ids, timeout_s=5))
+        for task_id in ids:
+            await _until_subscribed(redis, task_id)
+        for i, task_id in enumerate(reversed(ids)):
+            await redis.publish(_key(task_id), _meta(task_id, "SUCCESS", [float(i)] * 8))
+        results = await waiting
+        assert [r[0] for r in results] == [float(49 - i) for i in range(50)]
+        clients = await redis.pubsub_numsub(*[_key(t) for t in ids])
+        assert {count for _, count in clients} == {0}
+
+    _run(scenario)
+
+
+def test_a_failed_task_re_raises_its_typed_error_as_celery_rebuilds_it() -> None:
+    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+        error = EmbeddingAPIError("the API answered 400: bad text", 400, "bad text")
+        await redis.set(_key("bad"), _meta("bad", "FAILURE", error))
+        with pytest.raises(EmbeddingAPIError) as info:
+            await waiter.wait(["bad"], timeout_s=5)
+        assert info.value.status_code == 400
+        assert info.value.api_message == "bad text"
+        assert waiter.waiting_keys == frozenset()
+
+    _run(scenario)
+
+
+def test_a_retry_state_keeps_the_waiter_waiting_until_the_final_result() -> None:
+    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+        waiting = asyncio.create_task(waiter.wait(["r"], timeout_s=5))
+        await _until_subscribed(redis, "r")
+        await redis.publish(_key("r"), _meta("r", "RETRY", EmbeddingAPIError("later")))
+        await redis.publish(_key("r"), _meta("r", "SUCCESS", VECTOR))
+        assert await waiting == [VECTOR]
+
+    _run(scenario)
+
+
+def test_cancelling_a_wait_empties_the_registry_and_unsubscribes() -> None:
+    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+        waiting = asyncio.create_task(waiter.wait(["c1", "c2"], timeout_s=30))
+        await _until_subscribed(redis, "c2")
+        assert waiter.waiting_keys == {_key("c1"), _key("c2")}
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert waiter.waiting_keys == frozenset()
+        await _until_unsubscribed(redis, "c1")
+        await _until_unsubscribed(redis, "c2")
+        await _until(lambda: waiter.subscribed_channels == frozenset())
+        # No task of ours is left but the one shared reader (fakeredis runs tasks of its own).
+        ours = [t for t in asyncio.all_tasks() if "producers" in _source(t)]
+        assert [t.get_name() for t in ours] == ["embedding-result-reader"]
+
+    _run(scenario)
+
+
+def test_a_timeout_raises_a_typed_timeout_error_and_cleans_up() -> None:
+    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+        with pytest.raises(EmbeddingResultTimeoutError, match="no result for 1 of 1 texts"):
+            await waiter.wait(["slow"], timeout_s=0.05)
+        assert waiter.waiting_keys == frozenset()
+        await _until_unsubscribed(redis, "slow")
+
+    _run(scenario)
+
+
+def test_the_timeout_error_is_a_builtin_timeout_error_too() -> None:
+    assert issubclass(EmbeddingResultTimeoutError, TimeoutError)
+
+
+def test_two_waits_on_one_task_share_its_channel_until_both_are_done() -> None:
+    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+        first = asyncio.create_task(waiter.wait(["shared"], timeout_s=5))
+        second = asyncio.create_task(waiter.wait(["shared"], timeout_s=5))
+        await _until_subscribed(redis, "shared")
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        assert await _numsub(redis, "shared") == 1  # the second still listens
+        await redis.publish(_key("shared"), _meta("shared", "SUCCESS", VECTOR))
+        assert await second == [VECTOR]
+        await _until_unsubscribed(redis, "shared")
+
+    _run(scenario)
+
+
+def _source(task: asyncio.Task[Any]) -> str:
+    code = getattr(task.get_coro(), "cr_code", None)
+    return code.co_filename if code is not None else ""
+
+
+async def _until_subscribed(redis: Any, task_id: str) -> None:
+    async with asyncio.timeout(5):
+        while await _numsub(redis, task_id) < 1:
+            await asyncio.sleep(0.001)
+
+
+async def _until_unsubscribed(redis: Any, task_id: str) -> None:
+    async with asyncio.timeout(5):
+        while await _numsub(redis, task_id) > 0:
+            await asyncio.sleep(0.001)
