@@ -52,7 +52,8 @@ from rich.progress import (
 from rich.table import Table
 
 from producers.client import enqueue_text
-from worker.errors import EmbeddingError, EmbeddingInputError
+from worker.celery_ext.config import apply_config, with_redis_url
+from worker.errors import EmbeddingConfigError, EmbeddingError, EmbeddingInputError
 from worker.settings import Settings
 from worker.validation import validate_text
 
@@ -345,6 +346,12 @@ def celery_window_embedder(app: Celery | None = None, model: str | None = None) 
     return embed
 
 
+def _project_app() -> Celery:
+    from worker.celery_app import app
+
+    return app
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="embed-file",
@@ -402,12 +409,19 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
     fmt = args.format or guess_format(args.input)
     field = (args.column or args.field) if fmt == "csv" else args.field
     output: Path = args.output or args.input.with_name(args.input.name + ".embeddings.jsonl")
-    if embedder is None:
-        from worker.celery_app import app
-
-        if args.redis_url:
-            app.conf.broker_url = app.conf.result_backend = args.redis_url
-        embedder = celery_window_embedder(app, args.model)
+    try:
+        settings = Settings.from_env()
+        if embedder is None:
+            app = _project_app()
+            if args.redis_url:
+                # The whole Celery configuration again, for the new URL: a rediss:// URL gets
+                # verified TLS, a Redis URL the project's result backend and transport.
+                settings = with_redis_url(settings, args.redis_url)
+                apply_config(app, settings)
+            embedder = celery_window_embedder(app, args.model)
+    except EmbeddingConfigError as exc:
+        console.print(f"bad configuration: {exc}", style="red", markup=False)
+        return 2
 
     embedded, failed_only = load_done(output)
     skip = embedded if args.retry_failed else embedded | failed_only
@@ -436,7 +450,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
             fmt,
             field=field,
             id_field=args.id_field,
-            max_chars=Settings.from_env().max_text_chars,
+            max_chars=settings.max_text_chars,
         )
         with progress, open(output, "a", encoding="utf-8") as out:
             bar = progress.add_task(f"embedding {args.input.name}", total=total)

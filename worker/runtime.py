@@ -8,20 +8,30 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from celery.signals import worker_process_shutdown, worker_shutdown
 
-import worker.observability  # noqa: F401 - serves /metrics when EMBEDDINGS_METRICS_PORT is set
 from worker.breaker import EmbeddingBreaker
 from worker.celery_app import app
 from worker.embeddings.batcher import EmbeddingBatcher
 from worker.embeddings.config import EmbeddingConfig
 from worker.microbatcher import MicroBatcher
-from worker.result_backend import ResultBackend
 from worker.settings import Settings
 
-__all__ = ["get_microbatcher", "get_settings", "shutdown"]
+__all__ = ["VectorStore", "get_microbatcher", "get_settings", "shutdown"]
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """A result backend that stores one call's ``(task id, vector)`` pairs in one step.
+
+    Returns False when it stored nothing (each task then stores its own result).
+    """
+
+    def store_vectors(self, results: Sequence[tuple[str, list[float]]]) -> bool: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +76,7 @@ def get_microbatcher() -> MicroBatcher:
 def _store_vectors(vectors: list[tuple[str, list[float]]]) -> bool:
     # Celery gives each thread its own backend; this is the calling (micro-batcher) thread's.
     backend = app.backend
-    return isinstance(backend, ResultBackend) and backend.store_vectors(vectors)
+    return isinstance(backend, VectorStore) and backend.store_vectors(vectors)
 
 
 def shutdown(**_: Any) -> None:

@@ -40,7 +40,7 @@ log = get_task_logger(__name__)
 
 # Celery publishes the retry, then writes RETRY to the backend. Its stock backend reads, then
 # writes, skipping a stored SUCCESS: a re-run that finished in that gap had its SUCCESS
-# overwritten by RETRY (seen once in CI with 0.24 s countdowns). worker/result_backend.py
+# overwritten by RETRY (seen once in CI with 0.24 s countdowns). worker/celery_ext/result_backend.py
 # makes the check and write one step; this floor stays as a guard for other backends.
 MIN_RETRY_COUNTDOWN_S = 1.0
 
@@ -79,13 +79,7 @@ def _worst_case_wait_s(settings: Settings) -> float:
     )
 
 
-@app.task(  # type: ignore[untyped-decorator]
-    name=EMBED_TEXT_TASK,
-    bind=True,
-    acks_late=True,
-    # Requeues, rather than fails, a text whose result Redis could not take.
-    Request="worker.outages:RequeueOnOutageRequest",
-)
+@app.task(name=EMBED_TEXT_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def embed_text(self: Task, text: Any, model: str | None = None) -> list[float]:
     """Embed ``text`` (with ``model``, or the configured one) and return its vector."""
     settings = get_settings()
