@@ -6,12 +6,13 @@ API: a name below may be renamed or dropped in any release. ``pyproject.toml`` p
 install --no-deps``) at start-up, with the versions in the message, instead of with an
 ``AttributeError`` in the middle of a fetch or a result write.
 
-An attribute that only instances carry (set in a constructor) counts as present when the
-code of an ``__init__`` of its class or a base class names it.
+An attribute that only instances carry counts as present when an ``__init__`` of its class
+or of a base class assigns it (``self.name = …``).
 """
 
 from __future__ import annotations
 
+import dis
 import importlib
 from dataclasses import dataclass
 from importlib import metadata
@@ -108,7 +109,9 @@ def _has(owner: Any, name: str) -> bool:
         return True
     for cls in getattr(owner, "__mro__", ()):
         code = getattr(vars(cls).get("__init__"), "__code__", None)
-        if code is not None and name in code.co_names:
+        if code is not None and any(
+            op.opname == "STORE_ATTR" and op.argval == name for op in dis.get_instructions(code)
+        ):
             return True
     return False
 
