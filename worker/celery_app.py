@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker import observability
 from worker.celery_ext import install
 
 __all__ = ["app"]
@@ -17,5 +16,3 @@ app = Celery("worker", include=["worker.tasks"])
 # worker.celery_ext.config.celery_config(Settings.from_env()), read when first needed.
 app.config_from_object("celeryconfig")
 install(app)
-# Each worker process serves /metrics when EMBEDDINGS_METRICS_PORT is set.
-observability.connect_signals()

@@ -12,8 +12,8 @@ them, not yet acknowledged).
 The default ``threads`` pool is one process, so it serves on the port as given. Under
 ``CELERY_WORKER_POOL=prefork`` every child is its own process with its own metrics, so child
 *i* (0-based) serves on ``port + i`` and the parent serves nothing: open that range.
-``connect_signals()`` (called where the app is built, ``worker.celery_app``) hooks this to
-the worker's start.
+``connect_signals()`` (called by ``worker.tasks``, the module only workers load) hooks this
+to the worker's start.
 """
 
 from __future__ import annotations

@@ -37,6 +37,17 @@ def test_importing_the_client_or_the_settings_never_imports_celery(module: str) 
     assert done.returncode == 0, done.stderr
 
 
+def test_a_web_app_importing_producers_loads_no_worker_metrics() -> None:
+    code = (
+        "import sys, producers, worker\n"
+        "worker.app.conf.broker_url\n"
+        "assert 'worker.observability' not in sys.modules, 'observability'\n"
+        "assert 'prometheus_client' not in sys.modules, 'prometheus_client'\n"
+    )
+    done = _run_python(code)
+    assert done.returncode == 0, done.stderr
+
+
 def test_celery_finds_the_app_as_worker_app() -> None:
     assert find_app("worker") is worker.app
     assert worker.app.main == "worker"
