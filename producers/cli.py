@@ -52,7 +52,8 @@ from rich.progress import (
 from rich.table import Table
 
 from producers.client import enqueue_text
-from worker.errors import EmbeddingError, EmbeddingInputError
+from worker.celery_ext.config import apply_config, with_redis_url
+from worker.errors import EmbeddingConfigError, EmbeddingError, EmbeddingInputError
 from worker.settings import Settings
 from worker.validation import validate_text
 from worker.vector_cache import VectorCache
@@ -373,6 +374,12 @@ def celery_window_embedder(
     return embed
 
 
+def _project_app() -> Celery:
+    from worker.celery_app import app
+
+    return app
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="embed-file",
@@ -433,18 +440,26 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
     field = (args.column or args.field) if fmt == "csv" else args.field
     output: Path = args.output or args.input.with_name(args.input.name + ".embeddings.jsonl")
     cached = [0]
-    if embedder is None:
-        from worker.celery_app import app
-
-        if args.redis_url:
-            app.conf.broker_url = app.conf.result_backend = args.redis_url
+    try:
         settings = Settings.from_env()
-        cache = VectorCache.from_url(settings.cache_url, settings) if settings.cache_url else None
+        if embedder is None:
+            app = _project_app()
+            if args.redis_url:
+                # The whole Celery configuration again, for the new URL: a rediss:// URL gets
+                # verified TLS, a Redis URL the project's result backend and transport.
+                settings = with_redis_url(settings, args.redis_url)
+                apply_config(app, settings)
+            cache = (
+                VectorCache.from_url(settings.cache_url, settings) if settings.cache_url else None
+            )
 
-        def count_cached(hits: int) -> None:
-            cached[0] += hits
+            def count_cached(hits: int) -> None:
+                cached[0] += hits
 
-        embedder = celery_window_embedder(app, args.model, cache=cache, on_cached=count_cached)
+            embedder = celery_window_embedder(app, args.model, cache=cache, on_cached=count_cached)
+    except EmbeddingConfigError as exc:
+        console.print(f"bad configuration: {exc}", style="red", markup=False)
+        return 2
 
     embedded, failed_only = load_done(output)
     skip = embedded if args.retry_failed else embedded | failed_only
@@ -473,7 +488,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
             fmt,
             field=field,
             id_field=args.id_field,
-            max_chars=Settings.from_env().max_text_chars,
+            max_chars=settings.max_text_chars,
         )
         with progress, open(output, "a", encoding="utf-8") as out:
             bar = progress.add_task(f"embedding {args.input.name}", total=total)

@@ -11,13 +11,12 @@ from redis.exceptions import RedisError
 
 from worker.celery_app import app as default_app
 from worker.errors import EmbeddingQueueUnavailableError
+from worker.names import EMBED_TEXT_TASK
 from worker.settings import Settings
 from worker.validation import validate_model, validate_text, validate_texts
 
 __all__ = ["EMBED_TEXT_TASK", "embed_text", "embed_texts", "enqueue_text", "enqueue_texts"]
 
-# Must match worker.tasks.EMBED_TEXT_TASK; a unit test checks they agree.
-EMBED_TEXT_TASK = "embeddings.embed_text"
 DEFAULT_WAIT_TIMEOUT_S = 300.0
 
 # A Redis that cannot be reached fails the publish within a few seconds instead of hanging.

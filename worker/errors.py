@@ -152,9 +152,10 @@ class EmbeddingQueueUnavailableError(EmbeddingRetryableError):
 class EmbeddingResultStoreUnavailableError(EmbeddingRetryableError):
     """Redis failed while a worker was finishing a text, or while a producer awaited one.
 
-    In a worker (see ``worker.outages``) the text goes back to the queue; it is never stored
-    as a text's outcome. In ``producers.aio`` it means the result subscription could not be
-    made: the text may still be embedded, and its result can be read later by its id.
+    In a worker (see ``worker.celery_ext.outages``) the text goes back to the queue; it is
+    never stored as a text's outcome. In ``producers.aio`` it means the result subscription
+    could not be made: the text may still be embedded, and its result can be read later by
+    its id.
     """
 
 

@@ -12,6 +12,8 @@ them, not yet acknowledged).
 The default ``threads`` pool is one process, so it serves on the port as given. Under
 ``CELERY_WORKER_POOL=prefork`` every child is its own process with its own metrics, so child
 *i* (0-based) serves on ``port + i`` and the parent serves nothing: open that range.
+``connect_signals()`` (called by ``worker.tasks``, the module only workers load) hooks this
+to the worker's start.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from worker.settings import Settings
 __all__ = [
     "QUEUE_PRIORITY_SEPARATOR",
     "QueueDepthCollector",
+    "connect_signals",
     "metrics_port_for",
     "start_metrics_server",
 ]
@@ -175,5 +178,7 @@ def _on_worker_process_init(**_: Any) -> None:
     start_metrics_server(settings, conf.broker_url, conf.task_default_queue, port)
 
 
-celeryd_after_setup.connect(_on_worker_setup, weak=False)
-worker_process_init.connect(_on_worker_process_init, weak=False)
+def connect_signals() -> None:
+    """Serve metrics from each worker process once Celery has set it up (idempotent)."""
+    celeryd_after_setup.connect(_on_worker_setup, weak=False, dispatch_uid=__name__)
+    worker_process_init.connect(_on_worker_process_init, weak=False, dispatch_uid=__name__)

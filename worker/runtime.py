@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 from celery.signals import worker_process_shutdown, worker_shutdown
 
-import worker.observability  # noqa: F401 - serves /metrics when EMBEDDINGS_METRICS_PORT is set
 from worker.breaker import EmbeddingBreaker
 from worker.budget import BudgetGate, SharedBudget
 from worker.celery_app import app
@@ -22,11 +22,21 @@ from worker.embeddings.config import EmbeddingConfig
 from worker.errors import EmbeddingConfigError
 from worker.flush_policy import FlushPolicy
 from worker.microbatcher import MicroBatcher
-from worker.result_backend import ResultBackend
 from worker.settings import Settings
-from worker.vector_cache import VectorCache, check_cache_placement
+from worker.vector_cache import VectorCache
 
-__all__ = ["get_microbatcher", "get_settings", "limiter_url", "shutdown"]
+__all__ = ["VectorStore", "get_microbatcher", "get_settings", "limiter_url", "shutdown"]
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """A result backend that stores one call's ``(task id, vector)`` pairs in one step.
+
+    Returns False when it stored nothing (each task then stores its own result).
+    """
+
+    def store_vectors(self, results: Sequence[tuple[str, list[float]]]) -> bool: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +123,13 @@ def _budget_gate(settings: Settings) -> BudgetGate | None:
 def _vector_cache(settings: Settings) -> VectorCache | None:
     if not settings.cache_url:
         return None
-    check_cache_placement(settings, str(app.conf.broker_url or ""))
     return VectorCache.from_url(settings.cache_url, settings)
 
 
 def _store_vectors(vectors: list[tuple[str, list[float]]]) -> bool:
     # Celery gives each thread its own backend; this is the calling (micro-batcher) thread's.
     backend = app.backend
-    return isinstance(backend, ResultBackend) and backend.store_vectors(vectors)
+    return isinstance(backend, VectorStore) and backend.store_vectors(vectors)
 
 
 def shutdown(**_: Any) -> None:

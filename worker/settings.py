@@ -1,8 +1,11 @@
 """Typed settings, their defaults, and the one place that reads the environment.
 
 Every setting has a named default below, with its unit in the name. ``Settings.from_env()``
-reads ``EMBEDDINGS_*`` (and the Redis/Celery URLs) and fails at start-up with the variable's
-name when a value is bad, so a typo never surfaces as a confusing error mid-run.
+reads ``EMBEDDINGS_*`` and the Redis, broker and Celery worker variables (``env_variable``
+names each field's variable), and fails at start-up with the variable's name when a value is
+bad, so a typo never surfaces as a confusing error mid-run. Nothing else reads them: the
+Celery configuration (``worker.celery_ext.config``) and ``EmbeddingConfig`` are built from a
+``Settings``.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 from worker.errors import EmbeddingConfigError
 
@@ -24,6 +28,8 @@ __all__ = [
     "env_float",
     "env_int",
     "env_str",
+    "env_variable",
+    "read_env_setting",
 ]
 
 ENV_PREFIX = "EMBEDDINGS_"
@@ -77,6 +83,24 @@ DEFAULT_CACHE_IN_BROKER_DB = 0
 # Fraction of a configured or learned limit left unused, so calls spaced by the budget still
 # fit a provider's per-second quantization when they arrive a few milliseconds apart.
 DEFAULT_LIMIT_HEADROOM = 0.05
+# The unacked-restore sweep runs this often; keep it a small fraction of the visibility timeout.
+DEFAULT_UNACKED_RESTORE_INTERVAL_S = 5
+# One process holds many waiting texts, so the micro-batcher can fill its calls.
+DEFAULT_WORKER_POOL = "threads"
+DEFAULT_WORKER_PREFETCH_MULTIPLIER = 8
+
+# Settings read from variables other than EMBEDDINGS_<FIELD>: Redis's, kombu's and Celery's
+# own names, which operators already know.
+_OTHER_ENV_NAMES = {
+    "visibility_timeout_s": "BROKER_VISIBILITY_TIMEOUT",
+    "redis_url": "REDIS_URL",
+    "broker_url": "CELERY_BROKER_URL",
+    "result_backend_url": "CELERY_RESULT_BACKEND",
+    "unacked_restore_interval_s": "BROKER_UNACKED_RESTORE_INTERVAL",
+    "worker_pool": "CELERY_WORKER_POOL",
+    "worker_concurrency": "CELERY_WORKER_CONCURRENCY",
+    "worker_prefetch_multiplier": "CELERY_WORKER_PREFETCH_MULTIPLIER",
+}
 
 _T = TypeVar("_T")
 
@@ -114,6 +138,32 @@ def env_float(name: str, default: float, environ: Mapping[str, str] | None = Non
 
 def _env_api_key(environ: Mapping[str, str] | None = None) -> str:
     return env_str(ENV_PREFIX + "API_KEY", env_str("OPENAI_API_KEY", "", environ), environ)
+
+
+def env_variable(field_name: str) -> str:
+    """The environment variable of the ``Settings`` field ``field_name``."""
+    return _OTHER_ENV_NAMES.get(field_name, ENV_PREFIX + field_name.upper())
+
+
+def read_env_setting(field_name: str, environ: Mapping[str, str] | None = None) -> object:
+    """The value of the ``Settings`` field ``field_name`` in the environment, or its default.
+
+    A bad value raises ``EmbeddingConfigError`` naming the variable.
+    """
+    spec = next((f for f in fields(Settings) if f.name == field_name), None)
+    if spec is None:
+        raise AttributeError(f"Settings has no field {field_name!r}")
+    name = env_variable(spec.name)
+    default = spec.default
+    if spec.name == "api_key":
+        return _env_api_key(environ)
+    if isinstance(default, bool) or not isinstance(default, (int, float, str)):
+        raise AssertionError(f"unsupported setting type for {spec.name}")
+    if isinstance(default, int):
+        return env_int(name, default, environ)
+    if isinstance(default, float):
+        return env_float(name, default, environ)
+    return env_str(name, default, environ)
 
 
 @dataclass(frozen=True)
@@ -163,8 +213,18 @@ class Settings:
     cache_url: str = DEFAULT_CACHE_URL
     cache_ttl_s: int = DEFAULT_CACHE_TTL_S
     cache_in_broker_db: int = DEFAULT_CACHE_IN_BROKER_DB
+    # Broker, result store and Celery worker; each read from the variable env_variable names.
+    # URLs may carry a password: kept out of repr, like the API key.
+    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    broker_url: str = field(default="", repr=False)  # "": redis_url
+    result_backend_url: str = field(default="", repr=False)  # "": redis_url
+    unacked_restore_interval_s: int = DEFAULT_UNACKED_RESTORE_INTERVAL_S
+    worker_pool: str = DEFAULT_WORKER_POOL
+    worker_concurrency: int = 0  # 0: pool_size × batch_size + batch_size
+    worker_prefetch_multiplier: int = DEFAULT_WORKER_PREFETCH_MULTIPLIER
 
     def __post_init__(self) -> None:
+        _check_celery_settings(self)
         _check_positive("batch_size", self.batch_size)
         _check_positive("pool_size", self.pool_size)
         _check_positive("max_text_chars", self.max_text_chars)
@@ -208,6 +268,7 @@ class Settings:
         _check_positive("cache_ttl_s", self.cache_ttl_s)
         if self.cache_in_broker_db not in (0, 1):
             raise EmbeddingConfigError("EMBEDDINGS_CACHE_IN_BROKER_DB must be 0 or 1")
+        _check_cache_placement(self)
         if not self.base_url.startswith(("http://", "https://")):
             raise EmbeddingConfigError(
                 f"EMBEDDINGS_BASE_URL must start with http:// or https://, got {self.base_url!r}"
@@ -222,25 +283,8 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from ``EMBEDDINGS_*`` variables over the defaults above."""
-        values: dict[str, object] = {}
-        for spec in fields(cls):
-            name = ENV_PREFIX + spec.name.upper()
-            default = spec.default
-            if spec.name == "api_key":
-                values[spec.name] = _env_api_key(environ)
-            elif spec.name == "visibility_timeout_s":
-                values[spec.name] = env_int(
-                    "BROKER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_S, environ
-                )
-            elif isinstance(default, bool) or not isinstance(default, (int, float, str)):
-                raise AssertionError(f"unsupported setting type for {spec.name}")
-            elif isinstance(default, int):
-                values[spec.name] = env_int(name, default, environ)
-            elif isinstance(default, float):
-                values[spec.name] = env_float(name, default, environ)
-            else:
-                values[spec.name] = env_str(name, default, environ)
+        """Build settings from the environment (see ``env_variable``) over the defaults above."""
+        values = {spec.name: read_env_setting(spec.name, environ) for spec in fields(cls)}
         return cls(**values)  # type: ignore[arg-type]
 
 
@@ -261,6 +305,43 @@ def _parse_model_limits(raw: str) -> dict[str, tuple[int, int]]:
             ) from exc
         limits[model.strip()] = (rpm, tpm)
     return limits
+
+
+def _check_celery_settings(settings: Settings) -> None:
+    if settings.unacked_restore_interval_s <= 0:
+        raise EmbeddingConfigError(
+            "BROKER_UNACKED_RESTORE_INTERVAL must be positive, "
+            f"got {settings.unacked_restore_interval_s!r}"
+        )
+    # Concurrency 0 is derived from the pool (see the field); prefetch 0 is Celery's no limit.
+    for name in ("worker_concurrency", "worker_prefetch_multiplier"):
+        if getattr(settings, name) < 0:
+            raise EmbeddingConfigError(f"{env_variable(name)} must not be negative")
+    urls = {"redis_url": settings.redis_url, "broker_url": settings.broker_url,
+            "result_backend_url": settings.result_backend_url}  # fmt: skip
+    for name, url in urls.items():
+        if (url or name == "redis_url") and "://" not in url:
+            # The URL itself is left out: it may carry a password.
+            raise EmbeddingConfigError(f"{env_variable(name)} must be a URL (scheme://…)")
+
+
+def _check_cache_placement(settings: Settings) -> None:
+    # The broker's Redis runs noeviction (a full Redis must refuse tasks, not drop them) and
+    # a cache must evict, so one database for both is opt-in.
+    if not settings.cache_url or settings.cache_in_broker_db:
+        return
+    if _database(settings.cache_url) == _database(settings.broker_url or settings.redis_url):
+        raise EmbeddingConfigError(
+            "EMBEDDINGS_CACHE_URL names the broker's Redis database, which must not evict "
+            "while a cache must: give the cache a Redis (or database) of its own with "
+            "maxmemory-policy allkeys-lru, or set EMBEDDINGS_CACHE_IN_BROKER_DB=1"
+        )
+
+
+def _database(url: str) -> tuple[str | None, int, str]:
+    parts = urlsplit(url)
+    host = "localhost" if parts.hostname in ("127.0.0.1", "::1") else parts.hostname
+    return host, parts.port or 6379, parts.path.strip("/") or "0"
 
 
 def _check_positive(name: str, value: float) -> None:

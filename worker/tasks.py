@@ -1,8 +1,9 @@
 """The Celery task: one text in, that text's vector out.
 
-Transient failures that outlast the in-process retries become a Celery retry with a
-growing countdown, so a long outage loses nothing; after ``task_max_retries`` the task
-ends FAILURE with the typed error.
+Registered as ``embeddings.embed_text`` (``worker.names.EMBED_TEXT_TASK``), the name
+producers send. Transient failures that outlast the in-process retries become a Celery retry
+with a growing countdown, so a long outage loses nothing; after ``task_max_retries`` the
+task ends FAILURE with the typed error.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
+from worker import observability
 from worker.celery_app import app
+from worker.embeddings.backoff import backoff_delay
 from worker.errors import (
     EmbeddingBudgetWaitError,
     EmbeddingCircuitOpenError,
@@ -23,37 +26,48 @@ from worker.errors import (
     EmbeddingTimeoutError,
 )
 from worker.microbatcher import MicroBatcherClosed
+from worker.names import EMBED_TEXT_TASK
 from worker.runtime import get_microbatcher, get_settings
 from worker.settings import Settings
 from worker.validation import validate_text
 
 __all__ = [
-    "EMBED_TEXT_TASK",
     "MIN_RETRY_COUNTDOWN_S",
     "circuit_open_countdown_s",
-    "embed_text",
+    "embed_text_task",
     "retry_countdown_s",
 ]
 
-EMBED_TEXT_TASK = "embeddings.embed_text"
-
 log = get_task_logger(__name__)
+
+# Each worker process serves /metrics when EMBEDDINGS_METRICS_PORT is set. Connected here,
+# in the module only workers load, so a web app that enqueues texts registers no metrics.
+observability.connect_signals()
 
 
 # Celery publishes the retry, then writes RETRY to the backend. Its stock backend reads, then
-# writes, skipping a stored SUCCESS: a re-run that finished in that gap had its SUCCESS
-# overwritten by RETRY (seen once in CI with 0.24 s countdowns). worker/result_backend.py
-# makes the check and write one step; this floor stays as a guard for other backends.
+# writes, skipping a stored SUCCESS: a re-run that finished in that gap could have its
+# SUCCESS overwritten by RETRY (docs/reliability.md). The project's backend
+# (worker.celery_ext.result_backend) makes the check and write one step; this floor stays as
+# a guard for other backends.
 MIN_RETRY_COUNTDOWN_S = 1.0
 
 
 def retry_countdown_s(retries: int, settings: Settings, random_: float) -> float:
-    """Seconds before Celery retry ``retries + 1``: base·2^retries, capped, ±20% jitter.
+    """Seconds before Celery retry ``retries + 1``: ``backoff_delay`` over the task settings.
 
-    Never less than ``MIN_RETRY_COUNTDOWN_S``.
+    ``task_retry_backoff_s``·2^retries ± ``jitter_factor``, capped at
+    ``task_retry_backoff_max_s``, and never less than ``MIN_RETRY_COUNTDOWN_S``.
+    ``random_`` is uniform in [0, 1).
     """
-    base = min(settings.task_retry_backoff_s * 2.0**retries, settings.task_retry_backoff_max_s)
-    return max(MIN_RETRY_COUNTDOWN_S, base * (0.8 + 0.4 * random_))
+    delay = backoff_delay(
+        retries + 1,
+        initial_s=settings.task_retry_backoff_s,
+        max_s=settings.task_retry_backoff_max_s,
+        jitter_factor=settings.jitter_factor,
+        random=lambda: random_,
+    )
+    return max(MIN_RETRY_COUNTDOWN_S, delay)
 
 
 def circuit_open_countdown_s(
@@ -84,14 +98,8 @@ def _worst_case_wait_s(settings: Settings) -> float:
     )
 
 
-@app.task(  # type: ignore[untyped-decorator]
-    name=EMBED_TEXT_TASK,
-    bind=True,
-    acks_late=True,
-    # Requeues, rather than fails, a text whose result Redis could not take.
-    Request="worker.outages:RequeueOnOutageRequest",
-)
-def embed_text(self: Task, text: Any, model: str | None = None) -> list[float]:
+@app.task(name=EMBED_TEXT_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
+def embed_text_task(self: Task, text: Any, model: str | None = None) -> list[float]:
     """Embed ``text`` (with ``model``, or the configured one) and return its vector."""
     settings = get_settings()
     checked = validate_text(text, max_chars=settings.max_text_chars)

@@ -20,20 +20,17 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker import metrics
-from worker.errors import EmbeddingConfigError
 from worker.settings import Settings
 
 __all__ = [
     "VectorCache",
     "cache_key",
-    "check_cache_placement",
     "pack_vector",
     "unpack_vector",
 ]
@@ -68,28 +65,6 @@ def unpack_vector(packed: bytes) -> list[float]:
     if sys.byteorder != "little":
         floats.byteswap()
     return floats.tolist()
-
-
-def check_cache_placement(settings: Settings, broker_url: str) -> None:
-    """Refuse a cache in the broker's database unless ``EMBEDDINGS_CACHE_IN_BROKER_DB=1``.
-
-    The broker's Redis runs ``noeviction`` (a full Redis must refuse tasks, not drop them),
-    and a cache must evict. Called when the configuration loads, so a worker fails at start.
-    """
-    if not settings.cache_url or settings.cache_in_broker_db:
-        return
-    if _database(settings.cache_url) == _database(broker_url):
-        raise EmbeddingConfigError(
-            "EMBEDDINGS_CACHE_URL names the broker's Redis database, which must not evict "
-            "while a cache must: give the cache a Redis (or database) of its own with "
-            "maxmemory-policy allkeys-lru, or set EMBEDDINGS_CACHE_IN_BROKER_DB=1"
-        )
-
-
-def _database(url: str) -> tuple[str | None, int, str]:
-    parts = urlsplit(url)
-    host = "localhost" if parts.hostname in ("127.0.0.1", "::1") else parts.hostname
-    return host, parts.port or 6379, parts.path.strip("/") or "0"
 
 
 def _as_bytes(raw: bytes | str) -> bytes:

@@ -17,6 +17,8 @@ from devstack import WorkerProcess
 from stubapi import StubServer
 from tests.integration.harness import TEST_REDIS_URL, worker_env
 from worker import app as celery_app
+from worker.celery_ext.config import apply_config, with_redis_url
+from worker.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -40,9 +42,8 @@ def clean_redis(redis_client: redis.Redis) -> redis.Redis:
 
 @pytest.fixture(scope="session")
 def app(redis_client: redis.Redis) -> Iterator[Celery]:
-    """The project's Celery app, pointed at the test Redis database."""
-    celery_app.conf.broker_url = TEST_REDIS_URL
-    celery_app.conf.result_backend = TEST_REDIS_URL
+    """The project's Celery app, pointed at the test Redis database as ``--redis-url`` does."""
+    apply_config(celery_app, with_redis_url(Settings.from_env(), TEST_REDIS_URL))
     yield celery_app
 
 

@@ -21,6 +21,8 @@ from celery.result import AsyncResult
 
 from devstack import free_port, wait_for
 from stubapi.vectors import vector_for
+from worker.celery_ext.config import apply_config, with_redis_url
+from worker.settings import Settings
 
 __all__ = [
     "DIMS",
@@ -43,9 +45,7 @@ def expected(text: str) -> Any:
 def app_for(url: str) -> Celery:
     """A Celery app configured like the worker's, but on ``url`` (not the session's app)."""
     app = Celery("faults", set_as_current=False)
-    app.config_from_object("celeryconfig")
-    app.conf.broker_url = url
-    app.conf.result_backend = url
+    apply_config(app, with_redis_url(Settings.from_env(), url))
     return app
 
 

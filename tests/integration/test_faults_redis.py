@@ -44,7 +44,7 @@ def private_worker(
     }
     if request.param == "not-retried":
         # Every result write that meets the outage fails at once, so each finished text takes
-        # the requeue path of worker/outages.py instead of riding out the blip.
+        # the requeue path of worker/celery_ext/outages.py instead of riding out the blip.
         overrides["EMBEDDINGS_RESULT_BACKEND_MAX_RETRIES"] = "0"
     worker = WorkerProcess(worker_env(stub.base_url, overrides), tmp_path / "worker.log", "rf")
     worker.wait_ready(app_for(private_redis.url))

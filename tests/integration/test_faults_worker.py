@@ -18,9 +18,9 @@ import producers
 from devstack import wait_for
 from tests.integration.faultkit import outcomes, wait_all_ready
 from tests.integration.harness import TEST_REDIS_URL
-from worker.transport import AtomicFetchChannel
+from worker.celery_ext.transport import AtomicFetchChannel
 
-TRANSPORT = "worker.transport:Transport"
+TRANSPORT = "worker.celery_ext.transport:AtomicFetchTransport"
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import redis
 
 import producers
 from stubapi.vectors import vector_for
-from tests.integration.harness import REPO_ROOT, worker_env
+from tests.integration.harness import REPO_ROOT, TEST_REDIS_URL, worker_env
 from worker.errors import EmbeddingAPIError, EmbeddingInputError
 
 pytestmark = pytest.mark.integration
@@ -101,7 +101,7 @@ def test_a_result_is_readable_from_a_fresh_process_knowing_only_the_id(start_wor
         check=True,
     )
     assert json.loads(out.stdout) == _expected("find me later")
-    ttl = redis.Redis.from_url(app.conf.result_backend).ttl(f"celery-task-meta-{task_id}")
+    ttl = redis.Redis.from_url(TEST_REDIS_URL).ttl(f"celery-task-meta-{task_id}")
     assert 0 < ttl <= int(app.conf.result_expires)
 
 

@@ -9,17 +9,16 @@ import pytest
 from kombu import Connection, Exchange, Queue
 
 from tests.integration.harness import TEST_REDIS_URL
-from worker.redis_transport import Channel
-from worker.transport import MAX_FETCH
+from worker.celery_ext.transport import MAX_FETCH, AtomicFetchChannel
 
 pytestmark = pytest.mark.integration
 
-TRANSPORT = "worker.redis_transport:Transport"
+TRANSPORT = "worker.celery_ext.transport:AtomicFetchTransport"
 
 
 def test_the_project_app_uses_the_client_reusing_transport(app):
     with app.connection_for_write() as conn:
-        assert isinstance(conn.default_channel, Channel)
+        assert isinstance(conn.default_channel, AtomicFetchChannel)
 
 
 def test_a_channel_builds_one_sync_client_and_a_new_one_for_a_new_pool(clean_redis):

@@ -11,7 +11,7 @@ from celery import Celery, states
 from celery.result import AsyncResult
 
 from tests.integration.harness import TEST_REDIS_URL
-from worker.result_backend import ResultBackend
+from worker.celery_ext.result_backend import ResultBackend
 
 pytestmark = pytest.mark.integration
 

@@ -64,9 +64,9 @@ def error_response(status: int, message: str = "boom", **headers: str) -> httpx.
 def _clean_embeddings_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Settings read the environment; a developer's exported variables must not leak in.
     for name in list(os.environ):
-        if name.startswith("EMBEDDINGS_") or name in (
+        if name.startswith(("EMBEDDINGS_", "CELERY_", "BROKER_")) or name in (
             "OPENAI_API_KEY",
-            "BROKER_VISIBILITY_TIMEOUT",
+            "REDIS_URL",
         ):
             monkeypatch.delenv(name)
 

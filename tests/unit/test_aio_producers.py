@@ -149,7 +149,9 @@ def test_a_result_backend_other_than_redis_is_refused_at_construction(memory_app
 
 def test_the_redis_url_is_read_after_a_backend_class_prefix() -> None:
     app = Celery("prefixed")
-    app.conf.update(result_backend="worker.result_backend:ResultBackend+redis://127.0.0.1:6/3")
+    app.conf.update(
+        result_backend="worker.celery_ext.result_backend:ResultBackend+redis://127.0.0.1:6/3"
+    )
     client = aio.result_redis(app)
     kwargs = client.connection_pool.connection_kwargs
     assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("127.0.0.1", 6, 3)

@@ -338,3 +338,19 @@ def test_a_celery_retry_never_waits_less_than_the_floor():
     settings = Settings(task_retry_backoff_s=0.1, task_retry_backoff_max_s=60.0)
     assert retry_countdown_s(0, settings, 0.0) == MIN_RETRY_COUNTDOWN_S
     assert retry_countdown_s(6, settings, 0.5) == pytest.approx(6.4)
+
+
+@pytest.mark.parametrize("retries", [0, 1, 3, 6, 10])
+@pytest.mark.parametrize("random_", [0.0, 0.25, 0.999])
+def test_a_celery_retry_countdown_is_the_in_process_backoff_over_the_task_settings(
+    retries: int, random_: float
+) -> None:
+    from worker.embeddings.backoff import backoff_delay
+    from worker.tasks import MIN_RETRY_COUNTDOWN_S
+
+    settings = Settings(task_retry_backoff_s=2.0, task_retry_backoff_max_s=60.0)
+    expected = backoff_delay(
+        retries + 1, initial_s=2.0, max_s=60.0, jitter_factor=0.2, random=lambda: random_
+    )
+    assert retry_countdown_s(retries, settings, random_) == max(MIN_RETRY_COUNTDOWN_S, expected)
+    assert retry_countdown_s(retries, settings, random_) <= 60.0

@@ -6,8 +6,12 @@ from typing import Any
 
 import pytest
 
-import worker.consumer as consumer_module
-from worker.consumer import EVENT_BUFFER_LIMIT, EVENT_FLUSH_INTERVAL_S, Consumer
+import worker.celery_ext.consumer as consumer_module
+from worker.celery_ext.consumer import (
+    EVENT_BUFFER_LIMIT,
+    EVENT_FLUSH_INTERVAL_S,
+    EventBatchingConsumer,
+)
 
 
 class FakeHub:
@@ -40,10 +44,11 @@ class FakeDispatcher:
 
 
 @pytest.fixture
-def consumer(monkeypatch: pytest.MonkeyPatch) -> Consumer:
+def consumer(monkeypatch: pytest.MonkeyPatch) -> EventBatchingConsumer:
     now = [1000.0]
     monkeypatch.setattr(consumer_module.time, "monotonic", lambda: now[0])
-    c = Consumer.__new__(Consumer)  # only the event-flush state is exercised
+    # Only the event-flush state is exercised.
+    c = EventBatchingConsumer.__new__(EventBatchingConsumer)
     c.hub = FakeHub()
     c.event_dispatcher = FakeDispatcher()
     c.now = now  # type: ignore[attr-defined]

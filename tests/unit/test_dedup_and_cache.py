@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from worker.embeddings import EmbeddingBatcher, EmbeddingConfig
+from worker.errors import EmbeddingConfigError
 from worker.microbatcher import MicroBatcher
 from worker.settings import Settings
 from worker.vector_cache import VectorCache, cache_key, pack_vector, unpack_vector
@@ -154,3 +155,23 @@ def test_with_the_cache_down_every_text_still_succeeds(make_microbatcher, caplog
         )
     assert api.inputs == 30
     assert sum("vector cache is unreachable" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize(
+    ("cache_url", "broker"),
+    [
+        ("redis://localhost:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://localhost:6379", "redis://localhost:6379/0"),
+        ("redis://cache-host:6379/3", "redis://cache-host:6379/3"),
+    ],
+)
+def test_a_cache_in_the_brokers_database_is_refused_naming_the_variable(cache_url, broker) -> None:
+    with pytest.raises(EmbeddingConfigError, match="EMBEDDINGS_CACHE_IN_BROKER_DB"):
+        Settings(cache_url=cache_url, redis_url=broker)
+    allowed = Settings(cache_url=cache_url, redis_url=broker, cache_in_broker_db=1)
+    assert allowed.cache_url == cache_url
+
+
+def test_a_cache_in_another_database_or_redis_is_accepted() -> None:
+    assert Settings(cache_url="redis://localhost:6379/1", redis_url="redis://localhost:6379/0")
+    assert Settings(cache_url="redis://cache:6379/0", broker_url="redis://redis:6379/0")

@@ -256,5 +256,5 @@ def test_a_text_arriving_during_shutdown_goes_back_to_the_queue(monkeypatch):
 
     monkeypatch.setattr(tasks, "get_microbatcher", ClosedMicroBatcher)
     with pytest.raises(Reject) as info:
-        tasks.embed_text.run("late text")
+        tasks.embed_text_task.run("late text")
     assert info.value.requeue is True

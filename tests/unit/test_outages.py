@@ -13,9 +13,9 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.celery_ext.outages import RequeueOnOutageRequest, is_redis_outage
+from worker.celery_ext.result_backend import ResultBackend
 from worker.errors import EmbeddingAPIError, EmbeddingResultStoreUnavailableError
-from worker.outages import RequeueOnOutageRequest, is_redis_outage
-from worker.result_backend import ResultBackend
 
 
 def _chained(outer: Exception, cause: BaseException) -> Exception:
@@ -64,7 +64,7 @@ def test_a_cause_cycle_does_not_loop() -> None:
 @pytest.fixture
 def app() -> Celery:
     app = Celery("outages-test", set_as_current=False)
-    app.conf.result_backend = "worker.result_backend:ResultBackend+redis://127.0.0.1:1/0"
+    app.conf.result_backend = "worker.celery_ext.result_backend:ResultBackend+redis://127.0.0.1:1/0"
     app.conf.result_backend_always_retry = False
     return app
 

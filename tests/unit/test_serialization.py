@@ -6,7 +6,7 @@ import json
 
 from celery.app import trace
 
-from worker.serialization import dumps, install_short_result_repr, loads
+from worker.celery_ext.serialization import dumps, install_short_result_repr, loads
 
 VECTOR = [0.5, -0.25, 0.125, 1.0, 0.0, -1.0, 0.75, 0.375] * 192  # 1,536 exact float32 values
 

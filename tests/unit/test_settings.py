@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 
+from devstack import REPO_ROOT
 from worker import settings as s
 from worker.embeddings import EmbeddingConfig
+from worker.embeddings.config import SETTINGS_FIELDS
 from worker.errors import EmbeddingConfigError
 from worker.settings import Settings
 
@@ -80,6 +83,12 @@ def test_embeddings_api_key_wins_over_openai_api_key() -> None:
         ("EMBEDDINGS_ENCODING_FORMAT", "hex"),
         ("EMBEDDINGS_BASE_URL", "ftp://example.com"),
         ("BROKER_VISIBILITY_TIMEOUT", "ten"),
+        ("BROKER_UNACKED_RESTORE_INTERVAL", "0"),
+        ("CELERY_WORKER_CONCURRENCY", "-1"),
+        ("CELERY_WORKER_PREFETCH_MULTIPLIER", "many"),
+        ("REDIS_URL", "localhost:6379"),
+        ("CELERY_BROKER_URL", "nowhere"),
+        ("CELERY_RESULT_BACKEND", "nowhere"),
     ],
 )
 def test_a_bad_value_raises_naming_the_variable(variable: str, value: str) -> None:
@@ -99,6 +108,62 @@ def test_a_non_positive_visibility_timeout_names_broker_visibility_timeout() -> 
         Settings.from_env(environ={"BROKER_VISIBILITY_TIMEOUT": "0"})
 
 
+def test_from_env_reads_the_redis_broker_and_celery_worker_variables() -> None:
+    settings = Settings.from_env(
+        environ={
+            "REDIS_URL": "redis://cache:6379/1",
+            "CELERY_BROKER_URL": "redis://broker:6379/2",
+            "CELERY_RESULT_BACKEND": "redis://results:6379/3",
+            "BROKER_UNACKED_RESTORE_INTERVAL": "7",
+            "CELERY_WORKER_POOL": "gevent",
+            "CELERY_WORKER_CONCURRENCY": "64",
+            "CELERY_WORKER_PREFETCH_MULTIPLIER": "2",
+        }
+    )
+    assert settings.redis_url == "redis://cache:6379/1"
+    assert settings.broker_url == "redis://broker:6379/2"
+    assert settings.result_backend_url == "redis://results:6379/3"
+    assert settings.unacked_restore_interval_s == 7
+    assert settings.worker_pool == "gevent"
+    assert (settings.worker_concurrency, settings.worker_prefetch_multiplier) == (64, 2)
+
+
+def test_without_celery_variables_broker_and_results_follow_redis_url() -> None:
+    settings = Settings.from_env(environ={})
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert (settings.broker_url, settings.result_backend_url) == ("", "")
+    assert (settings.worker_pool, settings.worker_concurrency) == ("threads", 0)
+
+
+def test_settings_repr_hides_redis_urls_which_may_carry_a_password() -> None:
+    settings = Settings(
+        redis_url="redis://:hunter2@a:6379/0",
+        broker_url="redis://:hunter2@b:6379/0",
+        result_backend_url="redis://:hunter2@c:6379/0",
+    )
+    assert "hunter2" not in repr(settings)
+
+
+def test_a_bad_url_is_refused_without_echoing_it() -> None:
+    with pytest.raises(EmbeddingConfigError, match="REDIS_URL") as info:
+        Settings.from_env(environ={"REDIS_URL": "hunter2@cache"})
+    assert "hunter2" not in str(info.value)
+
+
+def test_every_variable_settings_read_is_in_the_readme_configuration_table() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    variables = [s.env_variable(spec.name) for spec in dataclasses.fields(Settings)]
+    missing = [name for name in [*variables, "OPENAI_API_KEY"] if f"`{name}`" not in table]
+    assert missing == []
+
+
+def test_env_variable_names_the_prefixed_and_the_celery_variables() -> None:
+    assert s.env_variable("batch_size") == "EMBEDDINGS_BATCH_SIZE"
+    assert s.env_variable("visibility_timeout_s") == "BROKER_VISIBILITY_TIMEOUT"
+    assert s.env_variable("broker_url") == "CELERY_BROKER_URL"
+
+
 def test_settings_repr_hides_the_api_key() -> None:
     settings = Settings.from_env(environ={"EMBEDDINGS_API_KEY": SECRET})
     assert settings.api_key == SECRET
@@ -108,7 +173,14 @@ def test_settings_repr_hides_the_api_key() -> None:
 def test_every_setting_default_is_a_named_constant_or_documented_zero() -> None:
     constants = {v for k, v in vars(s).items() if k.startswith("DEFAULT_")}
     for spec in dataclasses.fields(Settings):
-        if spec.name in ("api_key", "dimensions", "metrics_port"):
+        if spec.name in (
+            "api_key",
+            "dimensions",
+            "metrics_port",
+            "broker_url",
+            "result_backend_url",
+            "worker_concurrency",
+        ):
             continue
         assert spec.default in constants, spec.name
 
@@ -121,6 +193,39 @@ def test_embedding_config_has_the_seeds_defaults() -> None:
     assert config.model == "text-embedding-3-small"
     assert config.base_url == "https://api.openai.com/v1"
     assert config.api_key == ""
+
+
+def test_embedding_config_defaults_are_the_settings_defaults_under_the_seeds_names() -> None:
+    config = EmbeddingConfig()
+    defaults = Settings()
+    for own, settings_name in SETTINGS_FIELDS.items():
+        assert getattr(config, own) == getattr(defaults, settings_name), own
+    assert {f.name for f in dataclasses.fields(EmbeddingConfig)} == set(SETTINGS_FIELDS)
+
+
+def test_the_seeds_call_still_builds_a_config() -> None:
+    config = EmbeddingConfig(batch_size=8, max_retries=3, initial_backoff=1.0, jitter_factor=0.2)
+    assert (config.batch_size, config.max_retries, config.initial_backoff) == (8, 3, 1.0)
+    assert config.jitter_factor == 0.2
+
+
+def test_embedding_config_reads_the_environment_only_through_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    read: list[str] = []
+    real = s.read_env_setting
+
+    def recording(field_name: str, environ: Any = None) -> object:
+        read.append(field_name)
+        return real(field_name, environ)
+
+    monkeypatch.setattr(s, "read_env_setting", recording)
+    monkeypatch.setenv("EMBEDDINGS_MODEL", "through-settings")
+    assert EmbeddingConfig().model == "through-settings"
+    assert sorted(read) == ["api_key", "base_url", "model"]
+    read.clear()
+    EmbeddingConfig(model="m", base_url="http://x/v1", api_key="k")
+    assert read == []
 
 
 def test_embedding_config_defaults_come_from_the_environment(

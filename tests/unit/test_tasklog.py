@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from worker.tasklog import PER_TASK_LOGGERS, quiet_per_task_info
+from worker.celery_ext.tasklog import PER_TASK_LOGGERS, quiet_per_task_info
 
 
 @pytest.fixture

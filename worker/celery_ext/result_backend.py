@@ -2,20 +2,23 @@
 
 **One step.** Celery stores a result with a ``GET`` (to leave an earlier SUCCESS alone) and
 then ``SETEX`` + ``PUBLISH``: two round trips per text, and a race, since a write can land
-between the read and its own write. Here one Lua script does the check, the write and the
-publish: one round trip, and a RETRY written by a slow thread can no longer overwrite the
-SUCCESS of the text's re-run.
+between the read and its own write. Here one Lua script (``store_result.lua``) does the
+check, the write and the publish: one round trip, and a RETRY written by a slow thread can
+no longer overwrite the SUCCESS of the text's re-run.
 
 **Batches.** ``store_vectors`` writes the SUCCESS results of one API call (up to 8 texts)
-in one round trip, from the micro-batcher's call thread, before the texts' tasks wake up.
+in one round trip, from the micro-batcher's results thread, before the texts' tasks wake up.
 Celery's own write of each of those results, a moment later in the task's thread, is then
-skipped. Before, each task thread made its own round trip through Celery's store path:
-21 % of a loaded worker's GIL samples (py-spy). If the batched write fails, nothing is
-marked and every task stores its own result as before.
+skipped. If the batched write fails, nothing is marked and every task stores its own result
+as before. The worker reaches it through ``worker.runtime.VectorStore``, never by this class.
 
 **Outages.** A write that failed through its retries is reported as
 :class:`EmbeddingResultStoreUnavailableError`, and an outage is never stored as a failure:
-``worker.outages`` requeues the text instead.
+``worker.celery_ext.outages`` requeues the text instead.
+
+Selected by ``result_backend`` (``worker.celery_ext.config``) for ``redis://`` and
+``rediss://`` result URLs. Written against celery 5.7.0; ``worker.celery_ext.compat`` checks
+the Celery internals used here.
 """
 
 from __future__ import annotations
@@ -29,33 +32,17 @@ from celery.backends.redis import RedisBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils import encoding as kombu_encoding
 
+from worker.celery_ext.lua import load_script
+from worker.celery_ext.outages import is_redis_outage
+from worker.celery_ext.serialization import SERIALIZER_NAME
 from worker.errors import EmbeddingResultStoreUnavailableError
-from worker.outages import is_redis_outage
-from worker.serialization import SERIALIZER_NAME
 
 __all__ = ["STORE_SCRIPT", "ResultBackend"]
 
 _bytes_to_str: Any = kombu_encoding.bytes_to_str
 
-# KEYS[1]: the result key. ARGV[1]: the encoded meta; ARGV[2]: its lifetime in seconds (0:
-# none). Returns 0 and writes nothing when the stored meta already says SUCCESS.
-STORE_SCRIPT = """
-local current = redis.call('GET', KEYS[1])
-if current then
-    local ok, meta = pcall(cjson.decode, current)
-    if ok and type(meta) == 'table' and meta['status'] == 'SUCCESS' then
-        return 0
-    end
-end
-local lifetime = tonumber(ARGV[2])
-if lifetime > 0 then
-    redis.call('SETEX', KEYS[1], lifetime, ARGV[1])
-else
-    redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
-"""
+# Check for SUCCESS, write, publish; see the script for its keys and arguments.
+STORE_SCRIPT = load_script("store_result.lua")
 
 # The script reads the stored status as JSON; another result serializer keeps Celery's path.
 _JSON_SERIALIZERS = frozenset({"json", SERIALIZER_NAME})
@@ -80,6 +67,10 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
     """``celery.backends.redis.RedisBackend`` with a one-step store and outage handling."""
 
     def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``store_result``, minus a SUCCESS ``store_vectors`` already wrote.
+
+        A write that met a Redis outage raises ``EmbeddingResultStoreUnavailableError``.
+        """
         if state == states.SUCCESS and _take_stored_ahead(task_id):
             return result
         try:
@@ -94,6 +85,7 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
             raise
 
     def mark_as_failure(self, task_id: str, exc: BaseException, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``mark_as_failure``, except that a Redis outage stores nothing."""
         if is_redis_outage(exc):
             # Not the text's failure: store nothing; the request requeues the text.
             return None
@@ -108,6 +100,10 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
         request: Any = None,
         **kwargs: Any,
     ) -> Any:
+        """Adapted from celery 5.7.0 celery/backends/base.py KeyValueStoreBackend._store_result.
+
+        The read of the current state and the write are one script; see the module.
+        """
         if self.serializer not in _JSON_SERIALIZERS:
             return super()._store_result(task_id, result, state, traceback, request, **kwargs)
         meta = self._get_result_meta(

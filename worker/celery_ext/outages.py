@@ -5,17 +5,19 @@ unreachable for a moment, a text whose vector was computed would end FAILURE wit
 ``redis.exceptions.ConnectionError`` (written once Redis answered again) and be acked. An
 outage of our own storage is not the text's failure. So:
 
-- ``worker.result_backend.ResultBackend`` (Celery's Redis backend) reports a write that
-  failed through its retries as :class:`EmbeddingResultStoreUnavailableError`, and never
-  stores an outage as a failure;
-- ``RequeueOnOutageRequest`` (the task's request class) rejects such a text's message with
-  requeue instead of acking it. When the broker connection is gone too, the reject is
-  dropped (``worker.transport``) and the unacked-restore sweep brings the text back.
+- ``worker.celery_ext.result_backend.ResultBackend`` (Celery's Redis backend) reports a
+  write that failed through its retries as :class:`EmbeddingResultStoreUnavailableError`,
+  and never stores an outage as a failure;
+- ``RequeueOnOutageRequest`` (the embedding task's request class, selected by a task
+  annotation in ``worker.celery_ext.config``) rejects such a text's message with requeue
+  instead of acking it. When the broker connection is gone too, the reject is dropped
+  (``worker.celery_ext.transport``) and the unacked-restore sweep brings the text back.
 
 Either way the text runs again: at least once, never an infrastructure FAILURE. Before that,
-``result_backend_always_retry`` (celeryconfig) retries the write, so a short blip costs
-nothing. The error crosses from the pool to the request by type, which survives the prefork
-pool's pickling (an exception's ``__cause__`` does not).
+``result_backend_always_retry`` (``worker.celery_ext.config``) retries the write, so a short
+blip costs nothing. The error crosses from the pool to the request by type, which survives
+the prefork pool's pickling (an exception's ``__cause__`` does not). Written against celery
+5.7.0; ``worker.celery_ext.compat`` checks the Celery internals used here.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class RequeueOnOutageRequest(Request):  # type: ignore[misc]
     def on_failure(
         self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False
     ) -> Any:
+        """Celery's ``Request.on_failure``, except that a Redis outage requeues the message."""
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc

@@ -2,22 +2,31 @@
 
 Stock kombu takes a message with ``BRPOP`` and only afterwards writes its copy to the
 ``unacked`` hash. A worker killed with SIGKILL (or by the OOM killer) between the two loses
-the message for good: it is neither in the queue nor restorable. The fault suite saw this in
-about one ``kill -9`` out of four.
+the message for good: it is neither in the queue nor restorable (docs/reliability.md has the
+fault suite's counts).
 
 Here the wait and the take are split. ``BLMOVE q q RIGHT RIGHT`` blocks until the queue holds
 something without taking it (moving the tail to the tail changes nothing), then one Lua
-script pops the message and writes its unacked copy atomically. A worker that dies at any
-point leaves the message either in the queue or in ``unacked``, where the visibility-timeout
-sweep puts it back.
+script (``fetch.lua``) pops up to ``MAX_FETCH`` messages and writes their unacked copies
+atomically. A worker that dies at any point leaves each message either in the queue or in
+``unacked``, where the visibility-timeout sweep puts it back.
 
-It also keeps a Redis restart from stopping the worker: an ack or requeue through a channel
-whose connection is already gone is dropped with a warning instead of raising (see
-``_connection_gone``); the message stays unacked and the sweep redelivers it.
+Three more departures, each for the consumer's event loop, which bounds a worker's intake:
+
+- acks are written once per loop turn, in one round trip (``AtomicFetchQoS``);
+- an ack or requeue through a channel whose connection is already gone (after a Redis
+  restart) is dropped with a warning instead of raising, which would stop the worker; the
+  message stays unacked and the sweep redelivers it;
+- a channel builds its synchronous ``redis.Redis`` client once per connection pool, not once
+  per command as kombu's ``conn_or_acquire`` does (redis-py 8 builds its callback tables in
+  every client's constructor).
 
 Only the consuming side changes; messages, keys and acks are kombu's own, so stock and
 patched workers can share a broker. Needs Redis 6.2 or later (``BLMOVE``). Messages of other
 queues or priorities than the first polled one wait at most ``brpop_timeout`` (1 s) longer.
+Selected by ``broker_transport`` (``worker.celery_ext.config``) for ``redis://`` and
+``rediss://`` brokers. Written against kombu 5.7.0; ``worker.celery_ext.compat`` checks the
+kombu internals used here.
 """
 
 from __future__ import annotations
@@ -33,7 +42,15 @@ from kombu.transport import virtual as kombu_virtual
 from kombu.utils import encoding as kombu_encoding
 from kombu.utils import json as kombu_json
 
-__all__ = ["FETCH_SCRIPT", "AtomicFetchChannel", "Transport"]
+from worker.celery_ext.lua import load_script
+
+__all__ = [
+    "FETCH_SCRIPT",
+    "MAX_FETCH",
+    "AtomicFetchChannel",
+    "AtomicFetchQoS",
+    "AtomicFetchTransport",
+]
 
 log = logging.getLogger(__name__)
 
@@ -45,45 +62,7 @@ _VirtualQoS: Any = kombu_virtual.QoS
 _bytes_to_str: Any = kombu_encoding.bytes_to_str
 _loads: Any = kombu_json.loads
 
-# KEYS: candidate lists in the order to try, then the unacked hash and its index.
-# ARGV[1]: now, in seconds; ARGV[2]: how many messages to take at most; ARGV[2 + i]: "1" if
-# KEYS[i] is consumed with acks (a no-ack consumer, such as a control reply queue, never
-# acks, so it gets no unacked copy).
-# Takes up to ARGV[2] messages from the first non-empty list. Returns {key, message, tag,
-# message, tag, ...}, where tag is the delivery tag whose unacked copy it wrote, or "".
-# RPOP is each message's first write: a Redis out of memory refuses the script there, before
-# anything is taken, and once a message is popped its unacked copy always follows.
-FETCH_SCRIPT = """
-local lists = #KEYS - 2
-local unacked, index = KEYS[lists + 1], KEYS[lists + 2]
-local limit = tonumber(ARGV[2])
-for i = 1, lists do
-    if redis.call('LLEN', KEYS[i]) > 0 then
-        local found = {KEYS[i]}
-        for _ = 1, limit do
-            local item = redis.call('RPOP', KEYS[i])
-            if not item then break end
-            local ok, message = pcall(cjson.decode, item)
-            local props = ok and type(message) == 'table' and message['properties']
-            local tag = type(props) == 'table' and props['delivery_tag']
-            if ARGV[i + 2] == '1' and type(tag) == 'string' then
-                local info = props['delivery_info']
-                if type(info) ~= 'table' then info = {} end
-                redis.call('ZADD', index, ARGV[1], tag)
-                redis.call('HSET', unacked, tag, '[' .. item .. ','
-                    .. cjson.encode(info['exchange'] or '') .. ','
-                    .. cjson.encode(info['routing_key'] or '') .. ']')
-            else
-                tag = ''
-            end
-            found[#found + 1] = item
-            found[#found + 1] = tag
-        end
-        return found
-    end
-end
-return false
-"""
+FETCH_SCRIPT = load_script("fetch.lua")
 
 # At most this many messages per fetch, within the prefetch window: enough to cut the
 # consumer's Redis round trips and event-loop turns per text by this factor, few enough that
@@ -99,7 +78,7 @@ class AtomicFetchQoS(_RedisQoS):  # type: ignore[misc]
 
     **Acks.** Celery runs every ack on the consumer's event loop, and kombu sends each as its
     own ``MULTI ZREM HDEL EXEC`` round trip: the loop waits on Redis once per text. In an
-    event loop (``Transport.register_with_event_loop``) an ack frees its prefetch slot at
+    event loop (``AtomicFetchTransport.register_with_event_loop``) an ack frees its prefetch slot at
     once and joins a batch that the loop writes in one round trip at its next turn. Until
     then the message is still in ``unacked``: a worker killed in between gets it redelivered
     by the sweep (a duplicate, never a loss). Outside an event loop acks stay immediate.
@@ -111,12 +90,14 @@ class AtomicFetchQoS(_RedisQoS):  # type: ignore[misc]
         self._pending_lock = threading.Lock()
 
     def append(self, message: Any, delivery_tag: str) -> None:
+        """Adapted from kombu 5.7.0 kombu/transport/redis.py QoS.append."""
         if self.channel.take_recorded(delivery_tag):
             _VirtualQoS.append(self, message, delivery_tag)
             return
         super().append(message, delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
+        """Adapted from kombu 5.7.0 kombu/transport/redis.py QoS.ack."""
         if not getattr(self.channel.connection, "acks_batched", False):
             super().ack(delivery_tag)
             return
@@ -135,9 +116,14 @@ class AtomicFetchQoS(_RedisQoS):  # type: ignore[misc]
 
 
 class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
-    """A Redis channel whose consumer fetch pops and records the unacked copy in one step."""
+    """A Redis channel whose consumer fetch pops and records the unacked copy in one step.
+
+    It also drops acks and rejects whose connection is gone, and reuses one synchronous
+    client per connection pool.
+    """
 
     _polled_keys: list[tuple[str, bool]]
+    _cached_client: Any = None
 
     QoS = AtomicFetchQoS
 
@@ -245,6 +231,7 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
         return True
 
     def _brpop_start(self, timeout: float | None = None) -> None:
+        """Adapted from kombu 5.7.0 kombu/transport/redis.py Channel._brpop_start."""
         if not self._atomic():
             super()._brpop_start(timeout)
             return
@@ -265,6 +252,7 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
         self.client.connection.send_command("BLMOVE", first, first, "RIGHT", "RIGHT", timeout or 0)
 
     def _brpop_read(self, **options: Any) -> bool:
+        """Adapted from kombu 5.7.0 kombu/transport/redis.py Channel._brpop_read."""
         if not self._atomic():
             return bool(super()._brpop_read(**options))
         try:
@@ -299,8 +287,25 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
         if failure is not None:
             raise failure
 
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        """Adapted from kombu 5.7.0 kombu/transport/redis.py Channel._create_client.
 
-class Transport(_RedisTransport):  # type: ignore[misc]
+        The synchronous client is built once per connection pool. It holds no connection of
+        its own (it borrows from the pool), and a ``redis.Redis`` is thread-safe.
+        """
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        pool = self.pool
+        client = self._cached_client
+        # A channel drops its pools on disconnect; a client of a dropped pool is not reused.
+        # No lock: two threads racing here each build a valid client, and the last one stays.
+        if client is None or client.connection_pool is not pool:
+            client = super()._create_client(asynchronous=False)
+            self._cached_client = client
+        return client
+
+
+class AtomicFetchTransport(_RedisTransport):  # type: ignore[misc]
     """``kombu.transport.redis.Transport`` with ``AtomicFetchChannel`` and batched acks."""
 
     Channel = AtomicFetchChannel
@@ -309,6 +314,7 @@ class Transport(_RedisTransport):  # type: ignore[misc]
     acks_batched = False
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Also flush every channel's batched acks on each turn of the loop."""
         super().register_with_event_loop(connection, loop)
 
         def flush_acks() -> None:

@@ -4,13 +4,15 @@ Celery buffers task events (received, started, succeeded...) and publishes the b
 one ``task.multi`` message, but it schedules that publish for the event loop's very next
 turn after each event, and any thread that finds 24 events buffered publishes at once;
 threads that find the same full buffer while that publish is on the wire then publish one
-or two events each. Under load one publish carried ~7 events (a third of them carried
-one), and publishing took 16 % of a loaded worker's GIL samples (py-spy).
+or two events each. Under load that is many small publishes on the consumer's loop (the
+measurements are in docs/benchmark.md).
 
 Here a flush happens at most every ``EVENT_FLUSH_INTERVAL_S``, and the size trigger is
 raised to ``EVENT_BUFFER_LIMIT``: the first event after a quiet spell still goes out on the
-loop's next turn, and under load Flower sees events at most that much later, in batches
-of ~100. Buffered events are flushed before the consumer stops.
+loop's next turn, and under load Flower sees events at most that much later, in larger
+batches. Buffered events are flushed before the consumer stops. Selected by
+``worker_consumer`` (``worker.celery_ext.config``). Written against celery 5.7.0;
+``worker.celery_ext.compat`` checks the Celery internals used here.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ import time
 
 from celery.worker.consumer import Consumer as _CeleryConsumer
 
-__all__ = ["EVENT_BUFFER_LIMIT", "EVENT_FLUSH_INTERVAL_S", "Consumer"]
+__all__ = ["EVENT_BUFFER_LIMIT", "EVENT_FLUSH_INTERVAL_S", "EventBatchingConsumer"]
 
 EVENT_FLUSH_INTERVAL_S = 0.1
 EVENT_BUFFER_LIMIT = 1000
 _STALE_FLUSH_S = 10 * EVENT_FLUSH_INTERVAL_S
 
 
-class Consumer(_CeleryConsumer):  # type: ignore[misc]
+class EventBatchingConsumer(_CeleryConsumer):  # type: ignore[misc]
     """``celery.worker.consumer.Consumer`` with rate-limited task-event flushes."""
 
     _event_flush_pending = False
@@ -35,6 +37,11 @@ class Consumer(_CeleryConsumer):  # type: ignore[misc]
     _event_flush_requested = 0.0
 
     def on_send_event_buffered(self) -> None:
+        """Schedule a flush at most every ``EVENT_FLUSH_INTERVAL_S``, not on every loop turn.
+
+        Adapted from celery 5.7.0 celery/worker/consumer/consumer.py
+        Consumer.on_send_event_buffered.
+        """
         # Called from the pool threads and the loop thread alike; the flag only saves
         # scheduling twice, and a race costs one extra (harmless) flush.
         dispatcher = self.event_dispatcher

@@ -1,0 +1,67 @@
+"""Where the worker departs from stock Celery and kombu: every adaptation, pinned to 5.7.
+
+The rest of ``worker/`` is the product and imports nothing from here. The Celery
+configuration joins them: ``config.celery_config(settings)`` selects the four classes below
+that Celery and kombu load by name, and ``install(app)`` (called once, by
+``worker.celery_app``) installs the three that act process-wide. Each keeps Celery's and
+kombu's message formats and keys, so stock and patched workers can share a broker.
+
+==================  ======================================  ========================================
+module              replaces                                why
+==================  ======================================  ========================================
+``transport``       kombu's Redis ``Channel``, ``QoS``,     stock ``BRPOP`` loses a message when a
+                    ``Transport`` (``broker_transport``):   worker is killed between the pop and its
+                    ``BLMOVE`` + ``fetch.lua`` takes up to  unacked copy; a round trip per message,
+                    16 messages with their unacked copies;  per ack, and a client per command bound
+                    acks once per loop turn; one client     a worker's intake; an ack on a dead
+                    per pool; a dead connection's ack is    connection stopped the worker
+                    dropped
+``result_backend``  Celery's ``RedisBackend``               one round trip instead of two; a RETRY
+                    (``result_backend`` prefix): a write    can no longer overwrite a re-run's
+                    is one ``store_result.lua``; a call's   SUCCESS; one write per call, not per
+                    vectors go in one pipeline              text; an outage is not stored as failure
+``outages``         the task's ``Request``                  Celery turns its own backend's
+                    (``task_annotations``): a Redis         ``ConnectionError`` into the text's
+                    outage requeues the text                FAILURE
+``consumer``        the worker ``Consumer``                 Celery publishes about once per event
+                    (``worker_consumer``): task events at   on the consumer's loop under load
+                    most every 0.1 s, in batches
+``serialization``   kombu's serializer registry and         results 4× smaller in Redis;
+                    ``celery.app.trace.saferepr``           ``saferepr`` walked every float of
+                    (``install``): vectors as base64        every result
+                    float32, shown short in logs/events
+``tasklog``         Celery's logging set-up (``install``):  two INFO lines per text cost throughput
+                    per-task INFO lines only at DEBUG
+``compat``          — (run at import and by ``install``)    fails at start-up, naming versions, when
+                                                            a Celery or kombu internal used here is
+                                                            gone
+==================  ======================================  ========================================
+
+``config`` builds the whole Celery configuration from ``worker.settings.Settings``; ``lua``
+loads the ``.lua`` scripts (package data). Measurements behind each choice are in
+docs/benchmark.md and docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from worker.celery_ext import compat, serialization, tasklog
+
+__all__ = ["install"]
+
+
+def install(app: Celery) -> None:
+    """Install the process-wide adaptations for ``app`` (idempotent).
+
+    Registers the vector serializer with kombu, so the app can write and read results;
+    shortens Celery's rendering of vector results; quiets per-task INFO lines when Celery
+    sets up a worker's logging. All three act for the whole process, so one call covers
+    every app in it. The class-based adaptations come with the app's configuration
+    (``config.celery_config``). Raises ``ImportError`` naming versions when a Celery or
+    kombu internal the adaptations use is missing.
+    """
+    compat.check()
+    serialization.register_serializer()
+    serialization.install_short_result_repr()
+    tasklog.connect()

@@ -1,0 +1,185 @@
+"""The Celery configuration, built from ``Settings`` by one function.
+
+``celery_config(settings)`` is the whole configuration: ``celeryconfig.py`` is that dict for
+``Settings.from_env()``, and ``embed-file --redis-url`` applies it again (``apply_config``)
+for settings with another URL (``with_redis_url``), so TLS, the result backend and the
+transport always follow the URL they are for. Every key is set, even to Celery's default
+(``None``), so applying the config for another URL leaves nothing of the previous one behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ssl
+from typing import Any
+from urllib.parse import urlsplit
+
+from celery import Celery
+
+from worker.celery_ext.serialization import SERIALIZER_NAME
+from worker.names import EMBED_TEXT_TASK, TASK_QUEUE
+from worker.settings import Settings
+
+__all__ = [
+    "RESULT_BACKEND_CLASS",
+    "TASK_REQUEST_CLASS",
+    "TRANSPORT_CLASS",
+    "WORKER_CONSUMER_CLASS",
+    "apply_config",
+    "broker_url",
+    "celery_config",
+    "result_backend_url",
+    "with_redis_url",
+]
+
+# The adaptations that Celery selects through its settings (see worker/celery_ext/__init__).
+TRANSPORT_CLASS = "worker.celery_ext.transport:AtomicFetchTransport"
+RESULT_BACKEND_CLASS = "worker.celery_ext.result_backend:ResultBackend"
+WORKER_CONSUMER_CLASS = "worker.celery_ext.consumer:EventBatchingConsumer"
+TASK_REQUEST_CLASS = "worker.celery_ext.outages:RequeueOnOutageRequest"
+
+_REDIS_SCHEMES = ("redis", "rediss")
+# Certificates are checked: kombu's and Celery's own TLS defaults would not check them.
+_VERIFIED_TLS = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+
+
+def broker_url(settings: Settings) -> str:
+    """``CELERY_BROKER_URL``, or else ``REDIS_URL``."""
+    return settings.broker_url or settings.redis_url
+
+
+def result_backend_url(settings: Settings) -> str:
+    """``CELERY_RESULT_BACKEND``, or else ``REDIS_URL`` (without the backend class prefix)."""
+    return settings.result_backend_url or settings.redis_url
+
+
+def with_redis_url(settings: Settings, redis_url: str) -> Settings:
+    """``settings`` with broker and results both at ``redis_url``, as if it were ``REDIS_URL``
+    alone (``CELERY_BROKER_URL`` and ``CELERY_RESULT_BACKEND`` no longer apply)."""
+    return dataclasses.replace(settings, redis_url=redis_url, broker_url="", result_backend_url="")
+
+
+def _scheme(url: str) -> str:
+    return urlsplit(url).scheme
+
+
+def _connection(settings: Settings) -> dict[str, Any]:
+    broker, results = broker_url(settings), result_backend_url(settings)
+    backend = results
+    if _scheme(results) in _REDIS_SCHEMES:
+        # Celery's Redis backend with one-step writes, and a Redis outage requeues the text
+        # instead of storing it as the text's failure.
+        backend = f"{RESULT_BACKEND_CLASS}+{results}"
+    redis_broker = _scheme(broker) in _REDIS_SCHEMES
+    return {
+        "broker_url": broker,
+        "result_backend": backend,
+        # The fetch that cannot lose a message to a killed worker, batched acks.
+        "broker_transport": TRANSPORT_CLASS if redis_broker else None,
+        # kombu enables TLS for ``rediss`` by the transport's name, which is no longer
+        # "rediss" here; Celery's backend refuses a rediss:// URL without ssl_cert_reqs.
+        "broker_use_ssl": dict(_VERIFIED_TLS) if _scheme(broker) == "rediss" else None,
+        "redis_backend_use_ssl": dict(_VERIFIED_TLS) if _scheme(results) == "rediss" else None,
+    }
+
+
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    # A killed worker's unacked texts return after the visibility timeout; the sweep runs
+    # every interval × throttle seconds, so that stays a small fraction of the timeout.
+    return {
+        "visibility_timeout": settings.visibility_timeout_s,
+        "unacked_restore_interval": settings.unacked_restore_interval_s,
+        "unacked_restore_throttle": 1,
+        "socket_connect_timeout": 5,
+        # Bounded, and not retried by redis-py on top of kombu's and Celery's own retries: a
+        # hung Redis (stopped, blackholed) otherwise holds a producer's enqueue for minutes.
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "retry_on_timeout": False,
+        "health_check_interval": 10,
+    }
+
+
+def _results(settings: Settings) -> dict[str, Any]:
+    return {
+        # JSON, with vectors packed as base64 float32 (worker.celery_ext.serialization).
+        "result_serializer": SERIALIZER_NAME,
+        "result_accept_content": ["json", SERIALIZER_NAME],
+        "result_expires": settings.result_expires_s,
+        # Arguments are not copied into results: Flower has them from events.
+        "result_extended": False,
+        "result_backend_transport_options": {
+            **_transport_options(settings),
+            # Celery's default, 20 retries a second apart, holds a producer's enqueue 20 s
+            # while Redis is down (its result subscription retries before the send). A worker
+            # whose result write gives up while Redis is down cannot ack either: the text
+            # returns after the visibility timeout.
+            "retry_policy": {
+                "max_retries": settings.result_backend_max_retries,
+                "interval_start": 0,
+                "interval_step": 1,
+                "interval_max": 1,
+            },
+        },
+        # Result reads and writes retry a Redis blip (Celery leaves them unretried by default,
+        # and its tracer would then store the text as FAILURE): 0.1 s growing to at most 2 s
+        # apart, with full jitter. Past that, worker.celery_ext.outages requeues the text.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": settings.result_backend_max_retries,
+        "result_backend_base_sleep_between_retries_ms": 100,
+        "result_backend_max_sleep_between_retries_ms": 2000,
+        "redis_socket_connect_timeout": 5,
+        "redis_socket_timeout": settings.redis_socket_timeout_s,
+        "redis_backend_health_check_interval": 10,
+    }
+
+
+def _worker(settings: Settings) -> dict[str, Any]:
+    # Enough threads for pool_size calls in flight plus one batch forming.
+    concurrency = settings.worker_concurrency or (
+        settings.pool_size * settings.batch_size + settings.batch_size
+    )
+    return {
+        "worker_pool": settings.worker_pool,
+        "worker_concurrency": concurrency,
+        "worker_prefetch_multiplier": settings.worker_prefetch_multiplier,
+        # The threads pool cannot cancel a running thread, so Celery's cancel-on-connection-
+        # loss only logs a traceback per text. Texts in flight finish; their acks on the dead
+        # connection are dropped (worker.celery_ext.transport) and the sweep redelivers them.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_connection_retry_on_startup": True,
+        # Task events go out in batches, at most every 0.1 s under load.
+        "worker_consumer": WORKER_CONSUMER_CLASS,
+        # Events for Flower, enabled here rather than with a worker flag.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+    }
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting of the project, for ``settings``."""
+    return {
+        **_connection(settings),
+        "broker_transport_options": _transport_options(settings),
+        # JSON only: a pickled message is refused before it is decoded.
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": TASK_QUEUE,
+        # At-least-once delivery: ack after the task ran, re-deliver when a worker dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # No STARTED write: Flower learns of starts from events, and it saves a write.
+        "task_track_started": False,
+        # A text whose result Redis could not take goes back to the queue.
+        "task_annotations": {EMBED_TEXT_TASK: {"Request": TASK_REQUEST_CLASS}},
+        **_results(settings),
+        **_worker(settings),
+    }
+
+
+def apply_config(app: Celery, settings: Settings) -> None:
+    """Configure ``app`` for ``settings``, replacing every setting ``celery_config`` sets.
+
+    Call it before the app first connects: Celery keeps its connection pools and result
+    backend once they are built.
+    """
+    app.conf.update(celery_config(settings))
