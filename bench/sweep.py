@@ -14,13 +14,15 @@ at the same absolute rates (texts/s) for every system:
 Each step sends at its rate for a warm-up, then for ``--step-s`` seconds (or
 ``--step-texts`` texts) that are measured; then the step drains before the next starts. It
 EMPTIES the Redis database it is given (default 10) before and after each system.
-Prints a markdown table, writes it to ``OUT/sweep.md`` with a plot ``OUT/sweep.png``,
-and checks the targets of issue #12 for the project's default policy.
+Prints a markdown table, writes it to ``OUT/sweep.md`` with a plot ``OUT/sweep.png`` and
+the numbers in ``OUT/sweep.json``, and checks the targets of issue #12 for the project's
+default policy.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -29,6 +31,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +40,7 @@ import redis
 from celery import Celery
 
 from bench.sweep_load import (
+    ARRIVALS,
     RESULT_KEY_PREFIX,
     ResultReader,
     StepResult,
@@ -58,6 +62,11 @@ SYSTEMS = ("project", "naive", "batches")
 DEFAULT_LOADS = "5,10,25,50,75,100,120"
 DISTINCT_TEXTS = 2000  # cycled through; the stub encodes each once, before any system runs
 _IDLE_BETWEEN_STEPS_S = 0.5
+ARRIVAL_WORDS = {
+    "uniform": "sends evenly spaced",
+    "poisson": "sends with Poisson arrivals (one seeded sequence per load, the same for every "
+    "system)",
+}
 # Sized so that a full sweep of the three systems takes about 10 minutes on 2 cores.
 FULL = {"loads": DEFAULT_LOADS, "step_s": 15.0, "warmup_s": 3.0, "capacity_texts": 2000}
 QUICK = {"loads": "5,100", "step_s": 1.0, "warmup_s": 0.3, "capacity_texts": 300}
@@ -92,6 +101,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--step-s", type=float, help="measured seconds per load (default 15)")
     parser.add_argument(
         "--step-texts", type=int, default=0, help="measured texts per load (overrides --step-s)"
+    )
+    parser.add_argument(
+        "--arrivals",
+        choices=ARRIVALS,
+        default="uniform",
+        help="evenly spaced sends, or Poisson (exponential gaps, one seeded sequence for "
+        "every system); default uniform",
     )
     parser.add_argument("--warmup-s", type=float, help="unmeasured lead-in per load, s (default 3)")
     parser.add_argument(
@@ -323,6 +339,8 @@ def _run_system(
                 warmup_texts=max(1, round(rate * args.warmup_s)),
                 measured_texts=max(2, measured),
                 stall_s=args.stall_s,
+                arrivals=args.arrivals,
+                seed=index,
             )
             _forget(client, reader, task_ids)
             time.sleep(_IDLE_BETWEEN_STEPS_S)
@@ -350,7 +368,8 @@ def _report(
         f"Stub API latency L = {args.latency_ms:g} ms per call, {args.dimensions} dimensions. "
         f"Capacity {capacity:.1f} texts/s ({measured}); each load is offered at "
         f"capacity × load %, the same texts/s for every system, for a {args.warmup_s:g} s "
-        f"warm-up and then {window} measured. Latency is enqueue → result published to the "
+        f"warm-up and then {window} measured, "
+        f"{ARRIVAL_WORDS[args.arrivals]}. Latency is enqueue → result published to the "
         f"producer. {os.cpu_count()} CPUs, Python {platform.python_version()}; load average "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after (1 min).\n\n"
         "Systems, one worker process each:\n\n"
@@ -378,6 +397,14 @@ def _report(
     report += f"\n{plot_note}; worker logs in {log_dir}\n"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sweep.md").write_text(report)
+    # The numbers behind the table, to compare runs (policies, builds) without re-running.
+    summary = []
+    for step in steps:
+        row = {k: v for k, v in asdict(step).items() if k != "latencies_ms"}
+        row.update(texts_per_call=step.texts_per_call, p50_ms=step.p50_ms, p99_ms=step.p99_ms)
+        # NaN (not measured) is not JSON: null instead.
+        summary.append({k: None if v != v else v for k, v in row.items()})
+    (args.out / "sweep.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(report)
     return 1 if any(s.error for s in steps) else 0
 

@@ -13,6 +13,8 @@ latency (enqueue → result available to the producer) is measured the same way 
 from __future__ import annotations
 
 import math
+import os
+import random
 import re
 import threading
 import time
@@ -25,15 +27,18 @@ import redis
 from bench.measure import percentile
 
 __all__ = [
+    "ARRIVALS",
     "RESULT_KEY_PREFIX",
     "ResultReader",
     "StepResult",
+    "arrival_offsets",
     "drain_rate",
     "paced_send",
     "run_step",
 ]
 
 RESULT_KEY_PREFIX = "celery-task-meta-"
+ARRIVALS = ("uniform", "poisson")
 # Celery's result meta starts with its status: the head of the message is enough to read it.
 _STATUS = re.compile(rb'"status":\s*"([A-Z]+)"')
 _TERMINAL_FAILURES = {"FAILURE", "REVOKED", "REJECTED"}
@@ -116,6 +121,7 @@ class StepResult:
     lost: int = 0  # measured texts with no result when the drain gave up
     lag_p99_ms: float = 0.0  # how far the sender fell behind its schedule
     lag_max_ms: float = 0.0
+    load_avg: float = math.nan  # the machine's 1-minute load average as the window closed
     error: str | None = None
 
     @property
@@ -131,22 +137,40 @@ class StepResult:
         return percentile(self.latencies_ms, 99)
 
 
+def arrival_offsets(count: int, rate: float, arrivals: str, seed: int) -> list[float]:
+    """When each of ``count`` texts is due, in seconds from the start, at ``rate`` texts/s.
+
+    ``uniform``: evenly spaced. ``poisson``: exponential gaps from a generator seeded with
+    ``seed``, so every system is offered the very same sequence.
+    """
+    if arrivals == "uniform":
+        return [i / rate for i in range(count)]
+    if arrivals != "poisson":
+        raise ValueError(f"unknown arrivals {arrivals!r}; choose from {ARRIVALS}")
+    rng = random.Random(seed)
+    offsets, due = [], 0.0
+    for _ in range(count):
+        offsets.append(due)
+        due += rng.expovariate(rate)
+    return offsets
+
+
 def paced_send(
     send: Send,
     items: list[tuple[str, str]],
-    rate: float,
+    offsets: list[float],
     start: float,
     sent_at: dict[str, float],
     on_index: Callable[[int], None] | None = None,
 ) -> list[float]:
-    """Send ``items`` (task id, text), item ``i`` due at ``start + i / rate``; each lag in s.
+    """Send ``items`` (task id, text), item ``i`` due at ``start + offsets[i]``; each lag in s.
 
     ``sent_at`` gets each task id's send time (``perf_counter``, taken just before the send).
     ``on_index(i)``, when given, runs before item ``i`` is sent (the step's window marks).
     """
     lags = []
     for i, (task_id, text) in enumerate(items):
-        due = start + i / rate
+        due = start + offsets[i]
         now = time.perf_counter()
         if due > now:
             time.sleep(due - now)
@@ -195,8 +219,12 @@ def run_step(
     warmup_texts: int,
     measured_texts: int,
     stall_s: float,
+    arrivals: str = "uniform",
+    seed: int = 0,
 ) -> list[str]:
     """Warm up, then measure ``measured_texts`` sent at ``result.target_rate``; the task ids.
+
+    ``arrivals`` and ``seed`` space the sends (see ``arrival_offsets``).
 
     The measured window runs from the first measured send to the last. The API calls and the
     achieved rate (results of any text of the step arriving per second) are counted over that
@@ -217,9 +245,11 @@ def run_step(
             window["start"] = time.perf_counter()
 
     reset_stats()
-    lags = paced_send(send, items, rate, time.perf_counter() + 0.01, sent_at, mark)
+    offsets = arrival_offsets(count, rate, arrivals, seed)
+    lags = paced_send(send, items, offsets, time.perf_counter() + 0.01, sent_at, mark)
     end = time.perf_counter()
     calls, inputs = _stats_delta(window["stats"], stats())
+    result.load_avg = os.getloadavg()[0]
     task_ids = [task_id for task_id, _ in items]
     measured = task_ids[warmup_texts:]
     unfinished = _wait_for(reader, task_ids, stall_s)

@@ -21,6 +21,7 @@ COLUMNS = [
     "p50 ms",
     "p99 ms",
     "texts",
+    "load avg",
 ]
 # The lowest load counts as idle up to this share of capacity.
 IDLE_MAX_LOAD_PCT = 10.0
@@ -51,6 +52,7 @@ def _row(step: StepResult) -> list[str]:
         _num(step.p50_ms),
         _num(step.p99_ms),
         f"{step.texts:,}",
+        _num(step.load_avg, 2),
     ]
 
 
@@ -168,9 +170,14 @@ def plot(steps: Sequence[StepResult], path: Path, title: str, latency_ms: float)
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
     except ImportError:
         return "plot skipped: matplotlib is not installed (pip install -e '.[bench]')"
     systems = list(dict.fromkeys(s.system for s in steps))
+    # Loads sit evenly spaced, not to scale: 5 % and 10 % would crowd on a linear axis,
+    # 100 % and 120 % on a log one.
+    loads = sorted({s.load_pct for s in steps})
+    rates = {s.load_pct: s.target_rate for s in steps}
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     for i, system in enumerate(systems):
         rows = sorted(
@@ -179,10 +186,10 @@ def plot(steps: Sequence[StepResult], path: Path, title: str, latency_ms: float)
         if not rows:
             continue
         color = f"C{i}"
-        loads = [s.load_pct for s in rows]
-        left.plot(loads, [s.p50_ms for s in rows], "o-", color=color, label=f"{system} p50")
-        left.plot(loads, [s.p99_ms for s in rows], ":", color=color, alpha=0.6)
-        right.plot(loads, [s.texts_per_call for s in rows], "o-", color=color, label=system)
+        xs = [loads.index(s.load_pct) for s in rows]
+        left.plot(xs, [s.p50_ms for s in rows], "o-", color=color, label=f"{system} p50")
+        left.plot(xs, [s.p99_ms for s in rows], ":", color=color, alpha=0.6)
+        right.plot(xs, [s.texts_per_call for s in rows], "o-", color=color, label=system)
     targets = TargetChecks(latency_ms)
     bounds = (
         (latency_ms + targets.idle_extra_ms, f"idle target L + {targets.idle_extra_ms:g}"),
@@ -203,13 +210,14 @@ def plot(steps: Sequence[StepResult], path: Path, title: str, latency_ms: float)
             color="grey",
         )
     for axis in (left, right):
-        axis.set_xscale("log")
-        axis.set_xlabel("offered load, % of one project worker's capacity (log scale)")
-        ticks = sorted({s.load_pct for s in steps})
-        axis.set_xticks(ticks, [f"{t:g}" for t in ticks])
-        axis.minorticks_off()
+        axis.set_xticks(range(len(loads)), [f"{t:g} %\n{rates[t]:.0f}/s" for t in loads])
+        axis.set_xlabel("offered load: % of one project worker's capacity, texts/s (not to scale)")
         axis.grid(True, alpha=0.3)
     left.set_yscale("log")
+    # Plain numbers at 1-2-5 steps: a log axis spanning one decade shows a single label else.
+    left.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    left.yaxis.set_major_formatter(FuncFormatter(lambda value, _pos: f"{value:g}"))
+    left.yaxis.set_minor_formatter(NullFormatter())
     left.set_ylabel("enqueue → result, ms (p50 solid, p99 dotted; log scale)")
     left.legend(fontsize=8)
     right.set_ylabel("texts per API call")

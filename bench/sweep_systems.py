@@ -120,7 +120,7 @@ def build_systems(
         if policy != DEFAULT_POLICY:
             env["EMBEDDINGS_FLUSH_POLICY"] = policy  # unknown values are the worker's to judge
         is_default = effective == default_policy
-        setting = "unset" if policy == DEFAULT_POLICY else f"={policy}"
+        setting = "unset" if policy == DEFAULT_POLICY else f"set to {policy}"
         return System(
             "project",
             f"project, {effective}" + (" (default)" if is_default else ""),
