@@ -32,7 +32,8 @@ from bench.batches_config import BATCHES_QUEUE, BATCHES_TASK, FLUSH_EVERY, FLUSH
 __all__ = ["PREFETCH_MULTIPLIER", "app", "batches_embed"]
 
 # celery-batches' docs: concurrency × prefetch multiplier must exceed flush_every, or a
-# batch never fills. 3 × 16 = 48 leaves room for a full batch per child plus three waiting.
+# batch never fills. A message stays unacked until a child accepts its batch, so 3 × 16 = 48
+# covers the filling buffer (8) and five full batches waiting for a child.
 PREFETCH_MULTIPLIER = 16
 
 _redis_url = os.environ.get("REDIS_URL", "redis://localhost:6379/0")

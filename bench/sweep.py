@@ -61,13 +61,15 @@ DEFAULT_OUT = REPO_ROOT / "bench" / "out"
 SYSTEMS = ("project", "naive", "batches")
 DEFAULT_LOADS = "5,10,25,50,75,100,120"
 DISTINCT_TEXTS = 2000  # cycled through; the stub encodes each once, before any system runs
+# A pause after each drained step, so every step starts from an idle worker (celery-batches'
+# flush timer, for one, only stops once a tick finds its buffer empty).
 _IDLE_BETWEEN_STEPS_S = 0.5
 ARRIVAL_WORDS = {
     "uniform": "sends evenly spaced",
     "poisson": "sends with Poisson arrivals (one seeded sequence per load, the same for every "
     "system)",
 }
-# Sized so that a full sweep of the three systems takes about 10 minutes on 2 cores.
+# Sized so that a full sweep of the three systems takes about 8 minutes on 2 cores.
 FULL = {"loads": DEFAULT_LOADS, "step_s": 15.0, "warmup_s": 3.0, "capacity_texts": 2000}
 QUICK = {"loads": "5,100", "step_s": 1.0, "warmup_s": 0.3, "capacity_texts": 300}
 
@@ -311,6 +313,7 @@ def _run_system(
             ]
     # Kept alive: StubProcess.stats() makes a client per call, ~40 ms inside the send loop.
     stub_http = httpx.Client(base_url=f"http://127.0.0.1:{stub.port}", timeout=10)
+    stopped = ""  # why the higher loads are skipped: they would only pile onto a backlog
     try:
         for index, load in enumerate(args.loads):
             rate = capacity * load / 100
@@ -319,8 +322,8 @@ def _run_system(
             if not worker.alive():
                 step.error = f"the worker exited; see {worker.log_path}"
                 continue
-            if any(s.error and s.lost for s in steps[:-1]):
-                step.error = "skipped: a lower load did not drain"
+            if stopped:
+                step.error = f"skipped: {stopped}"
                 continue
             measured = args.step_texts or round(rate * args.step_s)
             print(
@@ -328,20 +331,26 @@ def _run_system(
                 file=sys.stderr,
                 flush=True,
             )
-            task_ids = run_step(
-                step,
-                send=_send(sender, system),
-                reader=reader,
-                stats=lambda: dict(stub_http.get("/_stub/stats").raise_for_status().json()),
-                reset_stats=lambda: stub_http.post("/_stub/reset").raise_for_status(),
-                texts=texts,
-                id_prefix=f"{prefix}{index}-",
-                warmup_texts=max(1, round(rate * args.warmup_s)),
-                measured_texts=max(2, measured),
-                stall_s=args.stall_s,
-                arrivals=args.arrivals,
-                seed=index,
-            )
+            try:
+                task_ids = run_step(
+                    step,
+                    send=_send(sender, system),
+                    reader=reader,
+                    stats=lambda: dict(stub_http.get("/_stub/stats").raise_for_status().json()),
+                    reset_stats=lambda: stub_http.post("/_stub/reset").raise_for_status(),
+                    texts=texts,
+                    id_prefix=f"{prefix}{index}-",
+                    warmup_texts=max(1, round(rate * args.warmup_s)),
+                    measured_texts=max(2, measured),
+                    stall_s=args.stall_s,
+                    arrivals=args.arrivals,
+                    seed=index,
+                )
+            except Exception as exc:  # keep the rows measured so far; this system stops here
+                step.error, stopped = f"{type(exc).__name__}: {exc}", "a lower load failed"
+                continue
+            if step.lost:
+                stopped = "a lower load did not drain"
             _forget(client, reader, task_ids)
             time.sleep(_IDLE_BETWEEN_STEPS_S)
     finally:

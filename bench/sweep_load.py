@@ -1,13 +1,14 @@
 """The load sweep's open-loop producer: paced sends, and results timestamped as they arrive.
 
 One thread sends texts on a fixed schedule (text ``i`` of a step is due ``i / rate`` seconds
-after the step starts) and never waits for a result, so a slow system cannot slow the
-offered load down; when the sender falls behind it catches up at once and the lag is
-reported. A second thread holds one Redis pattern subscription to
-``celery-task-meta-<run prefix>*`` and timestamps each result the moment its message arrives:
-Celery's Redis result backend publishes every stored result on that channel, and it is how
-``AsyncResult.get()`` learns of it. The same sender and reader serve every system, so the
-latency (enqueue → result available to the producer) is measured the same way for each.
+after the step starts, or after seeded exponential gaps for Poisson arrivals) and never
+waits for a result, so a slow system cannot slow the offered load down; when the sender
+falls behind it catches up at once and the lag is reported. A second thread holds one Redis
+pattern subscription to ``celery-task-meta-<run prefix>*`` and timestamps each result the
+moment its message arrives: Celery's Redis result backend publishes every stored result on
+that channel, and it is how ``AsyncResult.get()`` learns of it. The same sender and reader
+serve every system, so the latency (enqueue → result available to the producer) is measured
+the same way for each.
 """
 
 from __future__ import annotations
@@ -68,11 +69,18 @@ class ResultReader:
                 raise TimeoutError("Redis did not confirm the result subscription")
         self.done_at: dict[str, float] = {}
         self.failed: dict[str, str] = {}
+        self.error: BaseException | None = None  # why the reader stopped early, if it did
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._read, name="sweep-results", daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
+        try:
+            self._read_until_stopped()
+        except Exception as exc:  # a dead reader must fail the step, not leave it waiting
+            self.error = exc
+
+    def _read_until_stopped(self) -> None:
         prefix_len = len(RESULT_KEY_PREFIX)
         while not self._stopping.is_set():
             message = self._pubsub.get_message(timeout=0.2)
@@ -189,6 +197,8 @@ def _wait_for(reader: ResultReader, task_ids: list[str], stall_s: float) -> list
     pending = list(task_ids)
     last_progress = time.monotonic()
     while pending:
+        if reader.error is not None:
+            raise RuntimeError(f"the result reader stopped: {reader.error!r}") from reader.error
         still = [t for t in pending if not reader.finished(t)]
         if len(still) < len(pending):
             last_progress = time.monotonic()
