@@ -19,6 +19,7 @@ from worker.errors import (
     EmbeddingError,
     EmbeddingInputError,
     EmbeddingInputTypeError,
+    EmbeddingPartialEnqueueError,
     EmbeddingQueueUnavailableError,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "EmbeddingError",
     "EmbeddingInputError",
     "EmbeddingInputTypeError",
+    "EmbeddingPartialEnqueueError",
     "EmbeddingQueueUnavailableError",
     "embed_text",
     "embed_texts",

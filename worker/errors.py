@@ -13,6 +13,7 @@ Every error raised by this project derives from :class:`EmbeddingError`::
     │   ├── EmbeddingConnectionError             the API could not be reached
     │   ├── EmbeddingPoolExhausted               no pooled connection freed up in time
     │   ├── EmbeddingQueueUnavailableError       the broker could not be reached to enqueue
+    │   │   └── EmbeddingPartialEnqueueError     … midway through a list; says which were
     │   ├── EmbeddingResultStoreUnavailableError Redis failed under a running text; requeued
     │   ├── EmbeddingCircuitOpenError            the per-process breaker is refusing calls
     │   └── EmbeddingBudgetWaitError             the shared rate-limit budget kept the call waiting
@@ -27,7 +28,8 @@ rebuild it in another process as the same type.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from worker.embeddings.ratelimit_headers import RateLimitHeaders
@@ -42,6 +44,7 @@ __all__ = [
     "EmbeddingFatalError",
     "EmbeddingInputError",
     "EmbeddingInputTypeError",
+    "EmbeddingPartialEnqueueError",
     "EmbeddingPoolExhausted",
     "EmbeddingQueueUnavailableError",
     "EmbeddingRateLimitError",
@@ -144,7 +147,10 @@ class EmbeddingResponseError(EmbeddingFatalError):
 
 
 class EmbeddingQueueUnavailableError(EmbeddingRetryableError):
-    """The broker (Redis) could not be reached to enqueue a text; nothing was enqueued."""
+    """The broker (Redis) could not be reached to enqueue a text; nothing was enqueued.
+
+    A list that fails midway raises the subclass ``EmbeddingPartialEnqueueError``.
+    """
 
 
 class EmbeddingResultStoreUnavailableError(EmbeddingRetryableError):
@@ -152,3 +158,25 @@ class EmbeddingResultStoreUnavailableError(EmbeddingRetryableError):
 
     Raised in the worker only (see ``worker.outages``), never stored as a text's outcome.
     """
+
+
+class EmbeddingPartialEnqueueError(EmbeddingQueueUnavailableError):
+    """The broker failed midway through a list of texts; the error says which were enqueued.
+
+    The texts before index ``not_enqueued_from`` were enqueued (``enqueued`` holds their
+    ``AsyncResult``\\s, in order); none from that index on were. Producer-side only:
+    ``enqueued`` is not kept in ``args`` (it is not JSON), so a rebuilt copy has none.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        api_message: str | None = None,
+        *,
+        enqueued: Sequence[Any] = (),
+        not_enqueued_from: int = 0,
+    ) -> None:
+        super().__init__(message, status_code, api_message)
+        self.enqueued: list[Any] = list(enqueued)
+        self.not_enqueued_from = not_enqueued_from
