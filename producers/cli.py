@@ -36,7 +36,7 @@ from typing import Any, TextIO
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
-from celery.result import AsyncResult, ResultSet
+from celery.result import ResultSet
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 from rich.console import Console
@@ -51,7 +51,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from producers.client import enqueue_text
+from producers.client import enqueue_ids
+from worker.celery_ext.bulk_publish import ResultWaiter, supports_bulk_wait
 from worker.celery_ext.config import apply_config, with_redis_url
 from worker.errors import EmbeddingConfigError, EmbeddingError, EmbeddingInputError
 from worker.settings import Settings
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_WINDOW_TIMEOUT_S",
     "FORMATS",
     "Item",
+    "QueueStats",
     "Summary",
     "UsageError",
     "celery_window_embedder",
@@ -103,6 +105,27 @@ class Item:
 
 
 @dataclass
+class QueueStats:
+    """What the queue did for one run: texts enqueued and collected, and the seconds each took.
+
+    Collecting includes waiting for the workers, so its rate is the fleet's, seen from here.
+    """
+
+    enqueued: int = 0
+    enqueue_s: float = 0.0
+    collected: int = 0
+    collect_s: float = 0.0
+
+    @property
+    def enqueue_per_s(self) -> float:
+        return self.enqueued / self.enqueue_s if self.enqueue_s > 0 else 0.0
+
+    @property
+    def collect_per_s(self) -> float:
+        return self.collected / self.collect_s if self.collect_s > 0 else 0.0
+
+
+@dataclass
 class Summary:
     """What one run did; ``skipped`` counts records already in the output."""
 
@@ -112,6 +135,7 @@ class Summary:
     skipped: int = 0
     cached: int = 0  # of ``ok``, read from the vector cache instead of embedded
     elapsed_s: float = 0.0
+    queue: QueueStats | None = None  # None when no queue was used (tests' fake embedders)
 
     @property
     def texts_per_s(self) -> float:
@@ -320,12 +344,19 @@ def celery_window_embedder(
     *,
     cache: VectorCache | None = None,
     on_cached: Callable[[int], None] = lambda _: None,
+    stats: QueueStats | None = None,
 ) -> WindowEmbedder:
-    """Embed a window through the queue: enqueue each text, then wait for all of them.
+    """Embed a window through the queue: enqueue every text, then wait for all of them.
 
-    With the workers' vector ``cache``, texts embedded before are read from it instead of
-    enqueued (``on_cached`` hears how many per window): a re-run pays for nothing twice.
+    On Redis a window is enqueued in round trips of ``ENQUEUE_CHUNK_SIZE`` texts and its
+    results are read with one subscription, then deleted once read (they are in the output
+    file next). With the workers' vector ``cache``, texts embedded before are read from it
+    instead of enqueued (``on_cached`` hears how many per window): a re-run pays for nothing
+    twice. ``stats`` adds up the enqueue and collect times.
     """
+    from worker.celery_app import app as default_app
+
+    target = app or default_app
 
     def embed(
         texts: Sequence[str], timeout_s: float, on_one_done: Callable[[], None]
@@ -346,30 +377,50 @@ def celery_window_embedder(
     ) -> list[Outcome]:
         if not texts:
             return []  # Celery's join_native cannot wait for nothing
-        results: list[AsyncResult] = [enqueue_text(t, model=model, app=app) for t in texts]
-        values: dict[str, Any] = {}
+        started = time.monotonic()
+        task_ids = enqueue_ids(texts, model=model, app=target)
+        enqueued = time.monotonic()
+        values = _collect(task_ids, timeout_s, on_one_done)
+        if stats is not None:
+            stats.enqueued += len(task_ids)
+            stats.enqueue_s += enqueued - started
+            stats.collected += len(values)
+            stats.collect_s += time.monotonic() - enqueued
+        outcomes: list[Outcome] = []
+        for i in range(len(task_ids)):
+            if i not in values:
+                outcomes.append(f"no result within {timeout_s:g}s (the task may still finish)")
+            elif isinstance(values[i], BaseException):
+                outcomes.append(f"{type(values[i]).__name__}: {values[i]}")
+            else:
+                outcomes.append([float(x) for x in values[i]])
+        return outcomes
+
+    def _collect(
+        task_ids: list[str], timeout_s: float, on_one_done: Callable[[], None]
+    ) -> dict[int, Any]:
+        """Outcomes by position; results read are deleted from Redis (the output has them)."""
+        if supports_bulk_wait(target):
+            waiter = ResultWaiter(target)
+            values = waiter.wait(task_ids, timeout_s, lambda _i, _value: on_one_done())
+            waiter.forget([task_ids[i] for i in values])
+            return values
+        results = [target.AsyncResult(task_id) for task_id in task_ids]
+        by_id: dict[str, Any] = {}
 
         def collected(task_id: str, value: Any) -> None:
-            values[task_id] = value
+            by_id[task_id] = value
             on_one_done()
 
-        results_set = ResultSet(results, app=app)
-        # Texts still missing at the deadline get an error line below; the rest are kept.
+        # Texts still missing at the deadline get an error line; the rest are kept.
         with contextlib.suppress(CeleryTimeoutError):
-            results_set.join_native(timeout=timeout_s, propagate=False, callback=collected)
-        outcomes: list[Outcome] = []
+            ResultSet(results, app=target).join_native(
+                timeout=timeout_s, propagate=False, callback=collected
+            )
         for result in results:
-            if result.id not in values:
-                outcomes.append(f"no result within {timeout_s:g}s (the task may still finish)")
-                continue
-            value = values[result.id]
-            if isinstance(value, BaseException):
-                outcomes.append(f"{type(value).__name__}: {value}")
-            else:
-                outcomes.append([float(x) for x in value])
-            # The vector is in the output file now; its copy in Redis is no longer needed.
-            result.forget()
-        return outcomes
+            if result.id in by_id:
+                result.forget()
+        return {i: by_id[t] for i, t in enumerate(task_ids) if t in by_id}
 
     return embed
 
@@ -415,6 +466,9 @@ def _summary_table(summary: Summary, output: Path) -> Table:
     table.add_column("skipped", justify="right")
     table.add_column("from cache", justify="right")
     table.add_column("texts/s", justify="right")
+    table.add_column("enqueued/s", justify="right")
+    table.add_column("collected/s", justify="right")
+    queue = summary.queue
     table.add_row(
         str(summary.texts),
         str(summary.ok),
@@ -422,6 +476,8 @@ def _summary_table(summary: Summary, output: Path) -> Table:
         str(summary.skipped),
         str(summary.cached),
         f"{summary.texts_per_s:.1f}",
+        f"{queue.enqueue_per_s:.0f}" if queue and queue.enqueued else "—",
+        f"{queue.collect_per_s:.1f}" if queue and queue.collected else "—",
     )
     return table
 
@@ -440,6 +496,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
     field = (args.column or args.field) if fmt == "csv" else args.field
     output: Path = args.output or args.input.with_name(args.input.name + ".embeddings.jsonl")
     cached = [0]
+    queue_stats: QueueStats | None = None
     try:
         settings = Settings.from_env()
         if embedder is None:
@@ -456,7 +513,10 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
             def count_cached(hits: int) -> None:
                 cached[0] += hits
 
-            embedder = celery_window_embedder(app, args.model, cache=cache, on_cached=count_cached)
+            queue_stats = QueueStats()
+            embedder = celery_window_embedder(
+                app, args.model, cache=cache, on_cached=count_cached, stats=queue_stats
+            )
     except EmbeddingConfigError as exc:
         console.print(f"bad configuration: {exc}", style="red", markup=False)
         return 2
@@ -517,6 +577,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
     if reported > _MAX_REPORTED:
         console.print(f"… and {reported - _MAX_REPORTED} more failed records, all in {output}")
     summary.cached = cached[0]
+    summary.queue = queue_stats
     console.print(_summary_table(summary, output))
     return 1 if summary.failed else 0
 

@@ -1,23 +1,43 @@
-"""Enqueue texts as ``embeddings.embed_text`` tasks and wait for their vectors."""
+"""Enqueue texts as ``embeddings.embed_text`` tasks and wait for their vectors.
+
+Lists go to a Redis broker ``ENQUEUE_CHUNK_SIZE`` messages per round trip and their results
+are read back with one subscription (``worker.celery_ext.bulk_publish``); other brokers and
+result backends get one ``send_task`` and one ``AsyncResult`` per text.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, ResultSet
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from worker.celery_app import app as default_app
-from worker.errors import EmbeddingQueueUnavailableError
+from worker.celery_ext import bulk_publish
+from worker.errors import EmbeddingPartialEnqueueError, EmbeddingQueueUnavailableError
 from worker.names import EMBED_TEXT_TASK
 from worker.settings import Settings
 from worker.validation import validate_model, validate_text, validate_texts
 
-__all__ = ["EMBED_TEXT_TASK", "embed_text", "embed_texts", "enqueue_text", "enqueue_texts"]
+__all__ = [
+    "EMBED_TEXT_TASK",
+    "ENQUEUE_CHUNK_SIZE",
+    "embed_text",
+    "embed_texts",
+    "enqueue_ids",
+    "enqueue_many",
+    "enqueue_text",
+    "enqueue_texts",
+    "wait_all",
+]
 
 DEFAULT_WAIT_TIMEOUT_S = 300.0
+ENQUEUE_CHUNK_SIZE = bulk_publish.DEFAULT_CHUNK_SIZE
+"""Texts per Redis round trip (one ``MULTI``/``EXEC``) when a list is enqueued."""
 
 # A Redis that cannot be reached fails the publish within a few seconds instead of hanging.
 _PUBLISH_RETRY_POLICY = {
@@ -71,17 +91,143 @@ def enqueue_text(text: str, *, model: str | None = None, app: Celery | None = No
     return _send(checked, validate_model(model), app or default_app)
 
 
+def _broker_error(exc: BaseException) -> BaseException | None:
+    """The broker failure behind ``exc``, or None when ``exc`` is something else."""
+    if isinstance(exc, (OperationalError, RedisError)):
+        return exc
+    # Celery's Redis result consumer gives up on an unreachable Redis this way.
+    if isinstance(exc, RuntimeError) and isinstance(exc.__cause__, RedisError):
+        return exc.__cause__
+    return None
+
+
+def _partial(cause: BaseException, done: list[AsyncResult], total: int) -> Exception:
+    return EmbeddingPartialEnqueueError(
+        f"could not enqueue the text: the broker is unreachable ({cause}); the first "
+        f"{len(done)} of {total} texts were enqueued, none from index {len(done)} on",
+        enqueued=done,
+        not_enqueued_from=len(done),
+    )
+
+
+def enqueue_many(
+    texts: Sequence[str],
+    *,
+    model: str | None = None,
+    app: Celery | None = None,
+    chunk_size: int = ENQUEUE_CHUNK_SIZE,
+) -> list[AsyncResult]:
+    """Enqueue already-checked ``texts``, in order, ``chunk_size`` per Redis round trip.
+
+    Raises ``EmbeddingPartialEnqueueError`` naming what was enqueued when the broker fails
+    midway.
+    """
+    target = app or default_app
+    calls = _calls(texts, model)
+    done: list[AsyncResult] = []
+    try:
+        for results in bulk_publish.publish_chunks(
+            target, EMBED_TEXT_TASK, calls, chunk_size=chunk_size
+        ):
+            done.extend(results)
+    except bulk_publish.BulkPublishUnsupported:
+        return _send_each(texts, model, target)
+    except Exception as exc:
+        error = _failed(exc, done, len(texts))
+        if error is exc:
+            raise
+        raise error from exc
+    return done
+
+
+def enqueue_ids(
+    texts: Sequence[str],
+    *,
+    model: str | None = None,
+    app: Celery | None = None,
+    chunk_size: int = ENQUEUE_CHUNK_SIZE,
+) -> list[str]:
+    """``enqueue_many``, returning task ids for ``wait_all``, with no per-text subscription."""
+    target = app or default_app
+    calls = _calls(texts, model)
+    done: list[str] = []
+    try:
+        for task_ids in bulk_publish.publish_chunk_ids(
+            target, EMBED_TEXT_TASK, calls, chunk_size=chunk_size
+        ):
+            done.extend(task_ids)
+    except bulk_publish.BulkPublishUnsupported:
+        return [result.id for result in _send_each(texts, model, target)]
+    except Exception as exc:
+        error = _failed(exc, [target.AsyncResult(i) for i in done], len(texts))
+        if error is exc:
+            raise
+        raise error from exc
+    return done
+
+
+def _calls(texts: Sequence[str], model: str | None) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    checked = validate_model(model)
+    kwargs: dict[str, Any] = {"model": checked} if checked else {}
+    return [((text,), kwargs) for text in texts]
+
+
+def _failed(exc: Exception, done: list[AsyncResult], total: int) -> Exception:
+    cause = _broker_error(exc)
+    if cause is None:
+        return exc
+    return _partial(cause, done, total)
+
+
+def _send_each(texts: Sequence[str], model: str | None, app: Celery) -> list[AsyncResult]:
+    done: list[AsyncResult] = []
+    for text in texts:
+        try:
+            done.append(_send(text, model, app))
+        except EmbeddingQueueUnavailableError as exc:
+            raise _partial(exc.__cause__ or exc, done, len(texts)) from exc
+    return done
+
+
 def enqueue_texts(
-    texts: Iterable[str], *, model: str | None = None, app: Celery | None = None
+    texts: Iterable[str],
+    *,
+    model: str | None = None,
+    app: Celery | None = None,
+    chunk_size: int = ENQUEUE_CHUNK_SIZE,
 ) -> list[AsyncResult]:
     """Check every text first, then enqueue each as its own task, in order.
 
-    One bad text refuses the whole list before anything is enqueued.
+    One bad text refuses the whole list before anything is enqueued. On Redis, texts go
+    ``chunk_size`` per round trip, each chunk all or nothing. If the broker fails midway,
+    ``EmbeddingPartialEnqueueError`` (an ``EmbeddingQueueUnavailableError``) holds the
+    ``AsyncResult``\\s of the texts that were enqueued and the index of the first that was not.
     """
     checked = validate_texts(texts, max_chars=_max_chars())
     checked_model = validate_model(model)
-    target = app or default_app
-    return [_send(text, checked_model, target) for text in checked]
+    return enqueue_many(checked, model=checked_model, app=app, chunk_size=chunk_size)
+
+
+def wait_all(task_ids: Sequence[str], timeout_s: float, app: Celery) -> list[list[float]]:
+    """The vectors of ``task_ids``' texts, in order, waiting up to ``timeout_s`` s in all.
+
+    Re-raises the first failed text's typed error (in input order); raises Celery's
+    ``TimeoutError`` when some are still missing at the deadline.
+    """
+    if not bulk_publish.supports_bulk_wait(app):
+        results = [app.AsyncResult(task_id) for task_id in task_ids]
+        vectors: list[list[float]] = ResultSet(results, app=app).get(timeout=timeout_s)
+        return vectors
+    outcomes = bulk_publish.ResultWaiter(app).wait(task_ids, timeout_s)
+    for i in range(len(task_ids)):
+        if isinstance(outcomes.get(i), BaseException):
+            raise outcomes[i]
+    if len(outcomes) < len(task_ids):
+        raise CeleryTimeoutError(
+            f"{len(task_ids) - len(outcomes)} of {len(task_ids)} texts had no result "
+            f"within {timeout_s:g}s"
+        )
+    return [outcomes[i] for i in range(len(task_ids))]
 
 
 def embed_text(
@@ -106,7 +252,15 @@ def embed_texts(
     timeout: float = DEFAULT_WAIT_TIMEOUT_S,
     app: Celery | None = None,
 ) -> list[list[float]]:
-    """Enqueue ``texts`` one task each and wait up to ``timeout`` seconds for all, in order."""
-    results = enqueue_texts(texts, model=model, app=app)
-    vectors: list[list[float]] = ResultSet(results, app=app or default_app).get(timeout=timeout)
-    return vectors
+    """Enqueue ``texts`` one task each and wait up to ``timeout`` seconds for all, in order.
+
+    A failed text re-raises its typed error; a deadline passed raises Celery's
+    ``TimeoutError``. Results are read with one subscription, not one per text.
+    """
+    target = app or default_app
+    checked = validate_texts(texts, max_chars=_max_chars())
+    if not bulk_publish.supports_bulk_wait(target):
+        results = enqueue_many(checked, model=model, app=target)
+        vectors: list[list[float]] = ResultSet(results, app=target).get(timeout=timeout)
+        return vectors
+    return wait_all(enqueue_ids(checked, model=model, app=target), timeout, target)

@@ -13,6 +13,7 @@ Every error raised by this project derives from :class:`EmbeddingError`::
     │   ├── EmbeddingConnectionError             the API could not be reached
     │   ├── EmbeddingPoolExhausted               no pooled connection freed up in time
     │   ├── EmbeddingQueueUnavailableError       the broker could not be reached to enqueue
+    │   │   └── EmbeddingPartialEnqueueError     … midway through a list; says which were
     │   ├── EmbeddingResultStoreUnavailableError Redis failed under a running or awaited text
     │   ├── EmbeddingResultTimeoutError (TimeoutError)  no result within a producer's timeout
     │   ├── EmbeddingCircuitOpenError            the per-process breaker is refusing calls
@@ -28,7 +29,8 @@ rebuild it in another process as the same type.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from worker.embeddings.ratelimit_headers import RateLimitHeaders
@@ -43,6 +45,7 @@ __all__ = [
     "EmbeddingFatalError",
     "EmbeddingInputError",
     "EmbeddingInputTypeError",
+    "EmbeddingPartialEnqueueError",
     "EmbeddingPoolExhausted",
     "EmbeddingQueueUnavailableError",
     "EmbeddingRateLimitError",
@@ -177,3 +180,25 @@ class EmbeddingResultTimeoutError(EmbeddingRetryableError, TimeoutError):
         # (errno, strerror, filename); restore the tree's contract: ``cls(*args)`` rebuilds.
         self.args = (message, status_code, api_message)
         self.errno, self.strerror, self.filename = None, message, None
+
+
+class EmbeddingPartialEnqueueError(EmbeddingQueueUnavailableError):
+    """The broker failed midway through a list of texts; the error says which were enqueued.
+
+    The texts before index ``not_enqueued_from`` were enqueued (``enqueued`` holds their
+    ``AsyncResult``\\s, in order); none from that index on were. Producer-side only:
+    ``enqueued`` is not kept in ``args`` (it is not JSON), so a rebuilt copy has none.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status_code: int | None = None,
+        api_message: str | None = None,
+        *,
+        enqueued: Sequence[Any] = (),
+        not_enqueued_from: int = 0,
+    ) -> None:
+        super().__init__(message, status_code, api_message)
+        self.enqueued: list[Any] = list(enqueued)
+        self.not_enqueued_from = not_enqueued_from

@@ -8,6 +8,7 @@ import pytest
 
 import producers
 from worker import app as celery_app
+from worker.celery_ext import bulk_publish
 from worker.errors import EmbeddingInputError, EmbeddingInputTypeError
 from worker.settings import DEFAULT_MAX_TEXT_CHARS
 
@@ -20,7 +21,14 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
     def record(name: str, *args: Any, **kwargs: Any) -> None:
         calls.append((name, args, kwargs))
 
+    def record_bulk(app: Any, name: str, chunk: Any, **_options: Any) -> Any:
+        for args, kwargs in chunk:
+            record(name, args=args, kwargs=kwargs)
+        yield []
+
     monkeypatch.setattr(celery_app, "send_task", record)
+    monkeypatch.setattr(bulk_publish, "publish_chunks", record_bulk)
+    monkeypatch.setattr(bulk_publish, "publish_chunk_ids", record_bulk)
     return calls
 
 

@@ -92,6 +92,9 @@ USED_INTERNALS: tuple[Internal, ...] = (
     *_uses(
         "celery.events.dispatcher", "EventDispatcher", "buffer_limit", "worker.celery_ext.consumer"
     ),
+    # Channel._put hands its final Redis commands to a publish batch when given one.
+    *_uses(_KOMBU_REDIS, "PublishBatch", "add", "worker.celery_ext.bulk_publish"),
+    *_uses(_KOMBU_REDIS, "Channel", "create_publish_batch", "worker.celery_ext.bulk_publish"),
     *_uses("celery.app.trace", "", "saferepr logger", "worker.celery_ext.serialization"),
     *_uses("celery.worker.strategy", "", "logger", "worker.celery_ext.tasklog"),
 )

@@ -1,0 +1,207 @@
+"""``scripts/bench enqueue``: how fast one producer thread feeds a fleet (issue 16).
+
+Part 1, no workers: N texts enqueued from this thread by each path, against the bare rate
+of one redis-py ``LPUSH`` per message-sized value (one round trip each): ``enqueue_text``
+one at a time (``send_task``, what ``enqueue_texts`` did before), ``enqueue_texts`` (500
+per ``MULTI``/``EXEC``, each result subscribed as ``send_task`` does) and ``enqueue_ids``
+(the same without subscriptions: what ``embed_texts`` and ``embed-file`` use). Wall rate
+and this process's CPU-seconds per 1,000 texts.
+
+Part 2: ``embed-file``'s path (``celery_window_embedder``) with 1 and then 4 workers
+against the stub at ``--latency-ms`` (300: API-bound), against four times one worker.
+Empties the Redis database it is given (default 5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+
+from devstack import REPO_ROOT, StubProcess, WorkerProcess
+
+QUEUE = "embeddings"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="scripts/bench enqueue",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--texts", type=int, default=5000, help="texts per enqueue run (5000)")
+    parser.add_argument("--file-texts", type=int, default=2400, help="texts per fleet run")
+    parser.add_argument("--latency-ms", type=float, default=300.0, help="stub latency (300)")
+    parser.add_argument("--window", type=int, default=500, help="embed-file window (500)")
+    parser.add_argument("--workers", type=int, default=4, help="the fleet's size (4)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/5")
+    return parser.parse_args(argv)
+
+
+def _texts(n: int, tag: str) -> list[str]:
+    return [f"{tag} {i}: the quick brown fox jumps over the lazy dog {i % 97}" for i in range(n)]
+
+
+def _timed(run: Callable[[], object], n: int) -> tuple[float, float]:
+    """(texts/s, CPU-seconds per 1,000 texts) of this process for ``run``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return n / wall, cpu * 1000 / n
+
+
+def _enqueue_rows(args: argparse.Namespace, client: redis.Redis) -> list[tuple[str, float, float]]:
+    from producers import enqueue_text, enqueue_texts
+    from producers.client import enqueue_ids
+    from worker import app
+
+    texts = _texts(args.texts, "enqueued")
+    enqueue_texts(texts[:10], app=app)  # connections, declarations, imports
+    sample = client.lindex(QUEUE, 0)
+    client.delete(QUEUE)
+    rows = []
+
+    def bare() -> None:
+        for _ in texts:
+            client.lpush("bench-bare-lpush", sample)
+
+    rows.append(("bare redis-py LPUSH, one round trip each", *_timed(bare, len(texts))))
+    client.delete("bench-bare-lpush")
+    one_by_one = texts[: max(1, len(texts) // 5)]  # 1.3 ms each: a fifth is enough
+    rows.append(
+        (
+            f"enqueue_text one at a time ({len(one_by_one)} texts; before)",
+            *_timed(lambda: [enqueue_text(t, app=app) for t in one_by_one], len(one_by_one)),
+        )
+    )
+    client.delete(QUEUE)
+    rows.append(
+        (
+            "enqueue_texts (AsyncResults, subscribed)",
+            *_timed(lambda: enqueue_texts(texts, app=app), len(texts)),
+        )
+    )
+    client.delete(QUEUE)
+    rows.append(
+        (
+            "enqueue_ids (embed_texts, embed-file)",
+            *_timed(lambda: enqueue_ids(texts, app=app), len(texts)),
+        )
+    )
+    client.delete(QUEUE)
+    return rows
+
+
+def _worker_env(args: argparse.Namespace, base_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "CELERY_"))}
+    env.update(
+        REDIS_URL=args.redis_url,
+        EMBEDDINGS_BASE_URL=base_url,
+        EMBEDDINGS_API_KEY="sk-bench-not-a-secret",
+        EMBEDDINGS_DIMENSIONS="256",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    return env
+
+
+def _fleet_run(
+    args: argparse.Namespace, stub: StubProcess, count: int, log_dir: Path
+) -> dict[str, float]:
+    from producers.cli import QueueStats, celery_window_embedder, embed_items, read_items
+    from worker import app
+
+    source = log_dir / f"fleet-{count}.txt"
+    source.write_text("\n".join(_texts(args.file_texts, f"fleet {count}")) + "\n")
+    workers = [
+        WorkerProcess(
+            _worker_env(args, stub.base_url), log_dir / f"w{count}-{i}.log", "bench-fleet"
+        )
+        for i in range(count)
+    ]
+    try:
+        for worker in workers:
+            worker.wait_ready(app, timeout_s=60)
+        stub.reset()
+        stats = QueueStats()
+        cpu = time.process_time()
+        summary = embed_items(
+            read_items(source, "lines", max_chars=10_000),
+            io.StringIO(),
+            celery_window_embedder(app, stats=stats),
+            skip=set(),
+            window=args.window,
+            timeout_s=600,
+        )
+        cpu = time.process_time() - cpu
+    finally:
+        for worker in workers:
+            worker.stop()
+    calls = stub.stats()["ok_calls"]
+    return {
+        "texts_per_s": summary.texts_per_s,
+        "failed": summary.failed,
+        "enqueue_per_s": stats.enqueue_per_s,
+        "collect_per_s": stats.collect_per_s,
+        "producer_cpu_per_1k": cpu * 1000 / max(summary.texts, 1),
+        "texts_per_call": summary.ok / calls if calls else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    os.environ["REDIS_URL"] = args.redis_url  # before the Celery app is imported
+    client = redis.Redis.from_url(args.redis_url)
+    client.flushdb()
+    log_dir = Path(tempfile.mkdtemp(prefix="bench-enqueue-"))
+    stub = StubProcess(log_dir / "stub.log", latency_ms=args.latency_ms, dimensions=256)
+    try:
+        print("bench: enqueue paths ...", file=sys.stderr, flush=True)
+        rows = _enqueue_rows(args, client)
+        stub.wait_ready()
+        fleet = {}
+        for count in (1, args.workers):
+            print(f"bench: embed-file with {count} worker(s) ...", file=sys.stderr, flush=True)
+            fleet[count] = _fleet_run(args, stub, count, log_dir)
+            client.flushdb()
+    finally:
+        stub.stop()
+        client.flushdb()
+    bare = rows[0][1]
+    print(
+        f"One producer thread, Redis {args.redis_url}; {args.texts} texts per enqueue run; "
+        f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the end. "
+        f"Logs in {log_dir}.\n"
+    )
+    print("| enqueue path | texts/s | × bare LPUSH | producer CPU-s / 1k texts |")
+    print("|---|---:|---:|---:|")
+    for label, rate, cpu in rows:
+        print(f"| {label} | {rate:,.0f} | {rate / bare:.2f} | {cpu:.3f} |")
+    one = fleet[1]["texts_per_s"]
+    print(
+        f"\nembed-file path, {args.file_texts} texts, window {args.window}, stub "
+        f"{args.latency_ms:.0f} ms per call, 256 dimensions.\n"
+    )
+    print(
+        "| workers | texts/s | × (workers × one worker) | enqueued/s | collected/s "
+        "| producer CPU-s / 1k texts | texts per call | failed |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for count, run in fleet.items():
+        print(
+            f"| {count} | {run['texts_per_s']:.1f} | {run['texts_per_s'] / (count * one):.2f} | "
+            f"{run['enqueue_per_s']:,.0f} | {run['collect_per_s']:.1f} | "
+            f"{run['producer_cpu_per_1k']:.3f} | {run['texts_per_call']:.2f} | "
+            f"{run['failed']:.0f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+"""Bulk enqueue on a real Redis: the same messages and events as ``send_task``, chunk by chunk.
+
+``enqueue_texts`` sends 500 texts per ``MULTI``/``EXEC`` (worker/celery_ext/bulk_publish.py);
+``enqueue_text`` still goes through ``send_task``. Workers and Flower must not tell them apart.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+import producers
+from devstack import wait_for
+from tests.integration.faultkit import expected
+from worker.errors import EmbeddingAPIError, EmbeddingPartialEnqueueError
+
+pytestmark = pytest.mark.integration
+
+QUEUE = "embeddings"
+# Differ per message by nature: ids, the delivery tag, the reply queue is per process.
+_HEADER_IDS = ("id", "root_id")
+_PROPERTY_IDS = ("correlation_id", "delivery_tag")
+# Differ per event by nature.
+_EVENT_IDS = ("uuid", "root_id", "timestamp", "clock", "local_received")
+
+
+def _raw_messages(client: redis.Redis) -> list[dict[str, Any]]:
+    """The queue's messages in the order a worker takes them (kombu pops from the right)."""
+    return [json.loads(raw) for raw in reversed(client.lrange(QUEUE, 0, -1))]
+
+
+def _without_ids(message: dict[str, Any]) -> dict[str, Any]:
+    stripped = json.loads(json.dumps(message))
+    for key in _HEADER_IDS:
+        stripped["headers"].pop(key)
+    for key in _PROPERTY_IDS:
+        stripped["properties"].pop(key)
+    return stripped
+
+
+class EventLog:
+    """Every Celery event seen on the broker, by task id, captured in a thread."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+        self.events: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._connection = app.connection_for_read()
+        self._receiver = app.events.Receiver(self._connection, handlers={"*": self._on_event})
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _on_event(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self.events.append(event)
+
+    def _run(self) -> None:
+        self._receiver.capture(limit=None, timeout=None, wakeup=False)
+
+    def start(self) -> EventLog:
+        self._thread.start()
+        # Listening once a probe event of our own comes back.
+        with self.app.events.default_dispatcher() as dispatcher:
+            wait_for(
+                lambda: dispatcher.send("test-probe") or self.of_type("test-probe"),
+                15,
+                "the event receiver to listen",
+            )
+        return self
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.events if e["type"] == kind]
+
+    def for_task(self, task_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [e for e in self.events if e.get("uuid") == task_id]
+
+    def stop(self) -> None:
+        self._receiver.should_stop = True
+        self._thread.join(timeout=10)
+        self._connection.release()
+
+
+@pytest.fixture
+def event_log(app: Celery, clean_redis: redis.Redis) -> Iterator[EventLog]:
+    log = EventLog(app).start()
+    yield log
+    log.stop()
+
+
+def test_a_bulk_enqueued_message_is_the_same_in_redis_as_one_sent_singly(
+    app: Celery, clean_redis: redis.Redis
+):
+    single = producers.enqueue_text("the same text", app=app, model="text-embedding-3-small")
+    bulk = producers.enqueue_texts(["the same text"], app=app, model="text-embedding-3-small")
+    first, second = _raw_messages(clean_redis)
+    assert first["headers"]["id"] == single.id
+    assert second["headers"]["id"] == bulk[0].id
+    assert second["headers"]["root_id"] == second["properties"]["correlation_id"] == bulk[0].id
+    assert _without_ids(second) == _without_ids(first)
+    # Key order too: the bytes differ only where the ids do.
+    assert list(second) == list(first)
+    assert list(second["headers"]) == list(first["headers"])
+    assert list(second["properties"]) == list(first["properties"])
+
+
+def test_chunks_keep_the_input_order_in_the_queue(app: Celery, clean_redis: redis.Redis):
+    texts = [f"ordered text {i}" for i in range(1201)]
+    results = producers.enqueue_texts(texts, app=app, chunk_size=500)
+    messages = _raw_messages(clean_redis)
+    assert [m["headers"]["argsrepr"] for m in messages] == [repr((t,)) for t in texts]
+    assert [m["headers"]["id"] for m in messages] == [r.id for r in results]
+    assert len({r.id for r in results}) == len(texts)
+
+
+def test_a_bulk_enqueued_text_sends_the_same_events_as_one_sent_singly(
+    app: Celery, event_log: EventLog, start_worker, stub
+):
+    single = producers.enqueue_text("an event text", app=app)
+    bulk = producers.enqueue_texts(["an event text"], app=app)[0]
+    start_worker(stub.base_url)
+    assert single.get(timeout=30) == expected("an event text")
+    assert bulk.get(timeout=30) == expected("an event text")
+
+    def both_succeeded() -> bool:
+        return all(
+            any(e["type"] == "task-succeeded" for e in event_log.for_task(r.id))
+            for r in (single, bulk)
+        )
+
+    wait_for(both_succeeded, 30, "task-succeeded events of both texts")
+    kinds = {r.id: [e["type"] for e in event_log.for_task(r.id)] for r in (single, bulk)}
+    assert kinds[single.id] == ["task-sent", "task-received", "task-started", "task-succeeded"]
+    assert kinds[bulk.id] == kinds[single.id]
+    sent = {r.id: event_log.for_task(r.id)[0] for r in (single, bulk)}
+    assert all(event["root_id"] == task_id for task_id, event in sent.items())
+    same = {k: v for k, v in sent[single.id].items() if k not in _EVENT_IDS}
+    assert {k: v for k, v in sent[bulk.id].items() if k not in _EVENT_IDS} == same
+    assert same["name"] == "embeddings.embed_text"
+    assert same["queue"] == QUEUE
+    assert same["args"] == "('an event text',)"
+
+
+def test_embed_texts_returns_vectors_in_order_and_raises_a_rejected_texts_typed_error(
+    app: Celery, start_worker, stub
+):
+    start_worker(stub.base_url)
+    texts = [f"collected text {i}" for i in range(40)]
+    assert producers.embed_texts(texts, app=app, timeout=60) == [expected(t) for t in texts]
+    with pytest.raises(EmbeddingAPIError) as info:
+        producers.embed_texts(["fine", "this is __REJECT__ed", "also fine"], app=app, timeout=60)
+    assert info.value.status_code == 400
+
+
+class FailNthTransaction:
+    """Makes the ``n``-th ``MULTI`` sent on any redis-py connection fail before it is sent."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+
+    def __call__(self, original: Any) -> Any:
+        def send_packed_command(conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+            parts = command if isinstance(command, list) else [command]
+            if any(b"MULTI" in bytes(part) for part in parts):
+                self.seen += 1
+                if self.seen == self.n:
+                    conn.disconnect()
+                    raise redis.ConnectionError("injected: Redis went away mid-list")
+            return original(conn, command, *args, **kwargs)
+
+        return send_packed_command
+
+
+def test_a_chunk_that_fails_midway_is_reported_with_exactly_the_texts_enqueued(
+    app: Celery, clean_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch
+):
+    texts = [f"partial text {i}" for i in range(1000)]
+    fault = FailNthTransaction(3)
+    original = redis.connection.AbstractConnection.send_packed_command
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", fault(original))
+    with pytest.raises(EmbeddingPartialEnqueueError) as info:
+        producers.enqueue_texts(texts, app=app, chunk_size=200)
+    monkeypatch.undo()
+    error = info.value
+    assert error.not_enqueued_from == 400
+    assert "the first 400 of 1000 texts were enqueued" in str(error)
+    assert "could not enqueue the text: the broker is unreachable" in str(error)
+    in_queue = _raw_messages(clean_redis)
+    assert [m["headers"]["id"] for m in in_queue] == [r.id for r in error.enqueued]
+    assert [m["headers"]["argsrepr"] for m in in_queue] == [repr((t,)) for t in texts[:400]]
+
+    # The caller resumes from the index the error names: every text is queued exactly once.
+    rest = producers.enqueue_texts(texts[error.not_enqueued_from :], app=app, chunk_size=200)
+    assert len(rest) == 600
+    argsreprs = [m["headers"]["argsrepr"] for m in _raw_messages(clean_redis)]
+    assert argsreprs == [repr((t,)) for t in texts]

@@ -1,0 +1,173 @@
+"""Bulk enqueue without Redis: chunking, order, validation first, and partial failures.
+
+The Redis side (the messages, the transaction, the events) is in
+tests/integration/test_bulk_enqueue.py; here the publisher is replaced by fakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+import producers
+from producers import cli
+from producers import client as client_module
+from worker.celery_ext import bulk_publish
+from worker.errors import (
+    EmbeddingInputError,
+    EmbeddingPartialEnqueueError,
+    EmbeddingQueueUnavailableError,
+)
+
+Calls = Sequence[tuple[tuple[Any, ...], dict[str, Any]]]
+
+
+class FakePublisher:
+    """Stands in for ``bulk_publish.publish_chunks``: records the chunks, fails on request."""
+
+    def __init__(self, fail_at_chunk: int | None = None) -> None:
+        self.fail_at_chunk = fail_at_chunk
+        self.chunks: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = []
+
+    def __call__(
+        self, app: Celery, name: str, calls: Calls, *, chunk_size: int
+    ) -> Iterator[list[Any]]:
+        for number, chunk in enumerate(bulk_publish.chunked(calls, chunk_size)):
+            if number == self.fail_at_chunk:
+                raise OperationalError("Error 111 connecting to 127.0.0.1:6379")
+            self.chunks.append(list(chunk))
+            yield [app.AsyncResult(f"id-{args[0]}") for args, _ in chunk]
+
+
+@pytest.fixture
+def publisher(monkeypatch: pytest.MonkeyPatch) -> FakePublisher:
+    fake = FakePublisher()
+    monkeypatch.setattr(bulk_publish, "publish_chunks", fake)
+    return fake
+
+
+def test_chunked_slices_keep_every_item_in_order():
+    items = list(range(1201))
+    chunks = list(bulk_publish.chunked(items, 500))
+    assert [len(c) for c in chunks] == [500, 500, 201]
+    assert [x for c in chunks for x in c] == items
+    assert list(bulk_publish.chunked([], 500)) == []
+
+
+def test_chunked_refuses_a_chunk_size_below_one():
+    with pytest.raises(ValueError, match="chunk size must be positive"):
+        list(bulk_publish.chunked([1, 2], 0))
+
+
+def test_enqueue_texts_sends_chunks_of_the_given_size_in_input_order(publisher: FakePublisher):
+    texts = [f"text {i}" for i in range(7)]
+    results = producers.enqueue_texts(texts, chunk_size=3, model="m")
+    assert [len(chunk) for chunk in publisher.chunks] == [3, 3, 1]
+    assert [args for chunk in publisher.chunks for args, _ in chunk] == [(t,) for t in texts]
+    assert all(kwargs == {"model": "m"} for chunk in publisher.chunks for _, kwargs in chunk)
+    assert [r.id for r in results] == [f"id-{t}" for t in texts]
+
+
+def test_the_default_chunk_is_the_documented_constant(publisher: FakePublisher):
+    producers.enqueue_texts([f"t{i}" for i in range(501)])
+    assert client_module.ENQUEUE_CHUNK_SIZE == bulk_publish.DEFAULT_CHUNK_SIZE == 500
+    assert [len(chunk) for chunk in publisher.chunks] == [500, 1]
+
+
+def test_one_bad_text_refuses_the_list_before_anything_is_published(publisher: FakePublisher):
+    with pytest.raises(EmbeddingInputError, match="index 2"):
+        producers.enqueue_texts(["fine", "also fine", "   ", "never sent"])
+    assert publisher.chunks == []
+
+
+def test_a_broker_failure_midway_names_the_texts_that_were_enqueued(publisher: FakePublisher):
+    publisher.fail_at_chunk = 2
+    texts = [f"text {i}" for i in range(10)]
+    with pytest.raises(EmbeddingPartialEnqueueError) as info:
+        producers.enqueue_texts(texts, chunk_size=3)
+    error = info.value
+    assert isinstance(error, EmbeddingQueueUnavailableError)
+    assert error.not_enqueued_from == 6
+    assert [r.id for r in error.enqueued] == [f"id-{t}" for t in texts[:6]]
+    assert "the first 6 of 10 texts were enqueued, none from index 6 on" in str(error)
+    assert "could not enqueue the text: the broker is unreachable" in str(error)
+    assert isinstance(error.__cause__, OperationalError)
+
+
+def test_a_failure_in_the_first_chunk_says_nothing_was_enqueued(publisher: FakePublisher):
+    publisher.fail_at_chunk = 0
+    with pytest.raises(EmbeddingPartialEnqueueError) as info:
+        producers.enqueue_texts(["a", "b"])
+    assert (info.value.enqueued, info.value.not_enqueued_from) == ([], 0)
+
+
+def test_an_error_that_is_not_the_brokers_passes_through_unchanged(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    def broken(*_args: Any, **_kwargs: Any) -> Iterator[list[Any]]:
+        raise KeyError("a bug, not an outage")
+        yield []  # a generator, as the real one is
+
+    monkeypatch.setattr(bulk_publish, "publish_chunks", broken)
+    with pytest.raises(KeyError, match="a bug"):
+        producers.enqueue_texts(["a"])
+
+
+def amqp_app() -> Celery:
+    app = Celery("unit-amqp", set_as_current=False)
+    app.conf.broker_url = "amqp://guest:guest@127.0.0.1:5672//"
+    return app
+
+
+def test_a_broker_other_than_redis_gets_one_send_task_per_text_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    app = amqp_app()
+    sent: list[str] = []
+
+    def send(text: str, model: str | None, target: Celery) -> Any:
+        assert target is app
+        sent.append(text)
+        return app.AsyncResult(f"id-{text}")
+
+    monkeypatch.setattr(client_module, "_send", send)
+    assert not bulk_publish.supports_bulk_publish(app)
+    results = producers.enqueue_texts(["a", "b", "c"], app=app)
+    assert sent == ["a", "b", "c"]
+    assert [r.id for r in results] == ["id-a", "id-b", "id-c"]
+
+
+def test_the_per_text_fallback_also_names_what_was_enqueued_when_the_broker_fails(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    app = amqp_app()
+
+    def send(text: str, model: str | None, target: Celery) -> Any:
+        if text == "c":
+            raise EmbeddingQueueUnavailableError("could not enqueue the text: gone")
+        return app.AsyncResult(f"id-{text}")
+
+    monkeypatch.setattr(client_module, "_send", send)
+    with pytest.raises(EmbeddingPartialEnqueueError) as info:
+        producers.enqueue_texts(["a", "b", "c", "d"], app=app)
+    assert info.value.not_enqueued_from == 2
+    assert [r.id for r in info.value.enqueued] == ["id-a", "id-b"]
+
+
+def test_embed_file_reports_its_enqueue_and_collect_rates():
+    summary = cli.Summary(texts=10, ok=10, elapsed_s=2.0)
+    summary.queue = cli.QueueStats(enqueued=1000, enqueue_s=0.25, collected=1000, collect_s=4.0)
+    table = cli._summary_table(summary, cli.Path("out.jsonl"))
+    headers = [column.header for column in table.columns]
+    assert headers[-2:] == ["enqueued/s", "collected/s"]
+    cells = [next(iter(column.cells)) for column in table.columns]
+    assert cells[-2:] == ["4000", "250.0"]
+
+
+def test_embed_file_without_a_queue_shows_no_rates():
+    table = cli._summary_table(cli.Summary(texts=1, ok=1, elapsed_s=1.0), cli.Path("o"))
+    assert [next(iter(column.cells)) for column in table.columns][-2:] == ["—", "—"]

@@ -1,0 +1,453 @@
+"""Bulk enqueue and bulk wait on Redis: one transaction per chunk of tasks, one subscription.
+
+**Publish.** ``send_task`` costs a producer ~1.3 ms per text: two Redis round trips (the
+message, then its ``task-sent`` event) and kombu's and Celery's per-publish machinery
+(connection ``ensure`` wrappers, pool acquisition, declarations). ``publish_chunks`` builds
+each message the way ``send_task`` does (``app.amqp.create_task_message``, Celery's router,
+``kombu.serialization.dumps``, the channel's ``prepare_message`` and ``basic_publish``) but
+hands kombu's Redis channel a collector, so the channel's own routing, priority key,
+base64 body encoding, delivery tag and JSON dump produce the ``LPUSH`` it would have sent.
+A chunk's ``LPUSH``\\es and one ``task.multi`` event message carrying every ``task-sent``
+event of the chunk (the batch form Celery's own worker uses) then go to Redis in one
+``MULTI``/``EXEC``: a chunk is enqueued whole or not at all. The one exception is a reply
+lost after Redis ran ``EXEC`` (the connection cut at that instant): the chunk is then
+enqueued but reported as failed. It is never re-sent automatically, so nothing is
+enqueued twice by this module.
+
+**Wait.** ``ResultWaiter`` waits for many results of Celery's Redis result backend with one
+subscription per window (one ``SUBSCRIBE`` naming every result key) instead of Celery's
+per-result promise, and reads results that were stored before it subscribed with ``MGET``
+in chunks. Values are decoded with the backend's own ``decode_result``, so a failure comes
+back as the same typed exception ``AsyncResult.get()`` raises.
+
+Needs kombu's Redis channel to accept a publish collector (``_publish_batch``, kombu 5.7):
+checked at import by ``worker.celery_ext.compat``. Written against Celery 5.7 and kombu 5.7.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from celery import Celery, signals, states
+from celery.events import Event
+from celery.events.event import get_exchange
+from celery.result import AsyncResult
+from celery.utils.nodenames import anon_nodename
+from celery.utils.saferepr import saferepr
+from celery.utils.time import utcoffset
+from kombu import common as kombu_common
+from kombu import compression as kombu_compression
+from kombu import entity as kombu_entity
+from kombu import serialization as kombu_serialization
+from kombu.utils.uuid import uuid
+
+from worker.celery_ext import compat
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_READ_CHUNK",
+    "BulkPublishUnsupported",
+    "ResultWaiter",
+    "chunked",
+    "publish_chunk_ids",
+    "publish_chunks",
+    "supports_bulk_publish",
+    "supports_bulk_wait",
+]
+
+
+DEFAULT_CHUNK_SIZE = 500
+"""Messages per ``MULTI``/``EXEC``: about 0.5 MB for texts of 1,000 characters."""
+
+DEFAULT_READ_CHUNK = 500
+"""Result keys per ``MGET`` (a 1,536-dimension result is about 8 KB)."""
+
+# kombu is untyped; these are its public helpers, used as kombu itself uses them.
+_maybe_declare: Any = kombu_common.maybe_declare
+_compress: Any = kombu_compression.compress
+_maybe_delivery_mode: Any = kombu_entity.maybe_delivery_mode
+_dumps: Any = kombu_serialization.dumps
+
+_SWEEP_INTERVAL_S = 1.0  # re-read pending results this often, in case a publish was missed
+_REDIS_SCHEMES = ("redis", "rediss")
+
+
+# The private names used here are listed, and checked at import, in worker/celery_ext/compat.py.
+compat.check()
+
+
+def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    """``items`` in consecutive slices of at most ``size``, in order."""
+    if size < 1:
+        raise ValueError(f"chunk size must be positive, got {size}")
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _scheme(url: Any) -> str:
+    return str(url or "").split("://", 1)[0].split("+")[-1]
+
+
+def _replay_safe(connection_kwargs: dict[str, Any]) -> bool:
+    # A redis-py client that retries a failed pipeline would re-send a transaction whose
+    # EXEC may already have run: a chunk enqueued twice.
+    retry = connection_kwargs.get("retry")
+    retries = retry.get_retries() if retry is not None else 0
+    return not (
+        retries
+        or connection_kwargs.get("retry_on_timeout")
+        or connection_kwargs.get("retry_on_error")
+    )
+
+
+def supports_bulk_publish(app: Celery) -> bool:
+    """True when ``app``'s broker is Redis, where ``publish_chunks`` can be used."""
+    return _scheme(app.conf.broker_url) in _REDIS_SCHEMES
+
+
+def supports_bulk_wait(app: Celery) -> bool:
+    """True when ``app``'s result backend is Celery's Redis backend (or a subclass)."""
+    from celery.backends.redis import RedisBackend
+
+    return isinstance(app.backend, RedisBackend)
+
+
+class _Collector:
+    """Receives the Redis commands kombu's channel would have run for one publish."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[str, tuple[Any, ...]]] = []
+
+    def add(self, name: str, *args: Any) -> None:
+        self.commands.append((name, args))
+
+
+class _Settings:
+    """The settings one publish reads, looked up once: ``app.conf`` costs ~20 µs a read."""
+
+    def __init__(self, app: Celery) -> None:
+        conf = app.conf
+        self.serializer: str = conf.task_serializer
+        self.compression: str | None = conf.task_compression
+        self.retry_policy: dict[str, Any] = conf.task_publish_retry_policy
+        self.delivery_mode: Any = conf.task_default_delivery_mode
+        self.repr_maxlevels: int = conf.task_repr_maxlevels
+        self.event_serializer: str = conf.event_serializer
+        self.event_exchange: str = conf.event_exchange
+        self.sent_events = bool(conf.task_send_sent_event)
+        self.routes = bool(conf.task_routes)
+
+
+class _Destination:
+    """Where ``send_task`` would send a task, worked out as its message sender does."""
+
+    def __init__(self, app: Celery, settings: _Settings, options: dict[str, Any]) -> None:
+        amqp = app.amqp
+        unsupported = set(options) - {"queue", "exchange", "routing_key", "priority"}
+        if unsupported:
+            raise _NotBulkable(f"route options {sorted(unsupported)}")
+        queue, exchange = options.get("queue"), options.get("exchange")
+        routing_key = options.get("routing_key")
+        self.priority = options.get("priority")
+        if queue is None and exchange is None:
+            queue = amqp.default_queue
+        if isinstance(queue, str):
+            queue = amqp.queues[queue]
+        if queue is None or (queue.exchange.type or "direct") != "direct":
+            raise _NotBulkable("a destination other than a direct queue")
+        if exchange and routing_key:
+            # Routing through a named exchange reads its bindings from Redis per message.
+            raise _NotBulkable("an explicit exchange and routing key")
+        self.queue = queue
+        self.qname: str = queue.name
+        mode = queue.exchange.delivery_mode or settings.delivery_mode
+        self.delivery_mode = _maybe_delivery_mode(mode)
+
+
+class _NotBulkable(Exception):
+    """This publish needs ``send_task``'s general path (say, a topic exchange)."""
+
+
+class BulkPublishUnsupported(ValueError):
+    """``publish_chunks`` cannot send these tasks; nothing was sent (use ``send_task``)."""
+
+
+def publish_chunks(
+    app: Celery,
+    name: str,
+    calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Iterator[list[AsyncResult]]:
+    """Send one ``name`` task per ``(args, kwargs)`` of ``calls``, a chunk per transaction.
+
+    Yields each chunk's ``AsyncResult``\\s, in order, once Redis has committed the chunk.
+    Each result is subscribed to before its message is sent, and joins the current task's
+    trail, as ``send_task`` does, so ``AsyncResult.get()`` works as usual. An exception
+    (kombu's ``OperationalError``, redis-py's ``RedisError``, or the result consumer's
+    ``RuntimeError``) means the chunk being sent was not enqueued, nor any after it; the
+    chunks yielded before it were. Raises ``BulkPublishUnsupported``, before sending
+    anything, when the broker is not Redis or a task routes where only ``send_task`` goes.
+    """
+    parent = app.current_worker_task
+    for task_ids in _publish(app, name, calls, chunk_size, subscribe=True):
+        results = []
+        for task_id in task_ids:
+            result = app.AsyncResult(task_id)
+            result.ignored = None
+            if parent is not None:
+                parent.add_trail(result)
+            results.append(result)
+        yield results
+
+
+def publish_chunk_ids(
+    app: Celery,
+    name: str,
+    calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Iterator[list[str]]:
+    """``publish_chunks`` yielding task ids, with no subscription and no ``AsyncResult``.
+
+    For callers that wait with ``ResultWaiter``: an ``AsyncResult`` costs ~30 µs more per
+    text, most of it its destructor's unsubscribe.
+    """
+    return _publish(app, name, calls, chunk_size, subscribe=False)
+
+
+def _publish(
+    app: Celery,
+    name: str,
+    calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+    chunk_size: int,
+    *,
+    subscribe: bool,
+) -> Iterator[list[str]]:
+    if not supports_bulk_publish(app):
+        scheme = _scheme(app.conf.broker_url)
+        raise BulkPublishUnsupported(f"bulk publish needs a Redis broker, not {scheme}")
+    settings = _Settings(app)
+    destinations = _destinations(app, settings, name, calls)
+    parent = app.current_worker_task
+    root_id = parent_id = None
+    if parent is not None:
+        root_id = parent.request.root_id or parent.request.id
+        parent_id = parent.request.id
+    reply_to = app.thread_oid
+    argsrepr_max, kwargsrepr_max = app.amqp.argsrepr_maxsize, app.amqp.kwargsrepr_maxsize
+    origin = anon_nodename()
+    pid = os.getpid()
+    with app.producer_or_acquire() as producer:
+        producer.connection.ensure_connection(max_retries=2, interval_start=0.2, interval_max=1)
+        channel = producer.channel
+        client = channel.client
+        if not _replay_safe(client.connection_pool.connection_kwargs):
+            raise BulkPublishUnsupported("bulk publish needs a broker client that never retries")
+        event_exchange = get_exchange(producer.connection, name=settings.event_exchange)
+        declared_queue = None
+        for start in range(0, len(calls), chunk_size):
+            collector = _Collector()
+            task_ids: list[str] = []
+            events: list[dict[str, Any]] = []
+            published: list[tuple[dict[str, Any], Any, str]] = []
+            for offset in range(start, min(start + chunk_size, len(calls))):
+                args, kwargs = calls[offset]
+                where = destinations[offset]
+                if where.queue is not declared_queue:
+                    _maybe_declare(where.queue, channel)  # cached per channel: I/O only once
+                    declared_queue = where.queue
+                task_id = uuid()
+                # The reprs Celery would make, made here: it reads two settings per message.
+                argsrepr = saferepr(args, argsrepr_max, maxlevels=settings.repr_maxlevels)
+                kwargsrepr = saferepr(kwargs, kwargsrepr_max, maxlevels=settings.repr_maxlevels)
+                headers, properties, body, sent_event = app.amqp.create_task_message(
+                    task_id,
+                    name,
+                    args,
+                    kwargs,
+                    reply_to=reply_to,
+                    create_sent_event=settings.sent_events,
+                    argsrepr=argsrepr,
+                    kwargsrepr=kwargsrepr,
+                    root_id=root_id,
+                    parent_id=parent_id,
+                    origin=origin,
+                    ignore_result=None,
+                )
+                _send_message(settings, channel, collector, name, where, headers, properties, body)
+                published.append((headers, body, where.qname))
+                if sent_event is not None:
+                    sent_event.update(queue=where.qname, exchange="", routing_key=where.qname)
+                    events.append(
+                        Event(
+                            "task-sent",
+                            hostname=origin,
+                            utcoffset=utcoffset(),
+                            pid=pid,
+                            clock=app.clock.forward(),
+                            **sent_event,
+                        )
+                    )
+                if subscribe:
+                    app.backend.on_task_call(producer, task_id)
+                task_ids.append(task_id)
+            if events:
+                _send_events(settings, channel, collector, event_exchange, origin, events)
+            with client.pipeline(transaction=True) as pipe:
+                for command, command_args in collector.commands:
+                    getattr(pipe, command)(*command_args)
+                pipe.execute()
+            for headers, body, qname in published:
+                signals.after_task_publish.send(
+                    sender=name, body=body, headers=headers, exchange="", routing_key=qname
+                )
+            yield task_ids
+
+
+def _destinations(
+    app: Celery,
+    settings: _Settings,
+    name: str,
+    calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+) -> list[_Destination]:
+    """Each call's destination, from Celery's router; once for all when no routes are set."""
+    router = app.amqp.router
+    try:
+        if not settings.routes and calls:
+            args, kwargs = calls[0]
+            return [_Destination(app, settings, router.route({}, name, args, kwargs, None))] * len(
+                calls
+            )
+        return [_Destination(app, settings, router.route({}, name, a, k, None)) for a, k in calls]
+    except _NotBulkable as exc:
+        raise BulkPublishUnsupported(f"bulk publish cannot send {name!r} to {exc}") from exc
+
+
+def _send_message(
+    settings: _Settings,
+    channel: Any,
+    collector: _Collector,
+    name: str,
+    where: _Destination,
+    headers: dict[str, Any],
+    properties: dict[str, Any],
+    body: Any,
+) -> None:
+    """Route one task message through kombu's channel into ``collector``."""
+    signals.before_task_publish.send(
+        sender=name,
+        body=body,
+        exchange="",
+        routing_key=where.qname,
+        declare=[where.queue],
+        headers=headers,
+        properties=properties,
+        retry_policy=settings.retry_policy,
+    )
+    content_type, content_encoding, data = _dumps(body, serializer=settings.serializer)
+    if settings.compression:
+        data, headers["compression"] = _compress(data, settings.compression)
+    properties["delivery_mode"] = where.delivery_mode
+    message = channel.prepare_message(
+        data, where.priority or 0, content_type, content_encoding, headers, properties
+    )
+    channel.basic_publish(message, "", where.qname, _publish_batch=collector)
+
+
+def _send_events(
+    settings: _Settings,
+    channel: Any,
+    collector: _Collector,
+    exchange: Any,
+    hostname: str,
+    events: list[dict[str, Any]],
+) -> None:
+    """Route one ``task.multi`` message with ``events`` through kombu's channel."""
+    _maybe_declare(exchange, channel)
+    content_type, content_encoding, data = _dumps(events, serializer=settings.event_serializer)
+    message = channel.prepare_message(
+        data, 0, content_type, content_encoding, {"hostname": hostname}, {"delivery_mode": 1}
+    )
+    channel.basic_publish(message, exchange.name, "task.multi", _publish_batch=collector)
+
+
+class ResultWaiter:
+    """Waits for many results of ``app``'s Redis result backend at once.
+
+    ``read_chunk`` keys go in one ``MGET``. One window at a time: nothing is kept between
+    calls to ``wait``.
+    """
+
+    def __init__(self, app: Celery, *, read_chunk: int = DEFAULT_READ_CHUNK) -> None:
+        if not supports_bulk_wait(app):
+            raise ValueError("ResultWaiter needs Celery's Redis result backend")
+        self.backend = app.backend
+        self.read_chunk = read_chunk
+
+    def wait(
+        self,
+        task_ids: Sequence[str],
+        timeout_s: float,
+        on_ready: Callable[[int, Any], None] = lambda _i, _value: None,
+    ) -> dict[int, Any]:
+        """Outcomes by position in ``task_ids``: the result, or the task's exception.
+
+        Waits up to ``timeout_s`` seconds; positions still pending then are absent.
+        ``on_ready(position, outcome)`` hears of each as it is read.
+        """
+        backend = self.backend
+        keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
+        pending = {key: i for i, key in enumerate(keys)}
+        outcomes: dict[int, Any] = {}
+
+        def take(key: bytes, payload: Any) -> None:
+            if payload is None or key not in pending:
+                return
+            meta = backend.decode_result(payload)
+            if meta["status"] not in states.READY_STATES:
+                return  # a RETRY: the task runs again
+            position = pending.pop(key)
+            outcomes[position] = meta["result"]
+            on_ready(position, meta["result"])
+
+        def sweep() -> None:
+            for chunk in chunked(list(pending), self.read_chunk):
+                for key, payload in zip(chunk, backend.client.mget(chunk), strict=True):
+                    take(key, payload)
+
+        deadline = time.monotonic() + timeout_s
+        pubsub = backend.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            for chunk in chunked(keys, self.read_chunk):
+                pubsub.subscribe(*chunk)
+            # Results stored before the subscription took effect are read, not awaited.
+            sweep()
+            last_sweep = time.monotonic()
+            while pending:
+                now = time.monotonic()
+                if now >= deadline:
+                    break
+                if now - last_sweep >= _SWEEP_INTERVAL_S:
+                    sweep()
+                    last_sweep = now
+                    continue
+                wait_s = min(deadline - now, _SWEEP_INTERVAL_S - (now - last_sweep))
+                message = pubsub.get_message(timeout=wait_s)
+                while message is not None:
+                    if message.get("type") == "message":
+                        take(message["channel"], message["data"])
+                    message = pubsub.get_message(timeout=0.0)
+        finally:
+            pubsub.close()  # drops the whole window's subscription with its connection
+        return outcomes
+
+    def forget(self, task_ids: Sequence[str]) -> None:
+        """Delete the stored results of ``task_ids``, ``read_chunk`` keys per ``DEL``."""
+        backend = self.backend
+        keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
+        for chunk in chunked(keys, self.read_chunk):
+            backend.client.delete(*chunk)
