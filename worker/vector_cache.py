@@ -22,10 +22,9 @@ from array import array
 from collections.abc import Callable, Sequence
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from worker import metrics
+from worker.redis_client import bounded_client
 from worker.settings import Settings
 
 __all__ = [
@@ -92,13 +91,7 @@ class VectorCache:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> VectorCache:
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=settings.redis_socket_timeout_s,
-            socket_connect_timeout=settings.redis_socket_timeout_s,
-            retry=Retry(NoBackoff(), 1),
-        )
-        return cls(client, settings)
+        return cls(bounded_client(url, settings), settings)
 
     def close(self) -> None:
         self._client.close()

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from importlib import resources
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from worker.embeddings.ratelimit_headers import RateLimitHeaders
 from worker.errors import EmbeddingBudgetWaitError
+from worker.redis_client import bounded_client
 from worker.settings import Settings
 
 __all__ = ["Admission", "SharedBudget", "estimate_tokens", "pause_for_exhausted_s"]
@@ -106,15 +105,7 @@ class SharedBudget:
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> SharedBudget:
         """A budget in the Redis at ``url``, with the project's bounded socket timeouts."""
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=settings.redis_socket_timeout_s,
-            socket_connect_timeout=settings.redis_socket_timeout_s,
-            health_check_interval=10,
-            # One quick retry for a stale connection; the gate rides out longer outages.
-            retry=Retry(NoBackoff(), 1),
-        )
-        return cls(client, settings)
+        return cls(bounded_client(url, settings), settings)
 
     def key(self, model: str) -> str:
         """The Redis hash holding ``model``'s budget (braces: one cluster slot per model)."""
