@@ -3,8 +3,9 @@
 The rest of ``worker/`` is the product and imports nothing from here. The Celery
 configuration joins them: ``config.celery_config(settings)`` selects the four classes below
 that Celery and kombu load by name, and ``install(app)`` (called once, by
-``worker.celery_app``) installs the three that act process-wide. Each keeps Celery's and
-kombu's message formats and keys, so stock and patched workers can share a broker.
+``worker.celery_app``) installs the three that act process-wide and pins the app's URLs.
+Each keeps Celery's and kombu's message formats and keys, so stock and patched workers can
+share a broker.
 
 ==================  ======================================  ========================================
 module              replaces                                why
@@ -32,6 +33,10 @@ module              replaces                                why
                     float32, shown short in logs/events
 ``tasklog``         Celery's logging set-up (``install``):  two INFO lines per text cost throughput
                     per-task INFO lines only at DEBUG
+``pinned_conf``     Celery's ``Settings`` (``install``,     Celery reads ``CELERY_RESULT_BACKEND``
+                    ``apply_config``): broker and result    and ``CELERY_BROKER_URL`` again, over
+                    URLs from the configuration only        the configuration: stock backend, or
+                                                            the wrong broker for ``--redis-url``
 ``compat``          — (run at import and by ``install``)    fails at start-up, naming versions, when
                                                             a Celery or kombu internal used here is
                                                             gone
@@ -46,7 +51,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker.celery_ext import compat, serialization, tasklog
+from worker.celery_ext import compat, pinned_conf, serialization, tasklog
 
 __all__ = ["install"]
 
@@ -57,11 +62,13 @@ def install(app: Celery) -> None:
     Registers the vector serializer with kombu, so the app can write and read results;
     shortens Celery's rendering of vector results; quiets per-task INFO lines when Celery
     sets up a worker's logging. All three act for the whole process, so one call covers
-    every app in it. The class-based adaptations come with the app's configuration
-    (``config.celery_config``). Raises ``ImportError`` naming versions when a Celery or
-    kombu internal the adaptations use is missing.
+    every app in it. It also makes ``app.conf`` read the broker and result URLs from the
+    configuration alone (``pinned_conf``). The class-based adaptations come with the app's
+    configuration (``config.celery_config``). Raises ``ImportError`` naming versions when a
+    Celery or kombu internal the adaptations use is missing.
     """
     compat.check()
+    pinned_conf.pin(app)
     serialization.register_serializer()
     serialization.install_short_result_repr()
     tasklog.connect()

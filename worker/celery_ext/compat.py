@@ -93,6 +93,12 @@ USED_INTERNALS: tuple[Internal, ...] = (
         "celery.events.dispatcher", "EventDispatcher", "buffer_limit", "worker.celery_ext.consumer"
     ),
     *_uses("celery.app.trace", "", "saferepr logger", "worker.celery_ext.serialization"),
+    *_uses(
+        "celery.app.utils",
+        "Settings",
+        "broker_url broker_read_url broker_write_url result_backend first",
+        "worker.celery_ext.pinned_conf",
+    ),
     *_uses("celery.worker.strategy", "", "logger", "worker.celery_ext.tasklog"),
 )
 

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from celery import Celery
 
+from worker.celery_ext.pinned_conf import pin
 from worker.celery_ext.serialization import SERIALIZER_NAME
 from worker.names import EMBED_TEXT_TASK, TASK_QUEUE
 from worker.settings import Settings
@@ -180,6 +181,8 @@ def apply_config(app: Celery, settings: Settings) -> None:
     """Configure ``app`` for ``settings``, replacing every setting ``celery_config`` sets.
 
     Call it before the app first connects: Celery keeps its connection pools and result
-    backend once they are built.
+    backend once they are built. Celery's own reading of ``CELERY_BROKER_URL`` and
+    ``CELERY_RESULT_BACKEND`` no longer overrides the configuration (``pinned_conf``).
     """
+    pin(app)
     app.conf.update(celery_config(settings))
