@@ -10,12 +10,24 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from worker.celery_app import app as default_app
-from worker.errors import EmbeddingQueueUnavailableError
+from worker.errors import EmbeddingInputTypeError, EmbeddingQueueUnavailableError
 from worker.names import EMBED_TEXT_TASK
+from worker.revocation import RevokeList
 from worker.settings import Settings
 from worker.validation import validate_model, validate_text, validate_texts
 
-__all__ = ["EMBED_TEXT_TASK", "embed_text", "embed_texts", "enqueue_text", "enqueue_texts"]
+__all__ = [
+    "EMBED_TEXT_TASK",
+    "REVOKE_REASON",
+    "embed_text",
+    "embed_texts",
+    "enqueue_text",
+    "enqueue_texts",
+    "revoke",
+]
+
+# What a revoked text's stored TaskRevokedError says.
+REVOKE_REASON = "revoked by producers.revoke"
 
 DEFAULT_WAIT_TIMEOUT_S = 300.0
 
@@ -110,3 +122,37 @@ def embed_texts(
     results = enqueue_texts(texts, model=model, app=app)
     vectors: list[list[float]] = ResultSet(results, app=app or default_app).get(timeout=timeout)
     return vectors
+
+
+def revoke(task_ids: Iterable[str], *, app: Celery | None = None) -> None:
+    """Revoke texts by task id: from now on no worker embeds them, wherever they wait.
+
+    Puts the ids on the fleet's revoke list in Redis (kept ``EMBEDDINGS_RESULT_EXPIRES_S``)
+    and stores each text's state as REVOKED, final like SUCCESS: a text already SUCCESS
+    keeps its vector, and a text revoked while its call was already under way stays REVOKED.
+    Then broadcasts Celery's ``app.control.revoke(ids)`` to the workers running now. A
+    worker started later, and a text waiting in a worker's micro-batcher, are covered by
+    the list. Raises ``EmbeddingQueueUnavailableError`` when Redis cannot be reached.
+    """
+    ids = list(task_ids)
+    for index, task_id in enumerate(ids):
+        if not isinstance(task_id, str) or not task_id:
+            raise EmbeddingInputTypeError(
+                f"task id at index {index} must be a non-empty str, got {type(task_id).__name__}"
+            )
+    if not ids:
+        return
+    target = app or default_app
+    backend = target.backend
+    try:
+        if isinstance(backend, RevokeList):
+            backend.remember_revoked(ids, REVOKE_REASON)
+        else:
+            # Another result backend keeps no list: only the workers running now hear it.
+            for task_id in ids:
+                backend.mark_as_revoked(task_id, REVOKE_REASON)
+        target.control.revoke(ids)
+    except (OperationalError, RedisError) as exc:
+        raise EmbeddingQueueUnavailableError(
+            f"could not revoke {len(ids)} texts: Redis is unreachable ({exc})"
+        ) from exc

@@ -22,6 +22,7 @@ from worker.embeddings.config import EmbeddingConfig
 from worker.errors import EmbeddingConfigError
 from worker.flush_policy import FlushPolicy
 from worker.microbatcher import MicroBatcher
+from worker.revocation import RevokeList
 from worker.settings import Settings
 from worker.vector_cache import VectorCache
 
@@ -75,6 +76,7 @@ def get_microbatcher() -> MicroBatcher:
                 gate=gate,
                 cache=_vector_cache(settings),
                 flush_policy=FlushPolicy(settings.flush_policy),
+                revoked=_revoked_among,
             )
             _owner_pid = os.getpid()
             rpm, tpm = settings.limits_for(settings.model)
@@ -130,6 +132,12 @@ def _store_vectors(vectors: list[tuple[str, list[float]]]) -> bool:
     # Celery gives each thread its own backend; this is the calling (micro-batcher) thread's.
     backend = app.backend
     return isinstance(backend, VectorStore) and backend.store_vectors(vectors)
+
+
+def _revoked_among(task_ids: list[str]) -> set[str]:
+    # A result backend other than Redis keeps no revoke list: Celery's broadcast alone.
+    backend = app.backend
+    return backend.revoked_among(task_ids) if isinstance(backend, RevokeList) else set()
 
 
 def shutdown(**_: Any) -> None:

@@ -20,7 +20,9 @@ module              replaces                                why
 ``result_backend``  Celery's ``RedisBackend``               one round trip instead of two; a RETRY
                     (``result_backend`` prefix): a write    can no longer overwrite a re-run's
                     is one ``store_result.lua``; a call's   SUCCESS; one write per call, not per
-                    vectors go in one pipeline              text; an outage is not stored as failure
+                    vectors go in one pipeline; REVOKED is  text; an outage is not stored as
+                    final; the fleet's revoke list          failure; a revoke reaches workers
+                                                            started later
 ``outages``         the task's ``Request``                  Celery turns its own backend's
                     (``task_annotations``): a Redis         ``ConnectionError`` into the text's
                     outage requeues the text                FAILURE

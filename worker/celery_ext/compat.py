@@ -73,7 +73,7 @@ USED_INTERNALS: tuple[Internal, ...] = (
         "celery.backends.redis",
         "RedisBackend",
         "_store_result _get_result_meta _ensure_retryable _MAX_STR_VALUE_SIZE failure_expires "
-        "ensure get_key_for_task",
+        "ensure get_key_for_task encode_result client",
         _BACKEND,
     ),
     *_uses("celery.worker.request", "Request", "on_failure reject", "worker.celery_ext.outages"),
