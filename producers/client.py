@@ -7,10 +7,14 @@ from collections.abc import Iterable, Sequence
 from celery import Celery
 from celery.result import AsyncResult, ResultSet
 from kombu.exceptions import OperationalError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from worker.celery_app import app as default_app
-from worker.errors import EmbeddingInputTypeError, EmbeddingQueueUnavailableError
+from worker.errors import (
+    EmbeddingInputTypeError,
+    EmbeddingQueueFullError,
+    EmbeddingQueueUnavailableError,
+)
 from worker.names import EMBED_TEXT_TASK
 from worker.revocation import RevokeList
 from worker.settings import Settings
@@ -23,6 +27,7 @@ __all__ = [
     "embed_texts",
     "enqueue_text",
     "enqueue_texts",
+    "queue_error",
     "revoke",
 ]
 
@@ -49,6 +54,23 @@ def _max_chars() -> int:
     return _settings.max_text_chars
 
 
+def queue_error(exc: BaseException, doing: str) -> EmbeddingQueueUnavailableError:
+    """The typed error for ``exc``, raised while ``doing`` (e.g. "enqueue the text").
+
+    ``EmbeddingQueueFullError`` when Redis refused a write at its ``maxmemory`` (kombu wraps
+    that answer as a connection error), else ``EmbeddingQueueUnavailableError``.
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OutOfMemoryError):
+            return EmbeddingQueueFullError(
+                f"could not {doing}: Redis is full (maxmemory reached, noeviction); it takes "
+                "texts again once workers drain the queue or Redis gets more memory"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return EmbeddingQueueUnavailableError(f"could not {doing}: the broker is unreachable ({exc})")
+
+
 def _send(text: str, model: str | None, app: Celery) -> AsyncResult:
     kwargs = {"model": model} if model else {}
     try:
@@ -60,9 +82,7 @@ def _send(text: str, model: str | None, app: Celery) -> AsyncResult:
             retry_policy=_PUBLISH_RETRY_POLICY,
         )
     except OperationalError as exc:
-        raise EmbeddingQueueUnavailableError(
-            f"could not enqueue the text: the broker is unreachable ({exc})"
-        ) from exc
+        raise queue_error(exc, "enqueue the text") from exc
     except RuntimeError as exc:
         # Celery's Redis result consumer subscribes to the result before the message is sent,
         # and gives up on an unreachable Redis this way; nothing was enqueued.
@@ -153,6 +173,4 @@ def revoke(task_ids: Iterable[str], *, app: Celery | None = None) -> None:
                 backend.mark_as_revoked(task_id, REVOKE_REASON)
         target.control.revoke(ids)
     except (OperationalError, RedisError) as exc:
-        raise EmbeddingQueueUnavailableError(
-            f"could not revoke {len(ids)} texts: Redis is unreachable ({exc})"
-        ) from exc
+        raise queue_error(exc, f"revoke {len(ids)} texts") from exc

@@ -17,6 +17,11 @@ module              replaces                                why
                     acks once per loop turn; one client     a worker's intake; an ack on a dead
                     per pool; a dead connection's ack is    connection stopped the worker
                     dropped
+``full_redis``      kombu's Redis ``Channel`` (mixed into   a full Redis (maxmemory) refuses every
+                    ``transport``): sizes, checks, deletes  MULTI: a worker starting then stopped,
+                    without ``MULTI``; a refused binding    and acks could not free it; a fetch
+                    left unrecorded. ``transport`` also     refused for memory is not a lost
+                    pauses fetching while Redis is full     connection
 ``result_backend``  Celery's ``RedisBackend``               one round trip instead of two; a RETRY
                     (``result_backend`` prefix): a write    can no longer overwrite a re-run's
                     is one ``store_result.lua``; a call's   SUCCESS; one write per call, not per

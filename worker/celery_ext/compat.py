@@ -58,13 +58,21 @@ USED_INTERNALS: tuple[Internal, ...] = (
         "Channel",
         "_brpop_start _brpop_read _flush_brpop_reauth _q_for_pri _queue_cycle _in_poll "
         "_brpop_sent_at _create_client _qos ack_emulation global_keyprefix priority_steps "
-        "brpop_timeout unacked_key unacked_index_key conn_or_acquire sep",
+        "brpop_timeout unacked_key unacked_index_key conn_or_acquire sep connection_errors",
         _TRANSPORT,
     ),
     *_uses(
         _KOMBU_REDIS,
+        "Channel",
+        "_size _queue_bind _delete _has_queue auto_delete_queues keyprefix_queue "
+        "keyprefix_binding_permanent",
+        "worker.celery_ext.full_redis",
+    ),
+    *_uses(
+        _KOMBU_REDIS,
         "QoS",
-        "append ack pipe_or_acquire can_consume_max_estimate unacked_key unacked_index_key",
+        "append ack pipe_or_acquire can_consume_max_estimate unacked_key unacked_index_key "
+        "restore_visible",
         _TRANSPORT,
     ),
     *_uses(_KOMBU_REDIS, "Transport", "register_with_event_loop channels", _TRANSPORT),

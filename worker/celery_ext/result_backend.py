@@ -88,7 +88,7 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
             # Celery wraps a write that failed through every retry in BackendStoreError.
             if is_redis_outage(exc):
                 raise EmbeddingResultStoreUnavailableError(
-                    f"Redis could not be reached to store text {task_id}'s outcome "
+                    f"Redis could not be reached (or was full) to store text {task_id}'s outcome "
                     f"({type(exc).__name__}); the text goes back to the queue"
                 ) from exc
             raise
