@@ -41,9 +41,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from producers.client import (
-    _PUBLISH_RETRY_POLICY,
     DEFAULT_WAIT_TIMEOUT_S,
     EMBED_TEXT_TASK,
+    _retry_policy,
     queue_error,
 )
 from producers.client import _max_chars as _configured_max_chars
@@ -227,7 +227,7 @@ def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None) ->
                     EMBED_TEXT_TASK,
                     message,
                     retry=True,
-                    retry_policy=_PUBLISH_RETRY_POLICY,
+                    retry_policy=_retry_policy(app),
                     **options,
                 )
     except (OperationalError, RedisError, OSError) as exc:

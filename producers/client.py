@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 from celery import Celery
@@ -27,6 +28,7 @@ __all__ = [
     "embed_texts",
     "enqueue_text",
     "enqueue_texts",
+    "publish_retry_policy",
     "queue_error",
     "revoke",
 ]
@@ -44,14 +46,40 @@ _PUBLISH_RETRY_POLICY = {
     "interval_max": 1.0,
 }
 
+
+def publish_retry_policy(broker_url: str, failover_timeout_s: float) -> dict[str, float]:
+    """kombu's retry policy for a publish to ``broker_url``.
+
+    A plain Redis that does not answer is down: give up within about 1 s of retries. Behind
+    Sentinel a master that does not answer may be switching: keep retrying, at most 1 s
+    apart, until the waits add up to ``failover_timeout_s`` seconds
+    (``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``).
+    """
+    if not broker_url.startswith("sentinel://"):
+        return dict(_PUBLISH_RETRY_POLICY)
+    # kombu waits 0.2 s, then 0.7 s, then 1 s before every further retry.
+    retries = 2 + max(0, math.ceil(failover_timeout_s - 0.9))
+    return {**_PUBLISH_RETRY_POLICY, "max_retries": retries}
+
+
 _settings: Settings | None = None
 
 
-def _max_chars() -> int:
+def _env_settings() -> Settings:
     global _settings
     if _settings is None:
         _settings = Settings.from_env()
-    return _settings.max_text_chars
+    return _settings
+
+
+def _max_chars() -> int:
+    return _env_settings().max_text_chars
+
+
+def _retry_policy(app: Celery) -> dict[str, float]:
+    return publish_retry_policy(
+        str(app.conf.broker_url or ""), _env_settings().redis_failover_timeout_s
+    )
 
 
 def queue_error(exc: BaseException, doing: str) -> EmbeddingQueueUnavailableError:
@@ -79,7 +107,7 @@ def _send(text: str, model: str | None, app: Celery) -> AsyncResult:
             args=(text,),
             kwargs=kwargs,
             retry=True,
-            retry_policy=_PUBLISH_RETRY_POLICY,
+            retry_policy=_retry_policy(app),
         )
     except OperationalError as exc:
         raise queue_error(exc, "enqueue the text") from exc

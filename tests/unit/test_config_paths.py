@@ -17,14 +17,22 @@ from celery import Celery
 
 import celeryconfig
 from producers import cli
+from producers.client import publish_retry_policy
 from worker.celery_ext import install
-from worker.celery_ext.config import apply_config
+from worker.celery_ext.config import apply_config, celery_config
 from worker.celery_ext.result_backend import ResultBackend
+from worker.celery_ext.sentinel import SentinelAtomicFetchTransport, SentinelResultBackend
 from worker.celery_ext.transport import AtomicFetchTransport
 from worker.settings import Settings
 
 TLS = "rediss://:pw@tls.example.com:6380/2"
-_VARIABLES = ("REDIS_URL", "CELERY_BROKER_URL", "CELERY_RESULT_BACKEND")
+_VARIABLES = (
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "REDIS_SENTINEL_MASTER",
+    "REDIS_SENTINEL_PASSWORD",
+)
 
 # (environment, expected broker host, expected result backend host)
 PATHS: dict[str, tuple[dict[str, str], str, str]] = {
@@ -142,3 +150,56 @@ def test_embed_file_redis_url_wins_over_the_celery_variables(
         _check(app, "cli", "cli")
     finally:
         app.close()
+
+
+SENTINELS = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"REDIS_URL": SENTINELS},
+        {"CELERY_BROKER_URL": SENTINELS, "CELERY_RESULT_BACKEND": SENTINELS},
+    ],
+    ids=["REDIS_URL", "CELERY variables"],
+)
+def test_a_sentinel_url_runs_the_projects_sentinel_classes(environ: Any, values: dict[str, str]):
+    values = environ(
+        {**values, "REDIS_SENTINEL_MASTER": "queue-master", "REDIS_SENTINEL_PASSWORD": "s3nt"}
+    )
+    settings = Settings.from_env(values)
+    app = Celery("sentinel-test", set_as_current=False)
+    try:
+        apply_config(app, settings)
+        backend = app.backend
+        assert type(backend) is SentinelResultBackend
+        assert backend._transport_options["master_name"] == "queue-master"
+        assert backend._transport_options["sentinel_kwargs"]["password"] == "s3nt"
+        with app.connection_for_write() as connection:
+            assert type(connection.transport) is SentinelAtomicFetchTransport
+            assert connection.transport_options["master_name"] == "queue-master"
+            assert connection.transport_options["sentinel_kwargs"]["password"] == "s3nt"
+    finally:
+        app.close()
+    assert "s3nt" not in repr(settings)
+
+
+def test_a_plain_redis_url_carries_no_sentinel_options() -> None:
+    config = celery_config(Settings(redis_url="redis://one:6379/0"))
+    assert "master_name" not in config["broker_transport_options"]
+    assert "master_name" not in config["result_backend_transport_options"]
+
+
+def test_a_publish_behind_sentinel_retries_for_the_failover_timeout_and_no_longer() -> None:
+    def waits(policy: dict[str, float]) -> float:
+        total, interval = 0.0, policy["interval_start"]
+        for _ in range(int(policy["max_retries"])):
+            total += min(interval, policy["interval_max"])
+            interval += policy["interval_step"]
+        return total
+
+    plain = publish_retry_policy("redis://one:6379/0", 10.0)
+    assert waits(plain) < 1.0
+    for timeout_s in (5.0, 10.0, 30.0):
+        behind = waits(publish_retry_policy(SENTINELS, timeout_s))
+        assert timeout_s <= behind < timeout_s + 1.0

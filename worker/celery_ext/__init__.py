@@ -1,7 +1,7 @@
 """Where the worker departs from stock Celery and kombu: every adaptation, pinned to 5.7.
 
 The rest of ``worker/`` is the product and imports nothing from here. The Celery
-configuration joins them: ``config.celery_config(settings)`` selects the four classes below
+configuration joins them: ``config.celery_config(settings)`` selects the classes below
 that Celery and kombu load by name, and ``install(app)`` (called once, by
 ``worker.celery_app``) installs the three that act process-wide and pins the app's URLs.
 Each keeps Celery's and kombu's message formats and keys, so stock and patched workers can
@@ -28,6 +28,10 @@ module              replaces                                why
                     vectors go in one pipeline; REVOKED is  text; an outage is not stored as
                     final; the fleet's revoke list          failure; a revoke reaches workers
                                                             started later
+``sentinel``        kombu's ``SentinelChannel``,           the same guarantees behind Sentinel: the
+                    ``SentinelTransport``, Celery's         stock Sentinel classes are the stock
+                    ``SentinelBackend`` (``sentinel://``):  Redis ones, with none of the above
+                    the classes above placed before them
 ``outages``         the task's ``Request``                  Celery turns its own backend's
                     (``task_annotations``): a Redis         ``ConnectionError`` into the text's
                     outage requeues the text                FAILURE
