@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker.celery_ext import compat, pinned_conf, serialization, tasklog
+from worker.celery_ext import compat, pinned_conf, sentinel, serialization, tasklog
 
 __all__ = ["install"]
 
@@ -80,6 +80,7 @@ def install(app: Celery) -> None:
     """
     compat.check()
     pinned_conf.pin(app)
+    sentinel.register_transport_alias()
     serialization.register_serializer()
     serialization.install_short_result_repr()
     tasklog.connect()

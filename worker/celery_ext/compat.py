@@ -78,6 +78,7 @@ USED_INTERNALS: tuple[Internal, ...] = (
     *_uses(_KOMBU_REDIS, "Transport", "register_with_event_loop channels", _TRANSPORT),
     *_uses(_KOMBU_REDIS, "SentinelChannel", "_get_pool", "worker.celery_ext.sentinel"),
     *_uses(_KOMBU_REDIS, "SentinelTransport", "Channel", "worker.celery_ext.sentinel"),
+    *_uses("kombu.transport", "", "TRANSPORT_ALIASES", "worker.celery_ext.sentinel"),
     *_uses("celery.backends.redis", "SentinelBackend", "_get_pool", "worker.celery_ext.sentinel"),
     *_uses("kombu.transport.virtual", "Transport", "_deliver", _TRANSPORT),
     *_uses(

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from celery import Celery
 
 from worker.celery_ext.pinned_conf import pin
+from worker.celery_ext.sentinel import SENTINEL_TRANSPORT_PATH, register_transport_alias
 from worker.celery_ext.serialization import SERIALIZER_NAME
 from worker.names import EMBED_TEXT_TASK, TASK_QUEUE
 from worker.settings import Settings
@@ -39,7 +40,7 @@ __all__ = [
 # The adaptations that Celery selects through its settings (see worker/celery_ext/__init__).
 TRANSPORT_CLASS = "worker.celery_ext.transport:AtomicFetchTransport"
 RESULT_BACKEND_CLASS = "worker.celery_ext.result_backend:ResultBackend"
-SENTINEL_TRANSPORT_CLASS = "worker.celery_ext.sentinel:SentinelAtomicFetchTransport"
+SENTINEL_TRANSPORT_CLASS = SENTINEL_TRANSPORT_PATH
 SENTINEL_RESULT_BACKEND_CLASS = "worker.celery_ext.sentinel:SentinelResultBackend"
 WORKER_CONSUMER_CLASS = "worker.celery_ext.consumer:EventBatchingConsumer"
 TASK_REQUEST_CLASS = "worker.celery_ext.outages:RequeueOnOutageRequest"
@@ -216,7 +217,9 @@ def apply_config(app: Celery, settings: Settings) -> None:
 
     Call it before the app first connects: Celery keeps its connection pools and result
     backend once they are built. Celery's own reading of ``CELERY_BROKER_URL`` and
-    ``CELERY_RESULT_BACKEND`` no longer overrides the configuration (``pinned_conf``).
+    ``CELERY_RESULT_BACKEND`` no longer overrides the configuration (``pinned_conf``), and
+    kombu's failover to the next ``sentinel://`` URL keeps the project's transport.
     """
     pin(app)
+    register_transport_alias()
     app.conf.update(celery_config(settings))

@@ -14,13 +14,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import kombu.transport
 from celery.backends import redis as celery_redis
 from kombu.transport import redis as kombu_redis
 
 from worker.celery_ext.result_backend import ResultBackend
 from worker.celery_ext.transport import AtomicFetchChannel, AtomicFetchTransport
 
-__all__ = ["SentinelAtomicFetchChannel", "SentinelAtomicFetchTransport", "SentinelResultBackend"]
+__all__ = [
+    "SENTINEL_TRANSPORT_PATH",
+    "SentinelAtomicFetchChannel",
+    "SentinelAtomicFetchTransport",
+    "SentinelResultBackend",
+    "register_transport_alias",
+]
+
+SENTINEL_TRANSPORT_PATH = "worker.celery_ext.sentinel:SentinelAtomicFetchTransport"
 
 _SentinelChannel: Any = kombu_redis.SentinelChannel
 _SentinelTransport: Any = kombu_redis.SentinelTransport
@@ -39,3 +48,15 @@ class SentinelAtomicFetchTransport(AtomicFetchTransport, _SentinelTransport):  #
 
 class SentinelResultBackend(ResultBackend, _SentinelBackend):  # type: ignore[misc]
     """``ResultBackend`` on Celery's ``SentinelBackend``."""
+
+
+def register_transport_alias() -> None:
+    """Make kombu's ``sentinel`` transport name load ``SentinelAtomicFetchTransport`` (idempotent).
+
+    A ``sentinel://a;sentinel://b`` URL is a failover list to kombu: when a connection is
+    lost, kombu switches to the next URL and takes the transport from its scheme, dropping
+    the one configured (``broker_transport``). Without this, a worker ran kombu's stock
+    Sentinel channel from its first reconnection on, and stopped ("Unrecoverable error")
+    at its second failover. Process-wide; called by ``install`` and ``apply_config``.
+    """
+    kombu.transport.TRANSPORT_ALIASES["sentinel"] = SENTINEL_TRANSPORT_PATH
