@@ -22,6 +22,7 @@ from worker.embeddings.config import EmbeddingConfig
 from worker.errors import EmbeddingConfigError
 from worker.flush_policy import FlushPolicy
 from worker.microbatcher import MicroBatcher
+from worker.redis_client import REDIS_SCHEMES
 from worker.revocation import RevokeList
 from worker.settings import Settings
 from worker.vector_cache import VectorCache
@@ -99,11 +100,11 @@ def limiter_url(settings: Settings, broker_url: str, result_backend: str) -> str
     result backend's, whichever is Redis; None when none is."""
     candidates = [settings.limiter_url, broker_url, result_backend.rpartition("+")[2]]
     for url in candidates:
-        if url and urlsplit(url).scheme in ("redis", "rediss", "unix"):
+        if url and urlsplit(url).scheme in REDIS_SCHEMES:
             return url
     if settings.limiter_url:
         raise EmbeddingConfigError(
-            f"EMBEDDINGS_LIMITER_URL must be a redis://, rediss:// or unix:// URL, "
+            f"EMBEDDINGS_LIMITER_URL must be a redis://, rediss://, unix:// or sentinel:// URL, "
             f"got scheme {urlsplit(settings.limiter_url).scheme!r}"
         )
     return None

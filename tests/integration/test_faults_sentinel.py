@@ -11,11 +11,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from celery.result import AsyncResult
+from prometheus_client.parser import text_string_to_metric_families
 
 import producers
-from devstack import WorkerProcess, wait_for
+from devstack import WorkerProcess, free_port, wait_for
 from tests.integration.faultkit import app_for, expected, outcomes
 from tests.integration.harness import worker_env
 from tests.integration.sentinelkit import MASTER_NAME, SentinelCluster
@@ -27,6 +29,15 @@ TEXTS = 300
 VISIBILITY_TIMEOUT_S = 10
 
 
+def _queue_depth(port: int) -> float | None:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "embeddings_queue_depth":
+                return float(sample.value)
+    return None
+
+
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
     with SentinelCluster(tmp_path / "sentinel") as running:
@@ -36,6 +47,7 @@ def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
 def test_killing_the_master_mid_run_loses_no_text_and_shows_no_failure(
     cluster: SentinelCluster, stub, tmp_path: Path
 ):
+    metrics_port = free_port()
     env = worker_env(
         stub.base_url,
         {
@@ -43,6 +55,7 @@ def test_killing_the_master_mid_run_loses_no_text_and_shows_no_failure(
             "REDIS_SENTINEL_MASTER": MASTER_NAME,
             "BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
             "BROKER_UNACKED_RESTORE_INTERVAL": "1",
+            "EMBEDDINGS_METRICS_PORT": str(metrics_port),
         },
     )
     app = app_for(cluster.url)
@@ -102,5 +115,8 @@ def test_killing_the_master_mid_run_loses_no_text_and_shows_no_failure(
         print(f"Sentinel: {stats['total_inputs'] - len(texts)} extra embeddings for "
               f"{len(texts)} texts across {KILLS} failovers; lost 0")  # fmt: skip
         assert worker.alive()
+        # The shared budget and the queue gauge reach the master through the Sentinels too.
+        assert "no Redis for the shared rate-limit budget" not in worker.log()
+        wait_for(lambda: _queue_depth(metrics_port) == 0.0, 30, "the queue gauge to read 0")
     finally:
         worker.stop()

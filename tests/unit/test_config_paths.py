@@ -23,6 +23,7 @@ from worker.celery_ext.config import apply_config, celery_config
 from worker.celery_ext.result_backend import ResultBackend
 from worker.celery_ext.sentinel import SentinelAtomicFetchTransport, SentinelResultBackend
 from worker.celery_ext.transport import AtomicFetchTransport
+from worker.redis_client import redis_from_url
 from worker.settings import Settings
 
 TLS = "rediss://:pw@tls.example.com:6380/2"
@@ -203,3 +204,21 @@ def test_a_publish_behind_sentinel_retries_for_the_failover_timeout_and_no_longe
     for timeout_s in (5.0, 10.0, 30.0):
         behind = waits(publish_retry_policy(SENTINELS, timeout_s))
         assert timeout_s <= behind < timeout_s + 1.0
+
+
+def test_a_sentinel_url_gives_a_client_of_the_named_master_through_every_sentinel() -> None:
+    settings = Settings(redis_sentinel_master="queue-master", redis_sentinel_password="s3nt")
+    url = "sentinel://:pw@10.0.0.1:26379/3;sentinel://10.0.0.2"
+    client = redis_from_url(url, settings, socket_timeout=0.5)
+    pool = client.connection_pool
+    assert pool.service_name == "queue-master"
+    assert pool.connection_kwargs["db"] == 3
+    assert pool.connection_kwargs["password"] == "pw"
+    assert pool.connection_kwargs["socket_timeout"] == 0.5
+    sentinels = pool.sentinel_manager.sentinels
+    assert [s.connection_pool.connection_kwargs["host"] for s in sentinels] == [
+        "10.0.0.1",
+        "10.0.0.2",
+    ]
+    assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26379]
+    assert sentinels[0].connection_pool.connection_kwargs["password"] == "s3nt"

@@ -24,6 +24,7 @@ from redis.retry import Retry
 
 from worker.embeddings.ratelimit_headers import RateLimitHeaders
 from worker.errors import EmbeddingBudgetWaitError
+from worker.redis_client import redis_from_url
 from worker.settings import Settings
 
 __all__ = ["Admission", "SharedBudget", "estimate_tokens", "pause_for_exhausted_s"]
@@ -106,8 +107,9 @@ class SharedBudget:
     @classmethod
     def from_url(cls, url: str, settings: Settings) -> SharedBudget:
         """A budget in the Redis at ``url``, with the project's bounded socket timeouts."""
-        client = redis.Redis.from_url(
+        client = redis_from_url(
             url,
+            settings,
             socket_timeout=settings.redis_socket_timeout_s,
             socket_connect_timeout=settings.redis_socket_timeout_s,
             health_check_interval=10,
