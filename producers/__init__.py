@@ -6,6 +6,7 @@ neither the worker's HTTP code nor its task module::
     from producers import enqueue_text, embed_texts
     result = enqueue_text("What is machine learning?")   # an AsyncResult; keep result.id
     vectors = embed_texts(["a", "b"], timeout=60)       # in order, through the queue
+    revoke([result.id])                                 # never embedded, state REVOKED
 
 From asyncio code (FastAPI, aiohttp…), the same with ``await`` and no thread per waiting text::
 
@@ -27,12 +28,14 @@ from producers.client import (
     embed_texts,
     enqueue_text,
     enqueue_texts,
+    revoke,
 )
 from worker.errors import (
     EmbeddingError,
     EmbeddingInputError,
     EmbeddingInputTypeError,
     EmbeddingPartialEnqueueError,
+    EmbeddingQueueFullError,
     EmbeddingQueueUnavailableError,
     EmbeddingResultStoreUnavailableError,
     EmbeddingResultTimeoutError,
@@ -46,6 +49,7 @@ __all__ = [
     "EmbeddingInputError",
     "EmbeddingInputTypeError",
     "EmbeddingPartialEnqueueError",
+    "EmbeddingQueueFullError",
     "EmbeddingQueueUnavailableError",
     "EmbeddingResultStoreUnavailableError",
     "EmbeddingResultTimeoutError",
@@ -57,4 +61,5 @@ __all__ = [
     "embed_texts",
     "enqueue_text",
     "enqueue_texts",
+    "revoke",
 ]

@@ -40,11 +40,16 @@ from kombu.exceptions import OperationalError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from producers.client import _PUBLISH_RETRY_POLICY, DEFAULT_WAIT_TIMEOUT_S, EMBED_TEXT_TASK
+from producers.client import (
+    DEFAULT_WAIT_TIMEOUT_S,
+    EMBED_TEXT_TASK,
+    _retry_policy,
+    queue_error,
+)
 from producers.client import _max_chars as _configured_max_chars
 from producers.waiter import ResultWaiter
 from worker.celery_app import app as default_app
-from worker.errors import EmbeddingConfigError, EmbeddingQueueUnavailableError
+from worker.errors import EmbeddingConfigError
 from worker.validation import validate_text, validate_texts
 
 __all__ = [
@@ -222,13 +227,11 @@ def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None) ->
                     EMBED_TEXT_TASK,
                     message,
                     retry=True,
-                    retry_policy=_PUBLISH_RETRY_POLICY,
+                    retry_policy=_retry_policy(app),
                     **options,
                 )
     except (OperationalError, RedisError, OSError) as exc:
-        raise EmbeddingQueueUnavailableError(
-            f"could not enqueue the text: the broker is unreachable ({exc})"
-        ) from exc
+        raise queue_error(exc, "enqueue the text") from exc
 
 
 def result_redis(app: Celery) -> Redis:

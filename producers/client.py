@@ -7,6 +7,7 @@ result backends get one ``send_task`` and one ``AsyncResult`` per text.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -14,26 +15,39 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, ResultSet
 from kombu.exceptions import OperationalError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from worker.celery_app import app as default_app
 from worker.celery_ext import bulk_publish
-from worker.errors import EmbeddingPartialEnqueueError, EmbeddingQueueUnavailableError
+from worker.errors import (
+    EmbeddingInputTypeError,
+    EmbeddingPartialEnqueueError,
+    EmbeddingQueueFullError,
+    EmbeddingQueueUnavailableError,
+)
 from worker.names import EMBED_TEXT_TASK
+from worker.revocation import RevokeList
 from worker.settings import Settings
 from worker.validation import validate_model, validate_text, validate_texts
 
 __all__ = [
     "EMBED_TEXT_TASK",
     "ENQUEUE_CHUNK_SIZE",
+    "REVOKE_REASON",
     "embed_text",
     "embed_texts",
     "enqueue_ids",
     "enqueue_many",
     "enqueue_text",
     "enqueue_texts",
+    "publish_retry_policy",
+    "queue_error",
+    "revoke",
     "wait_all",
 ]
+
+# What a revoked text's stored TaskRevokedError says.
+REVOKE_REASON = "revoked by producers.revoke"
 
 DEFAULT_WAIT_TIMEOUT_S = 300.0
 ENQUEUE_CHUNK_SIZE = bulk_publish.DEFAULT_CHUNK_SIZE
@@ -47,14 +61,57 @@ _PUBLISH_RETRY_POLICY = {
     "interval_max": 1.0,
 }
 
+
+def publish_retry_policy(broker_url: str, failover_timeout_s: float) -> dict[str, float]:
+    """kombu's retry policy for a publish to ``broker_url``.
+
+    A plain Redis that does not answer is down: give up within about 1 s of retries. Behind
+    Sentinel a master that does not answer may be switching: keep retrying, at most 1 s
+    apart, until the waits add up to ``failover_timeout_s`` seconds
+    (``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``).
+    """
+    if not broker_url.startswith("sentinel://"):
+        return dict(_PUBLISH_RETRY_POLICY)
+    # kombu waits 0.2 s, then 0.7 s, then 1 s before every further retry.
+    retries = 2 + max(0, math.ceil(failover_timeout_s - 0.9))
+    return {**_PUBLISH_RETRY_POLICY, "max_retries": retries}
+
+
 _settings: Settings | None = None
 
 
-def _max_chars() -> int:
+def _env_settings() -> Settings:
     global _settings
     if _settings is None:
         _settings = Settings.from_env()
-    return _settings.max_text_chars
+    return _settings
+
+
+def _max_chars() -> int:
+    return _env_settings().max_text_chars
+
+
+def _retry_policy(app: Celery) -> dict[str, float]:
+    return publish_retry_policy(
+        str(app.conf.broker_url or ""), _env_settings().redis_failover_timeout_s
+    )
+
+
+def queue_error(exc: BaseException, doing: str) -> EmbeddingQueueUnavailableError:
+    """The typed error for ``exc``, raised while ``doing`` (e.g. "enqueue the text").
+
+    ``EmbeddingQueueFullError`` when Redis refused a write at its ``maxmemory`` (kombu wraps
+    that answer as a connection error), else ``EmbeddingQueueUnavailableError``.
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OutOfMemoryError):
+            return EmbeddingQueueFullError(
+                f"could not {doing}: Redis is full (maxmemory reached, noeviction); it takes "
+                "texts again once workers drain the queue or Redis gets more memory"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return EmbeddingQueueUnavailableError(f"could not {doing}: the broker is unreachable ({exc})")
 
 
 def _send(text: str, model: str | None, app: Celery) -> AsyncResult:
@@ -65,12 +122,10 @@ def _send(text: str, model: str | None, app: Celery) -> AsyncResult:
             args=(text,),
             kwargs=kwargs,
             retry=True,
-            retry_policy=_PUBLISH_RETRY_POLICY,
+            retry_policy=_retry_policy(app),
         )
     except OperationalError as exc:
-        raise EmbeddingQueueUnavailableError(
-            f"could not enqueue the text: the broker is unreachable ({exc})"
-        ) from exc
+        raise queue_error(exc, "enqueue the text") from exc
     except RuntimeError as exc:
         # Celery's Redis result consumer subscribes to the result before the message is sent,
         # and gives up on an unreachable Redis this way; nothing was enqueued.
@@ -102,9 +157,11 @@ def _broker_error(exc: BaseException) -> BaseException | None:
 
 
 def _partial(cause: BaseException, done: list[AsyncResult], total: int) -> Exception:
+    # The message says whether Redis was full or unreachable (``queue_error``).
+    error = queue_error(cause, "enqueue the text")
     return EmbeddingPartialEnqueueError(
-        f"could not enqueue the text: the broker is unreachable ({cause}); the first "
-        f"{len(done)} of {total} texts were enqueued, none from index {len(done)} on",
+        f"{error}; the first {len(done)} of {total} texts were enqueued, none from index "
+        f"{len(done)} on",
         enqueued=done,
         not_enqueued_from=len(done),
     )
@@ -264,3 +321,35 @@ def embed_texts(
         vectors: list[list[float]] = ResultSet(results, app=target).get(timeout=timeout)
         return vectors
     return wait_all(enqueue_ids(checked, model=model, app=target), timeout, target)
+
+
+def revoke(task_ids: Iterable[str], *, app: Celery | None = None) -> None:
+    """Revoke texts by task id: from now on no worker embeds them, wherever they wait.
+
+    Puts the ids on the fleet's revoke list in Redis (kept ``EMBEDDINGS_RESULT_EXPIRES_S``)
+    and stores each text's state as REVOKED, final like SUCCESS: a text already SUCCESS
+    keeps its vector, and a text revoked while its call was already under way stays REVOKED.
+    Then broadcasts Celery's ``app.control.revoke(ids)`` to the workers running now. A
+    worker started later, and a text waiting in a worker's micro-batcher, are covered by
+    the list. Raises ``EmbeddingQueueUnavailableError`` when Redis cannot be reached.
+    """
+    ids = list(task_ids)
+    for index, task_id in enumerate(ids):
+        if not isinstance(task_id, str) or not task_id:
+            raise EmbeddingInputTypeError(
+                f"task id at index {index} must be a non-empty str, got {type(task_id).__name__}"
+            )
+    if not ids:
+        return
+    target = app or default_app
+    backend = target.backend
+    try:
+        if isinstance(backend, RevokeList):
+            backend.remember_revoked(ids, REVOKE_REASON)
+        else:
+            # Another result backend keeps no list: only the workers running now hear it.
+            for task_id in ids:
+                backend.mark_as_revoked(task_id, REVOKE_REASON)
+        target.control.revoke(ids)
+    except (OperationalError, RedisError) as exc:
+        raise queue_error(exc, f"revoke {len(ids)} texts") from exc

@@ -13,7 +13,8 @@ Every error raised by this project derives from :class:`EmbeddingError`::
     │   ├── EmbeddingConnectionError             the API could not be reached
     │   ├── EmbeddingPoolExhausted               no pooled connection freed up in time
     │   ├── EmbeddingQueueUnavailableError       the broker could not be reached to enqueue
-    │   │   └── EmbeddingPartialEnqueueError     … midway through a list; says which were
+    │   │   ├── EmbeddingPartialEnqueueError     … midway through a list; says which were
+    │   │   └── EmbeddingQueueFullError          Redis is full (maxmemory) and refused the text
     │   ├── EmbeddingResultStoreUnavailableError Redis failed under a running or awaited text
     │   ├── EmbeddingResultTimeoutError (TimeoutError)  no result within a producer's timeout
     │   ├── EmbeddingCircuitOpenError            the per-process breaker is refusing calls
@@ -47,6 +48,7 @@ __all__ = [
     "EmbeddingInputTypeError",
     "EmbeddingPartialEnqueueError",
     "EmbeddingPoolExhausted",
+    "EmbeddingQueueFullError",
     "EmbeddingQueueUnavailableError",
     "EmbeddingRateLimitError",
     "EmbeddingResponseError",
@@ -150,6 +152,14 @@ class EmbeddingResponseError(EmbeddingFatalError):
 
 class EmbeddingQueueUnavailableError(EmbeddingRetryableError):
     """The broker (Redis) could not be reached to enqueue a text; nothing was enqueued."""
+
+
+class EmbeddingQueueFullError(EmbeddingQueueUnavailableError):
+    """Redis is at its ``maxmemory`` and refused the text; nothing was enqueued.
+
+    Not an outage: Redis answers, and takes texts again once workers have drained the
+    queue or it is given more memory (docs/operations.md, sizing).
+    """
 
 
 class EmbeddingResultStoreUnavailableError(EmbeddingRetryableError):

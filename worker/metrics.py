@@ -77,7 +77,8 @@ CACHE_ERRORS = Counter(
 )
 INPUTS_SAVED = Counter(
     "embeddings_inputs_saved",
-    "Texts that cost no API input: served by the cache, or merged with an identical text",
+    "Texts that cost no API input: served by the cache, merged with an identical text, "
+    "or revoked before their call",
     ["reason"],
 )
 

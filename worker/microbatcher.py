@@ -17,6 +17,10 @@ With a ``BudgetGate`` (the cluster's shared rate-limit budget), a due batch leav
 once the budget admits it. Its texts wait here meanwhile, not as Celery retries, so the
 batch keeps filling and calls stay full while the limit holds; a 429 pauses the cluster and
 puts the call's texts back at the head of the line.
+
+With ``revoked`` (the fleet's revoke list, worker/revocation.py), every call's texts are
+checked in one round trip before it leaves: a revoked text is taken out and its task told
+(``TextRevoked``), so no call carries it, however long it had waited here.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from worker.budget import BudgetGate, estimate_tokens
 from worker.embeddings.batcher import EmbeddingBatcher
 from worker.errors import EmbeddingBudgetWaitError, EmbeddingError, EmbeddingRateLimitError
 from worker.flush_policy import FlushPolicy, batch_is_due
+from worker.revocation import TextRevoked
 from worker.vector_cache import VectorCache
 from worker.waiting import Batch, Waiting, WaitingTexts
 
@@ -48,6 +53,8 @@ class MicroBatcherClosed(RuntimeError):
 _Outcome = list[float] | EmbeddingError
 # Stores (task id, vector) pairs of one call in one step; see ``MicroBatcher``.
 StoreVectors = Callable[[list[tuple[str, list[float]]]], object]
+# The task ids among those given that were revoked; see ``MicroBatcher``.
+RevokedAmong = Callable[[list[str]], set[str]]
 
 
 class MicroBatcher:
@@ -58,6 +65,8 @@ class MicroBatcher:
     step; if it raises, the futures resolve anyway and each task stores its own.
     ``gate``, when given, admits every call against the cluster's shared budget; ``cache``
     serves texts embedded before. ``flush_policy`` says when a partial batch leaves.
+    ``revoked`` names the revoked task ids among a call's; those texts leave the call and
+    their futures raise ``TextRevoked`` (if it raises, the call's texts fail with its error).
     ``clock`` is monotonic seconds, injectable for tests.
     """
 
@@ -70,9 +79,11 @@ class MicroBatcher:
         gate: BudgetGate | None = None,
         cache: VectorCache | None = None,
         flush_policy: FlushPolicy = FlushPolicy.NAGLE,
+        revoked: RevokedAmong | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.batcher = batcher
+        self._revoked = revoked
         self._store_vectors = store_vectors
         self._gate = gate
         self._cache = cache
@@ -328,6 +339,8 @@ class MicroBatcher:
 
     def _embed(self, batch: Batch) -> None:
         outcomes: list[_Outcome] | None
+        if self._revoked is not None and not self._drop_revoked(batch):
+            return
         try:
             if self._gate is None:
                 outcomes = self.batcher.embed_isolated(batch.texts, batch.model)
@@ -345,6 +358,42 @@ class MicroBatcher:
         if saved:
             metrics.INPUTS_SAVED.labels(reason="duplicate").inc(saved)
         self._completions.submit(self._complete, entries, [by_text[w.text] for w in entries], batch)
+
+    def _drop_revoked(self, batch: Batch) -> bool:
+        """Take ``batch``'s revoked texts out of it; False when nothing is left to send."""
+        assert self._revoked is not None
+        ids = [w.task_id for w in batch.all_entries() if w.task_id is not None]
+        try:
+            revoked = self._revoked(ids) if ids else set()
+        except Exception as exc:
+            # Unknown whether a text was revoked: none is sent; each task handles the
+            # store's outage as it would a failed result write (back to the queue).
+            log.warning("could not read the revoke list (%s); the call is not sent", exc)
+            _fail(self._end_call(batch), exc)
+            return False
+        if not revoked:
+            return True
+        with self._cond:
+            dropped: list[Waiting] = []
+            for text in list(batch.texts):
+                entries = batch.entries[text]
+                gone = [w for w in entries if w.task_id in revoked]
+                if not gone:
+                    continue
+                dropped.extend(gone)
+                entries[:] = [w for w in entries if w.task_id not in revoked]
+                if not entries:
+                    # No task waits for it any more: it leaves the call, and a later
+                    # identical text queues for a call of its own.
+                    batch.texts.remove(text)
+                    del batch.entries[text]
+                    self._waiting.forget(batch.model, text)
+        metrics.INPUTS_SAVED.labels(reason="revoked").inc(len(dropped))
+        _fail(dropped, TextRevoked(f"{len(dropped)} texts were revoked before their call"))
+        if batch.texts:
+            return True
+        self._end_call(batch)
+        return False
 
     def _embed_in_budget(self, batch: Batch) -> list[_Outcome] | None:
         """One admitted call; None when a 429 sent its texts back to wait for budget."""

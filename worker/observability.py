@@ -31,6 +31,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from worker import metrics  # noqa: F401 - registers the seed's metrics before any scrape
+from worker.redis_client import REDIS_SCHEMES, redis_from_url
 from worker.settings import Settings
 
 __all__ = [
@@ -123,26 +124,25 @@ def start_metrics_server(settings: Settings, broker_url: str | None, queue: str,
             log.error("metrics not served on %s:%d: %s", settings.metrics_addr, port, exc.strerror)
             return False
         _serving = (settings.metrics_addr, port)
-        client = _broker_client(broker_url)
+        client = _broker_client(broker_url, settings)
         if client is not None:
             REGISTRY.register(QueueDepthCollector(client, queue))
     log.info("Prometheus metrics on http://%s:%d/metrics", settings.metrics_addr, port)
     return True
 
 
-def _broker_client(broker_url: str | None) -> redis.Redis | None:
+def _broker_client(broker_url: str | None, settings: Settings) -> redis.Redis | None:
     scheme = urlsplit(broker_url or "").scheme
-    if broker_url is None or scheme not in ("redis", "rediss", "unix"):
-        # Sentinel and other transports need their own client; the queue gauge is skipped.
-        log.warning("queue depth gauge needs a redis:// broker, got scheme %r", scheme)
+    if broker_url is None or scheme not in REDIS_SCHEMES:
+        log.warning("queue depth gauge needs a Redis broker, got scheme %r", scheme)
         return None
-    client: redis.Redis = redis.Redis.from_url(
+    return redis_from_url(
         broker_url,
+        settings,
         socket_timeout=_SCRAPE_TIMEOUT_S,
         socket_connect_timeout=_SCRAPE_TIMEOUT_S,
         retry_on_timeout=False,
     )
-    return client
 
 
 def _is_prefork(pool_cls: Any) -> bool:

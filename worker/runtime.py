@@ -22,6 +22,8 @@ from worker.embeddings.config import EmbeddingConfig
 from worker.errors import EmbeddingConfigError
 from worker.flush_policy import FlushPolicy
 from worker.microbatcher import MicroBatcher
+from worker.redis_client import REDIS_SCHEMES
+from worker.revocation import RevokeList
 from worker.settings import Settings
 from worker.vector_cache import VectorCache
 
@@ -75,6 +77,7 @@ def get_microbatcher() -> MicroBatcher:
                 gate=gate,
                 cache=_vector_cache(settings),
                 flush_policy=FlushPolicy(settings.flush_policy),
+                revoked=_revoked_among,
             )
             _owner_pid = os.getpid()
             rpm, tpm = settings.limits_for(settings.model)
@@ -97,11 +100,11 @@ def limiter_url(settings: Settings, broker_url: str, result_backend: str) -> str
     result backend's, whichever is Redis; None when none is."""
     candidates = [settings.limiter_url, broker_url, result_backend.rpartition("+")[2]]
     for url in candidates:
-        if url and urlsplit(url).scheme in ("redis", "rediss", "unix"):
+        if url and urlsplit(url).scheme in REDIS_SCHEMES:
             return url
     if settings.limiter_url:
         raise EmbeddingConfigError(
-            f"EMBEDDINGS_LIMITER_URL must be a redis://, rediss:// or unix:// URL, "
+            f"EMBEDDINGS_LIMITER_URL must be a redis://, rediss://, unix:// or sentinel:// URL, "
             f"got scheme {urlsplit(settings.limiter_url).scheme!r}"
         )
     return None
@@ -130,6 +133,12 @@ def _store_vectors(vectors: list[tuple[str, list[float]]]) -> bool:
     # Celery gives each thread its own backend; this is the calling (micro-batcher) thread's.
     backend = app.backend
     return isinstance(backend, VectorStore) and backend.store_vectors(vectors)
+
+
+def _revoked_among(task_ids: list[str]) -> set[str]:
+    # A result backend other than Redis keeps no revoke list: Celery's broadcast alone.
+    backend = app.backend
+    return backend.revoked_among(task_ids) if isinstance(backend, RevokeList) else set()
 
 
 def shutdown(**_: Any) -> None:

@@ -35,6 +35,11 @@ __all__ = [
 ENV_PREFIX = "EMBEDDINGS_"
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+# The name Sentinels monitor the master under (``sentinel monitor NAME …``).
+DEFAULT_REDIS_SENTINEL_MASTER = "mymaster"
+# Sentinel's own defaults (down-after-milliseconds 30 s, failover-timeout 180 s) switch in
+# far longer; tuned deployments switch within ~10 s, the bound producers retry a publish.
+DEFAULT_REDIS_FAILOVER_TIMEOUT_S = 10.0
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "text-embedding-3-small"
 DEFAULT_BATCH_SIZE = 8
@@ -94,6 +99,8 @@ DEFAULT_WORKER_PREFETCH_MULTIPLIER = 8
 _OTHER_ENV_NAMES = {
     "visibility_timeout_s": "BROKER_VISIBILITY_TIMEOUT",
     "redis_url": "REDIS_URL",
+    "redis_sentinel_master": "REDIS_SENTINEL_MASTER",
+    "redis_sentinel_password": "REDIS_SENTINEL_PASSWORD",
     "broker_url": "CELERY_BROKER_URL",
     "result_backend_url": "CELERY_RESULT_BACKEND",
     "unacked_restore_interval_s": "BROKER_UNACKED_RESTORE_INTERVAL",
@@ -218,6 +225,11 @@ class Settings:
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
     broker_url: str = field(default="", repr=False)  # "": redis_url
     result_backend_url: str = field(default="", repr=False)  # "": redis_url
+    # For sentinel:// URLs: the monitored master's name, the Sentinels' own password, and how
+    # long a producer retries a publish through a failover (seconds).
+    redis_sentinel_master: str = DEFAULT_REDIS_SENTINEL_MASTER
+    redis_sentinel_password: str = field(default="", repr=False)
+    redis_failover_timeout_s: float = DEFAULT_REDIS_FAILOVER_TIMEOUT_S
     unacked_restore_interval_s: int = DEFAULT_UNACKED_RESTORE_INTERVAL_S
     worker_pool: str = DEFAULT_WORKER_POOL
     worker_concurrency: int = 0  # 0: pool_size × batch_size + batch_size
@@ -231,6 +243,7 @@ class Settings:
         _check_positive("timeout_s", self.timeout_s)
         _check_positive("pool_timeout_s", self.pool_timeout_s)
         _check_positive("redis_socket_timeout_s", self.redis_socket_timeout_s)
+        _check_positive("redis_failover_timeout_s", self.redis_failover_timeout_s)
         if self.visibility_timeout_s <= 0:
             raise EmbeddingConfigError(
                 f"BROKER_VISIBILITY_TIMEOUT must be positive, got {self.visibility_timeout_s!r}"

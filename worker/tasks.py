@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject
 from celery.utils.log import get_task_logger
 
 from worker import observability
@@ -27,6 +27,7 @@ from worker.errors import (
 )
 from worker.microbatcher import MicroBatcherClosed
 from worker.names import EMBED_TEXT_TASK
+from worker.revocation import TextRevoked
 from worker.runtime import get_microbatcher, get_settings
 from worker.settings import Settings
 from worker.validation import validate_text
@@ -111,6 +112,12 @@ def embed_text_task(self: Task, text: Any, model: str | None = None) -> list[flo
             return future.result(timeout=_worst_case_wait_s(settings))
         except TimeoutError as exc:
             raise EmbeddingTimeoutError("no answer from the micro-batcher in time") from exc
+    except TextRevoked as exc:
+        # What Celery does for a request it knows is revoked: store REVOKED, ack, no result.
+        log.info("text %s revoked before its call; not embedded", self.request.id)
+        self.backend.mark_as_revoked(self.request.id, "revoked", request=self.request)
+        self.send_event("task-revoked", terminated=False, signum=None, expired=False)
+        raise Ignore() from exc
     except MicroBatcherClosed as exc:
         # This process is shutting down: the text goes back to the queue for another worker.
         raise Reject(str(exc), requeue=True) from exc

@@ -125,6 +125,10 @@ class WaitingTexts:
         for text in batch.texts:
             self._in_calls.pop((batch.model, text), None)
 
+    def forget(self, model: str, text: str) -> None:
+        """``text`` left its call before it was sent: arrivals no longer join that call."""
+        self._in_calls.pop((model, text), None)
+
     def requeue(self, model: str, entries: list[Waiting]) -> None:
         """Put ``entries`` back at the head of ``model``'s queue, in their order."""
         if not entries:

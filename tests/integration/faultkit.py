@@ -118,6 +118,7 @@ class RedisServer:
         password: str | None = None,
         persistent: bool = False,
         tls: bool = False,
+        extra_args: Sequence[str] = (),
     ) -> None:
         if shutil.which("redis-server") is None:
             pytest.skip("redis-server is not installed")
@@ -127,6 +128,7 @@ class RedisServer:
         self.password = password
         self.persistent = persistent
         self.tls = tls
+        self.extra_args = list(extra_args)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = workdir / f"redis-{self.port}.log"
@@ -168,6 +170,7 @@ class RedisServer:
                 "--appendfsync", "always"]  # fmt: skip
         if self.password:
             argv += ["--requirepass", self.password]
+        argv += self.extra_args
         if self.tls:
             if not self.ca_path.exists():
                 self._make_certificates()

@@ -88,3 +88,22 @@ def test_a_batch_that_cannot_reach_redis_raises_and_marks_nothing(app, monkeypat
     )
     ResultBackend(app=app, url=TEST_REDIS_URL).store_result("t-lost", VECTOR, states.SUCCESS)
     assert writes == [b"celery-task-meta-t-lost"]  # the task's own write was not skipped
+
+
+def test_a_revoked_text_stays_revoked_whatever_is_written_after(backend, clean_redis, app):
+    backend.remember_revoked(["revoked-1", "revoked-2"], "test")
+    assert backend.revoked_among(["revoked-1", "other", "revoked-2"]) == {"revoked-1", "revoked-2"}
+    backend.store_result("revoked-1", VECTOR, states.SUCCESS)
+    backend.store_vectors([("revoked-2", VECTOR)])
+    backend.store_result("revoked-2", VECTOR, states.SUCCESS)
+    for task_id in ("revoked-1", "revoked-2"):
+        meta = _stored(clean_redis, task_id)
+        assert meta["status"] == states.REVOKED
+        assert 0 < clean_redis.ttl(f"celery-task-meta-{task_id}") <= backend.expires
+    assert 0 < clean_redis.ttl("embeddings-revoked") <= backend.expires
+
+
+def test_revoking_a_finished_text_keeps_its_vector(backend, clean_redis, app):
+    backend.store_result("done", VECTOR, states.SUCCESS)
+    backend.remember_revoked(["done"], "too late")
+    assert _stored(clean_redis, "done")["status"] == states.SUCCESS

@@ -11,6 +11,7 @@ from celery.contrib.testing.mocks import TaskMessage
 from celery.exceptions import BackendStoreError
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.celery_ext.outages import RequeueOnOutageRequest, is_redis_outage
@@ -30,6 +31,7 @@ def _chained(outer: Exception, cause: BaseException) -> Exception:
     [
         RedisConnectionError("refused"),
         RedisTimeoutError("timed out"),
+        OutOfMemoryError("command not allowed when used memory > 'maxmemory'"),
         OperationalError("broker unreachable"),
         EmbeddingResultStoreUnavailableError("store"),
         _chained(BackendStoreError("failed to store result"), RedisConnectionError("refused")),

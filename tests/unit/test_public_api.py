@@ -156,3 +156,16 @@ def test_the_result_timeout_error_is_retryable_and_a_builtin_timeout() -> None:
     assert issubclass(error, worker.errors.EmbeddingRetryableError)
     assert issubclass(error, TimeoutError)
     assert "EmbeddingResultTimeoutError" in (worker.errors.__doc__ or "")
+
+
+def test_a_full_redis_error_is_a_queue_error_exported_where_web_apps_look() -> None:
+    error = worker.errors.EmbeddingQueueFullError
+    assert issubclass(error, worker.errors.EmbeddingQueueUnavailableError)
+    assert producers.EmbeddingQueueFullError is error
+    assert worker.embeddings.EmbeddingQueueFullError is error
+    assert "EmbeddingQueueFullError" in (worker.errors.__doc__ or "")
+
+
+def test_revoke_is_exported_next_to_the_enqueue_functions() -> None:
+    assert producers.revoke is producers.client.revoke
+    assert "revoke" in producers.__all__

@@ -1,10 +1,11 @@
 """Where the worker departs from stock Celery and kombu: every adaptation, pinned to 5.7.
 
 The rest of ``worker/`` is the product and imports nothing from here. The Celery
-configuration joins them: ``config.celery_config(settings)`` selects the four classes below
+configuration joins them: ``config.celery_config(settings)`` selects the classes below
 that Celery and kombu load by name, and ``install(app)`` (called once, by
-``worker.celery_app``) installs the three that act process-wide. Each keeps Celery's and
-kombu's message formats and keys, so stock and patched workers can share a broker.
+``worker.celery_app``) installs the three that act process-wide and pins the app's URLs.
+Each keeps Celery's and kombu's message formats and keys, so stock and patched workers can
+share a broker.
 
 ==================  ======================================  ========================================
 module              replaces                                why
@@ -16,10 +17,21 @@ module              replaces                                why
                     acks once per loop turn; one client     a worker's intake; an ack on a dead
                     per pool; a dead connection's ack is    connection stopped the worker
                     dropped
+``full_redis``      kombu's Redis ``Channel`` (mixed into   a full Redis (maxmemory) refuses every
+                    ``transport``): sizes, checks, deletes  MULTI: a worker starting then stopped,
+                    without ``MULTI``; a refused binding    and acks could not free it; a fetch
+                    left unrecorded. ``transport`` also     refused for memory is not a lost
+                    pauses fetching while Redis is full     connection
 ``result_backend``  Celery's ``RedisBackend``               one round trip instead of two; a RETRY
                     (``result_backend`` prefix): a write    can no longer overwrite a re-run's
                     is one ``store_result.lua``; a call's   SUCCESS; one write per call, not per
-                    vectors go in one pipeline              text; an outage is not stored as failure
+                    vectors go in one pipeline; REVOKED is  text; an outage is not stored as
+                    final; the fleet's revoke list          failure; a revoke reaches workers
+                                                            started later
+``sentinel``        kombu's ``SentinelChannel``,           the same guarantees behind Sentinel: the
+                    ``SentinelTransport``, Celery's         stock Sentinel classes are the stock
+                    ``SentinelBackend`` (``sentinel://``):  Redis ones, with none of the above
+                    the classes above placed before them
 ``outages``         the task's ``Request``                  Celery turns its own backend's
                     (``task_annotations``): a Redis         ``ConnectionError`` into the text's
                     outage requeues the text                FAILURE
@@ -37,6 +49,10 @@ module              replaces                                why
                     (kombu's own ``LPUSH``es through its    one producer thread fed fewer than two
                     publish batch) with their ``task-sent`` workers
                     events; results read by ``MGET``
+``pinned_conf``     Celery's ``Settings`` (``install``,     Celery reads ``CELERY_RESULT_BACKEND``
+                    ``apply_config``): broker and result    and ``CELERY_BROKER_URL`` again, over
+                    URLs from the configuration only        the configuration: stock backend, or
+                                                            the wrong broker for ``--redis-url``
 ``compat``          — (run at import and by ``install``)    fails at start-up, naming versions, when
                                                             a Celery or kombu internal used here is
                                                             gone
@@ -51,7 +67,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker.celery_ext import compat, serialization, tasklog
+from worker.celery_ext import compat, pinned_conf, sentinel, serialization, tasklog
 
 __all__ = ["install"]
 
@@ -62,11 +78,14 @@ def install(app: Celery) -> None:
     Registers the vector serializer with kombu, so the app can write and read results;
     shortens Celery's rendering of vector results; quiets per-task INFO lines when Celery
     sets up a worker's logging. All three act for the whole process, so one call covers
-    every app in it. The class-based adaptations come with the app's configuration
-    (``config.celery_config``). Raises ``ImportError`` naming versions when a Celery or
-    kombu internal the adaptations use is missing.
+    every app in it. It also makes ``app.conf`` read the broker and result URLs from the
+    configuration alone (``pinned_conf``). The class-based adaptations come with the app's
+    configuration (``config.celery_config``). Raises ``ImportError`` naming versions when a
+    Celery or kombu internal the adaptations use is missing.
     """
     compat.check()
+    pinned_conf.pin(app)
+    sentinel.register_transport_alias()
     serialization.register_serializer()
     serialization.install_short_result_repr()
     tasklog.connect()

@@ -58,22 +58,34 @@ USED_INTERNALS: tuple[Internal, ...] = (
         "Channel",
         "_brpop_start _brpop_read _flush_brpop_reauth _q_for_pri _queue_cycle _in_poll "
         "_brpop_sent_at _create_client _qos ack_emulation global_keyprefix priority_steps "
-        "brpop_timeout unacked_key unacked_index_key conn_or_acquire sep",
+        "brpop_timeout unacked_key unacked_index_key conn_or_acquire sep connection_errors",
         _TRANSPORT,
     ),
     *_uses(
         _KOMBU_REDIS,
+        "Channel",
+        "_size _queue_bind _delete _has_queue auto_delete_queues keyprefix_queue "
+        "keyprefix_binding_permanent",
+        "worker.celery_ext.full_redis",
+    ),
+    *_uses(
+        _KOMBU_REDIS,
         "QoS",
-        "append ack pipe_or_acquire can_consume_max_estimate unacked_key unacked_index_key",
+        "append ack pipe_or_acquire can_consume_max_estimate unacked_key unacked_index_key "
+        "restore_visible",
         _TRANSPORT,
     ),
     *_uses(_KOMBU_REDIS, "Transport", "register_with_event_loop channels", _TRANSPORT),
+    *_uses(_KOMBU_REDIS, "SentinelChannel", "_get_pool", "worker.celery_ext.sentinel"),
+    *_uses(_KOMBU_REDIS, "SentinelTransport", "Channel", "worker.celery_ext.sentinel"),
+    *_uses("kombu.transport", "", "TRANSPORT_ALIASES", "worker.celery_ext.sentinel"),
+    *_uses("celery.backends.redis", "SentinelBackend", "_get_pool", "worker.celery_ext.sentinel"),
     *_uses("kombu.transport.virtual", "Transport", "_deliver", _TRANSPORT),
     *_uses(
         "celery.backends.redis",
         "RedisBackend",
         "_store_result _get_result_meta _ensure_retryable _MAX_STR_VALUE_SIZE failure_expires "
-        "ensure get_key_for_task",
+        "ensure get_key_for_task encode_result client",
         _BACKEND,
     ),
     *_uses("celery.worker.request", "Request", "on_failure reject", "worker.celery_ext.outages"),
@@ -96,6 +108,12 @@ USED_INTERNALS: tuple[Internal, ...] = (
     *_uses(_KOMBU_REDIS, "PublishBatch", "add", "worker.celery_ext.bulk_publish"),
     *_uses(_KOMBU_REDIS, "Channel", "create_publish_batch", "worker.celery_ext.bulk_publish"),
     *_uses("celery.app.trace", "", "saferepr logger", "worker.celery_ext.serialization"),
+    *_uses(
+        "celery.app.utils",
+        "Settings",
+        "broker_url broker_read_url broker_write_url result_backend first",
+        "worker.celery_ext.pinned_conf",
+    ),
     *_uses("celery.worker.strategy", "", "logger", "worker.celery_ext.tasklog"),
 )
 

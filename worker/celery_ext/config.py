@@ -16,12 +16,16 @@ from urllib.parse import urlsplit
 
 from celery import Celery
 
+from worker.celery_ext.pinned_conf import pin
+from worker.celery_ext.sentinel import SENTINEL_TRANSPORT_PATH, register_transport_alias
 from worker.celery_ext.serialization import SERIALIZER_NAME
 from worker.names import EMBED_TEXT_TASK, TASK_QUEUE
 from worker.settings import Settings
 
 __all__ = [
     "RESULT_BACKEND_CLASS",
+    "SENTINEL_RESULT_BACKEND_CLASS",
+    "SENTINEL_TRANSPORT_CLASS",
     "TASK_REQUEST_CLASS",
     "TRANSPORT_CLASS",
     "WORKER_CONSUMER_CLASS",
@@ -29,16 +33,22 @@ __all__ = [
     "broker_url",
     "celery_config",
     "result_backend_url",
+    "uses_sentinel",
     "with_redis_url",
 ]
 
 # The adaptations that Celery selects through its settings (see worker/celery_ext/__init__).
 TRANSPORT_CLASS = "worker.celery_ext.transport:AtomicFetchTransport"
 RESULT_BACKEND_CLASS = "worker.celery_ext.result_backend:ResultBackend"
+SENTINEL_TRANSPORT_CLASS = SENTINEL_TRANSPORT_PATH
+SENTINEL_RESULT_BACKEND_CLASS = "worker.celery_ext.sentinel:SentinelResultBackend"
 WORKER_CONSUMER_CLASS = "worker.celery_ext.consumer:EventBatchingConsumer"
 TASK_REQUEST_CLASS = "worker.celery_ext.outages:RequeueOnOutageRequest"
 
 _REDIS_SCHEMES = ("redis", "rediss")
+# sentinel://h1:26379;sentinel://h2:26379 (kombu's and Celery's form): the master is found
+# through the Sentinels, under REDIS_SENTINEL_MASTER.
+_SENTINEL = "sentinel"
 # Certificates are checked: kombu's and Celery's own TLS defaults would not check them.
 _VERIFIED_TLS = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
@@ -70,12 +80,18 @@ def _connection(settings: Settings) -> dict[str, Any]:
         # Celery's Redis backend with one-step writes, and a Redis outage requeues the text
         # instead of storing it as the text's failure.
         backend = f"{RESULT_BACKEND_CLASS}+{results}"
-    redis_broker = _scheme(broker) in _REDIS_SCHEMES
+    elif _scheme(results) == _SENTINEL:
+        backend = f"{SENTINEL_RESULT_BACKEND_CLASS}+{results}"
+    transport = None
+    if _scheme(broker) in _REDIS_SCHEMES:
+        # The fetch that cannot lose a message to a killed worker, batched acks.
+        transport = TRANSPORT_CLASS
+    elif _scheme(broker) == _SENTINEL:
+        transport = SENTINEL_TRANSPORT_CLASS
     return {
         "broker_url": broker,
         "result_backend": backend,
-        # The fetch that cannot lose a message to a killed worker, batched acks.
-        "broker_transport": TRANSPORT_CLASS if redis_broker else None,
+        "broker_transport": transport,
         # kombu enables TLS for ``rediss`` by the transport's name, which is no longer
         # "rediss" here; Celery's backend refuses a rediss:// URL without ssl_cert_reqs.
         "broker_use_ssl": dict(_VERIFIED_TLS) if _scheme(broker) == "rediss" else None,
@@ -83,10 +99,30 @@ def _connection(settings: Settings) -> dict[str, Any]:
     }
 
 
+def uses_sentinel(settings: Settings) -> bool:
+    """Whether the broker or the result backend is reached through Redis Sentinel."""
+    urls = (broker_url(settings), result_backend_url(settings))
+    return any(_scheme(url) == _SENTINEL for url in urls)
+
+
+def _sentinel_options(settings: Settings) -> dict[str, Any]:
+    if not uses_sentinel(settings):
+        return {}
+    # Questions to a Sentinel are bounded like those to Redis; a dead Sentinel is skipped.
+    sentinel_kwargs: dict[str, Any] = {
+        "socket_timeout": settings.redis_socket_timeout_s,
+        "socket_connect_timeout": 2,
+    }
+    if settings.redis_sentinel_password:
+        sentinel_kwargs["password"] = settings.redis_sentinel_password
+    return {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": sentinel_kwargs}
+
+
 def _transport_options(settings: Settings) -> dict[str, Any]:
     # A killed worker's unacked texts return after the visibility timeout; the sweep runs
     # every interval × throttle seconds, so that stays a small fraction of the timeout.
     return {
+        **_sentinel_options(settings),
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": settings.unacked_restore_interval_s,
         "unacked_restore_throttle": 1,
@@ -180,6 +216,10 @@ def apply_config(app: Celery, settings: Settings) -> None:
     """Configure ``app`` for ``settings``, replacing every setting ``celery_config`` sets.
 
     Call it before the app first connects: Celery keeps its connection pools and result
-    backend once they are built.
+    backend once they are built. Celery's own reading of ``CELERY_BROKER_URL`` and
+    ``CELERY_RESULT_BACKEND`` no longer overrides the configuration (``pinned_conf``), and
+    kombu's failover to the next ``sentinel://`` URL keeps the project's transport.
     """
+    pin(app)
+    register_transport_alias()
     app.conf.update(celery_config(settings))

@@ -30,6 +30,7 @@ from celery.worker.request import Request
 from celery.worker.state import task_ready
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import EmbeddingResultStoreUnavailableError
@@ -39,9 +40,11 @@ __all__ = ["RequeueOnOutageRequest", "is_redis_outage"]
 log = logging.getLogger(__name__)
 
 # Redis unreachable, as redis-py (result store), kombu (broker: publishing a Celery retry)
-# and this module report it.
+# and this module report it; or full (maxmemory, noeviction), refusing the write: the
+# text's outcome is just as unwritable, and it runs again once Redis has room.
 _OUTAGE_ERRORS = (
     RedisConnectionError,
+    OutOfMemoryError,
     RedisTimeoutError,
     OperationalError,
     EmbeddingResultStoreUnavailableError,
@@ -49,7 +52,8 @@ _OUTAGE_ERRORS = (
 
 
 def is_redis_outage(exc: BaseException | None) -> bool:
-    """Whether ``exc``, or an error it was raised from, says Redis could not be reached."""
+    """Whether ``exc``, or an error it was raised from, says Redis could not be reached (or
+    was full)."""
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, _OUTAGE_ERRORS):

@@ -12,6 +12,10 @@ Celery's own write of each of those results, a moment later in the task's thread
 skipped. If the batched write fails, nothing is marked and every task stores its own result
 as before. The worker reaches it through ``worker.runtime.VectorStore``, never by this class.
 
+**Revokes.** ``remember_revoked`` and ``revoked_among`` keep the fleet's revoke list
+(``worker.revocation``) in this Redis; a stored REVOKED is final like SUCCESS: the script
+writes nothing over either.
+
 **Outages.** A write that failed through its retries is reported as
 :class:`EmbeddingResultStoreUnavailableError`, and an outage is never stored as a failure:
 ``worker.celery_ext.outages`` requeues the text instead.
@@ -24,18 +28,20 @@ the Celery internals used here.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 from celery import states
 from celery.backends.redis import RedisBackend
-from celery.exceptions import BackendStoreError
+from celery.exceptions import BackendStoreError, TaskRevokedError
 from kombu.utils import encoding as kombu_encoding
 
 from worker.celery_ext.lua import load_script
 from worker.celery_ext.outages import is_redis_outage
 from worker.celery_ext.serialization import SERIALIZER_NAME
 from worker.errors import EmbeddingResultStoreUnavailableError
+from worker.revocation import REVOKED_KEY
 
 __all__ = ["STORE_SCRIPT", "ResultBackend"]
 
@@ -46,6 +52,9 @@ STORE_SCRIPT = load_script("store_result.lua")
 
 # The script reads the stored status as JSON; another result serializer keeps Celery's path.
 _JSON_SERIALIZERS = frozenset({"json", SERIALIZER_NAME})
+
+# A revoke's lifetime when results never expire: a week, in seconds.
+_DEFAULT_REVOKE_LIFETIME_S = 7 * 86_400
 
 # Task ids whose SUCCESS ``store_vectors`` already wrote: Celery's own write of that result,
 # which follows in the task's thread, is skipped once. Process-wide, because Celery gives
@@ -79,7 +88,7 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
             # Celery wraps a write that failed through every retry in BackendStoreError.
             if is_redis_outage(exc):
                 raise EmbeddingResultStoreUnavailableError(
-                    f"Redis could not be reached to store text {task_id}'s outcome "
+                    f"Redis could not be reached (or was full) to store text {task_id}'s outcome "
                     f"({type(exc).__name__}); the text goes back to the queue"
                 ) from exc
             raise
@@ -133,6 +142,50 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
         with _stored_ahead_lock:
             _stored_ahead.update(task_id for task_id, _ in results)
         return True
+
+    def remember_revoked(self, task_ids: Sequence[str], reason: str) -> None:
+        """Put ``task_ids`` on the revoke list and store each as REVOKED, in one round trip.
+
+        Each revoke is kept for the result lifetime (``result_expires``); a text already
+        SUCCESS keeps its result. Raises on a Redis failure after the backend's retries.
+        """
+        if not task_ids:
+            return
+        lifetime = int(self.expires or 0) or _DEFAULT_REVOKE_LIFETIME_S
+        exc = self.encode_result(TaskRevokedError(reason), states.REVOKED)
+        writes = []
+        for task_id in task_ids:
+            meta = self._get_result_meta(
+                result=exc, state=states.REVOKED, traceback=None, request=None
+            )
+            writes.append(self._encoded(task_id, meta))
+        self._ensure_retryable(self._run_revoke, list(task_ids), writes, lifetime)
+
+    def revoked_among(self, task_ids: Sequence[str]) -> set[str]:
+        """Those of ``task_ids`` on the revoke list (one ``ZMSCORE``); raises on a Redis failure."""
+        if not task_ids:
+            return set()
+        now = time.time()
+        scores = self._ensure_retryable(self.client.zmscore, REVOKED_KEY, list(task_ids))
+        return {
+            task_id
+            for task_id, score in zip(task_ids, scores, strict=True)
+            if score is not None and score > now
+        }
+
+    def _run_revoke(
+        self, task_ids: list[str], writes: list[tuple[str, Any]], lifetime: int
+    ) -> None:
+        expires_at = time.time() + lifetime
+        with self.client.pipeline(transaction=False) as pipe:
+            # Expired revokes leave the set as new ones arrive; the key itself outlives its
+            # newest member by nothing.
+            pipe.zremrangebyscore(REVOKED_KEY, "-inf", time.time())
+            pipe.zadd(REVOKED_KEY, dict.fromkeys(task_ids, expires_at))
+            pipe.expire(REVOKED_KEY, lifetime)
+            for key, value in writes:
+                pipe.eval(STORE_SCRIPT, 1, key, value, lifetime)
+            pipe.execute()
 
     def _encoded(self, task_id: str, meta: dict[str, Any]) -> tuple[str, Any]:
         """The result key and the encoded ``meta`` for ``task_id``."""

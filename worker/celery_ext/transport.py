@@ -21,6 +21,23 @@ Three more departures, each for the consumer's event loop, which bounds a worker
   per command as kombu's ``conn_or_acquire`` does (redis-py 8 builds its callback tables in
   every client's constructor).
 
+And three for a full Redis (``maxmemory`` reached, ``noeviction``), which refuses every
+``MULTI`` block and every command that may grow memory, such as ``BLMOVE``:
+
+- acks are one pipeline of ``HDEL`` and ``ZREM`` without ``MULTI``, so a full Redis still
+  frees what a worker acks; queue sizes (``LLEN``, asked by a starting worker), queue
+  checks and deletes (mingle's reply queue) likewise;
+- while Redis refuses the ``BLMOVE`` wait, the channel takes no new texts: it waits
+  ``brpop_timeout`` on a ``BRPOP`` of a key nothing writes (allowed when full) and tries
+  again, so texts stay in the queue instead of being embedded and then finding no room for
+  their results;
+- a queue binding that a full Redis refuses is left unrecorded
+  (``worker.celery_ext.full_redis``);
+- the visibility-timeout sweep (whose lock a full Redis refuses) skips its turn instead
+  of stopping the worker at start-up;
+- a requeue that a full Redis refuses is dropped locally, like one on a gone connection:
+  the message stays in ``unacked`` and the sweep redelivers it once Redis has room.
+
 Only the consuming side changes; messages, keys and acks are kombu's own, so stock and
 patched workers can share a broker. Needs Redis 6.2 or later (``BLMOVE``). Messages of other
 queues or priorities than the first polled one wait at most ``brpop_timeout`` (1 s) longer.
@@ -41,7 +58,9 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 from kombu.utils import encoding as kombu_encoding
 from kombu.utils import json as kombu_json
+from redis.exceptions import OutOfMemoryError
 
+from worker.celery_ext.full_redis import FULL_WAIT_KEY, FullRedisChannelMixin, is_full
 from worker.celery_ext.lua import load_script
 
 __all__ = [
@@ -96,10 +115,19 @@ class AtomicFetchQoS(_RedisQoS):  # type: ignore[misc]
             return
         super().append(message, delivery_tag)
 
+    def restore_visible(self, *args: Any, **kwargs: Any) -> Any:
+        """kombu's sweep, skipped while Redis is full: it could neither lock nor restore."""
+        try:
+            return super().restore_visible(*args, **kwargs)
+        except OutOfMemoryError:
+            log.warning("unacked texts not restored: Redis is full; the next sweep tries again")
+            return None
+
     def ack(self, delivery_tag: str) -> None:
         """Adapted from kombu 5.7.0 kombu/transport/redis.py QoS.ack."""
         if not getattr(self.channel.connection, "acks_batched", False):
-            super().ack(delivery_tag)
+            self._write_acks([delivery_tag])
+            _VirtualQoS.ack(self, delivery_tag)
             return
         with self._pending_lock:
             self._pending_acks.append(delivery_tag)
@@ -111,11 +139,17 @@ class AtomicFetchQoS(_RedisQoS):  # type: ignore[misc]
             return
         with self._pending_lock:
             tags, self._pending_acks = self._pending_acks, []
-        with self.pipe_or_acquire() as pipe:
-            pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
+        self._write_acks(tags)
+
+    def _write_acks(self, tags: list[str]) -> None:
+        # Not in MULTI, which a full Redis refuses whole: acks are what frees it. The copy
+        # goes first: an index entry without a copy is dropped by the sweep, while a copy
+        # left without its index entry would never be found again.
+        with self.channel.conn_or_acquire() as client, client.pipeline(False) as pipe:
+            pipe.hdel(self.unacked_key, *tags).zrem(self.unacked_index_key, *tags).execute()
 
 
-class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
+class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[misc]
     """A Redis channel whose consumer fetch pops and records the unacked copy in one step.
 
     It also drops acks and rejects whose connection is gone, and reuses one synchronous
@@ -124,6 +158,9 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
 
     _polled_keys: list[tuple[str, bool]]
     _cached_client: Any = None
+    # Redis refused the last BLMOVE for want of memory; the next wait takes nothing.
+    _redis_full = False
+    _waiting_full = False
 
     QoS = AtomicFetchQoS
 
@@ -187,7 +224,15 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
             log.warning("reject of %s dropped: its connection is gone; the sweep redelivers it",
                         delivery_tag)  # fmt: skip
             return
-        super().basic_reject(delivery_tag, requeue=requeue)
+        try:
+            super().basic_reject(delivery_tag, requeue=requeue)
+        except self.connection_errors as exc:
+            if not is_full(exc):
+                raise
+            # Its prefetch slot is freed here; the message stays in unacked for the sweep.
+            _VirtualQoS.ack(self.qos, delivery_tag)
+            log.warning("reject of %s dropped: Redis is full; the sweep redelivers it once "
+                        "Redis has room", delivery_tag)  # fmt: skip
 
     def _atomic(self) -> bool:
         # A key prefix rewrites key names in ways the script would have to repeat; without
@@ -248,6 +293,12 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
         first = self._polled_keys[0][0]
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
+        if self._redis_full:
+            # Waits brpop_timeout and takes nothing; then BLMOVE is tried again.
+            self._waiting_full = True
+            self.client.connection.send_command("BRPOP", FULL_WAIT_KEY, timeout or 1)
+            return
+        self._waiting_full = False
         # Blocks until the list has an element, and leaves it there.
         self.client.connection.send_command("BLMOVE", first, first, "RIGHT", "RIGHT", timeout or 0)
 
@@ -256,8 +307,19 @@ class AtomicFetchChannel(_RedisChannel):  # type: ignore[misc]
         if not self._atomic():
             return bool(super()._brpop_read(**options))
         try:
+            if self._waiting_full:
+                self.client.parse_response(self.client.connection, "BRPOP", **options)
+                self._redis_full = False  # try BLMOVE again on the next poll
+                raise Empty()
             try:
                 self.client.parse_response(self.client.connection, "BLMOVE", **options)
+            except OutOfMemoryError:
+                # The connection is fine, and Redis answers; it has no room.
+                if not self._redis_full:
+                    log.warning("Redis is full (maxmemory): taking no new texts until it has "
+                                "room; acks still free it")  # fmt: skip
+                self._redis_full = True
+                raise Empty() from None
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise

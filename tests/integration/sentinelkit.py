@@ -1,0 +1,161 @@
+"""A private Redis Sentinel set-up on loopback: a master, a replica and three Sentinels.
+
+Started and stopped by the test that uses it; never touches the shared Redis. The Sentinels
+decide quickly (``down-after-milliseconds`` 1000, ``failover-timeout`` 3000), so a killed
+master is replaced within a few seconds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import redis
+
+from devstack import free_port, wait_for
+
+__all__ = ["MASTER_NAME", "SentinelCluster"]
+
+MASTER_NAME = "mymaster"
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 3000
+
+
+class _Server:
+    def __init__(self, workdir: Path, name: str, argv: list[str]) -> None:
+        self.workdir = workdir
+        self.name = name
+        self.argv = argv
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / f"{name}.log"
+
+    def start(self, extra: list[str] = []) -> None:  # noqa: B006 - never mutated
+        self.proc = subprocess.Popen(
+            [*self.argv, *extra, "--logfile", str(self.log)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+class SentinelCluster:
+    """Two Redis servers (one master, one replica) and three Sentinels watching them."""
+
+    def __init__(self, workdir: Path) -> None:
+        if shutil.which("redis-server") is None:
+            pytest.skip("redis-server is not installed")
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.ports = [free_port(), free_port()]
+        self.master_port = self.ports[0]
+        self.servers = {port: self._redis(port) for port in self.ports}
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels = [self._sentinel(port) for port in self.sentinel_ports]
+
+    @property
+    def url(self) -> str:
+        """The ``sentinel://…;…`` URL of the three Sentinels, database 0."""
+        return ";".join(f"sentinel://127.0.0.1:{port}/0" for port in self.sentinel_ports)
+
+    @property
+    def replica_port(self) -> int:
+        return next(port for port in self.ports if port != self.master_port)
+
+    def _redis(self, port: int) -> _Server:
+        argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.workdir)]  # fmt: skip
+        return _Server(self.workdir, f"redis-{port}", argv)
+
+    def _sentinel(self, port: int) -> _Server:
+        config = self.workdir / f"sentinel-{port}.conf"
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {self.workdir}\n"
+            "sentinel resolve-hostnames no\n"
+            f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master_port} 2\n"
+            f"sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}\n"
+            f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}\n"
+            f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+        )
+        argv = ["redis-server", str(config), "--sentinel"]
+        return _Server(self.workdir, f"sentinel-{port}", argv)
+
+    def client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, socket_connect_timeout=1, socket_timeout=2)
+
+    def start(self) -> SentinelCluster:
+        self.servers[self.master_port].start()
+        self.servers[self.replica_port].start(["--replicaof", "127.0.0.1", str(self.master_port)])
+        self._wait_replica_synced(self.replica_port)
+        for sentinel in self.sentinels:
+            sentinel.start()
+        wait_for(self._sentinels_agree, 30, "the Sentinels to know the master and its replica")
+        return self
+
+    def _answers(self, port: int, command: str, *args: str) -> object:
+        try:
+            with self.client(port) as client:
+                return client.execute_command(command, *args)
+        except redis.RedisError:
+            return None
+
+    def _wait_replica_synced(self, port: int) -> None:
+        def synced() -> bool:
+            info = self._answers(port, "INFO", "replication")
+            return isinstance(info, dict) and info.get("master_link_status") == "up"
+
+        wait_for(synced, 30, f"the replica on {port} to sync")
+
+    def reported_master(self) -> set[int]:
+        """The master port each answering Sentinel reports."""
+        ports = set()
+        for port in self.sentinel_ports:
+            addr = self._answers(port, "SENTINEL", "get-master-addr-by-name", MASTER_NAME)
+            if isinstance(addr, list) and len(addr) == 2:
+                ports.add(int(addr[1]))
+        return ports
+
+    def _sentinels_agree(self) -> bool:
+        replicas = self._answers(self.sentinel_ports[0], "SENTINEL", "replicas", MASTER_NAME)
+        return self.reported_master() == {self.master_port} and bool(replicas)
+
+    def kill_master(self, on_killed: Callable[[], object] = lambda: None) -> float:
+        """SIGKILL the master; return seconds until every Sentinel names the replica instead.
+
+        ``on_killed`` runs right after the kill. Then restarts the killed server as the new
+        master's replica and waits for its sync and for the Sentinels to count it again, so
+        another kill has somewhere to go.
+        """
+        old, new = self.master_port, self.replica_port
+        started = time.monotonic()
+        self.servers[old].kill()
+        on_killed()
+        wait_for(lambda: self.reported_master() == {new}, 60, "the Sentinels to promote")
+        switched_s = time.monotonic() - started
+        self.master_port = new
+        self.servers[old].start(["--replicaof", "127.0.0.1", str(new)])
+        self._wait_replica_synced(old)
+        wait_for(self._sentinels_agree, 30, "the Sentinels to see the new replica")
+        return switched_s
+
+    def stop(self) -> None:
+        for server in [*self.sentinels, *self.servers.values()]:
+            server.kill()
+
+    def __enter__(self) -> SentinelCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,0 +1,224 @@
+"""Every way of naming Redis runs the project's result backend and transport, never stock ones.
+
+Celery reads ``CELERY_BROKER_URL`` and ``CELERY_RESULT_BACKEND`` from the process environment
+itself, over its configuration; each case here sets the variables in ``os.environ`` too, as a
+real deployment does, so that second reading is exercised.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+import celeryconfig
+from producers import cli
+from producers.client import publish_retry_policy
+from worker.celery_ext import install
+from worker.celery_ext.config import apply_config, celery_config
+from worker.celery_ext.result_backend import ResultBackend
+from worker.celery_ext.sentinel import SentinelAtomicFetchTransport, SentinelResultBackend
+from worker.celery_ext.transport import AtomicFetchTransport
+from worker.redis_client import redis_from_url
+from worker.settings import Settings
+
+TLS = "rediss://:pw@tls.example.com:6380/2"
+_VARIABLES = (
+    "REDIS_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "REDIS_SENTINEL_MASTER",
+    "REDIS_SENTINEL_PASSWORD",
+)
+
+# (environment, expected broker host, expected result backend host)
+PATHS: dict[str, tuple[dict[str, str], str, str]] = {
+    "REDIS_URL redis": ({"REDIS_URL": "redis://one:6379/1"}, "one", "one"),
+    "REDIS_URL rediss": ({"REDIS_URL": TLS}, "tls.example.com", "tls.example.com"),
+    "CELERY_BROKER_URL and CELERY_RESULT_BACKEND redis": (
+        {
+            "REDIS_URL": "redis://ignored:6379/0",
+            "CELERY_BROKER_URL": "redis://broker:6379/2",
+            "CELERY_RESULT_BACKEND": "redis://results:6379/3",
+        },
+        "broker",
+        "results",
+    ),
+    "CELERY_BROKER_URL and CELERY_RESULT_BACKEND rediss": (
+        {
+            "CELERY_BROKER_URL": "rediss://:pw@broker.example.com:6380/0",
+            "CELERY_RESULT_BACKEND": "rediss://:pw@results.example.com:6380/1",
+        },
+        "broker.example.com",
+        "results.example.com",
+    ),
+    "CELERY_RESULT_BACKEND alone": (
+        {"CELERY_RESULT_BACKEND": "redis://results:6379/3"},
+        "localhost",
+        "results",
+    ),
+}
+
+
+@pytest.fixture
+def environ(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Sets the variables in the real environment, where Celery reads them too."""
+
+    def set_(values: dict[str, str]) -> dict[str, str]:
+        for name in _VARIABLES:
+            monkeypatch.delenv(name, raising=False)
+        for name, value in values.items():
+            monkeypatch.setenv(name, value)
+        return values
+
+    yield set_
+    # celeryconfig may have been reloaded under these variables: read it again without them.
+    monkeypatch.undo()
+    importlib.reload(celeryconfig)
+
+
+def _check(app: Celery, broker_host: str, results_host: str) -> None:
+    backend = app.backend
+    assert type(backend) is ResultBackend
+    assert backend.connparams["host"] == results_host
+    with app.connection_for_write() as connection:
+        assert type(connection.transport) is AtomicFetchTransport
+        assert connection.hostname == broker_host
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_fresh_app_given_the_config_runs_the_projects_classes(environ: Any, path: str) -> None:
+    values, broker_host, results_host = PATHS[path]
+    environ(values)
+    app = Celery("paths-test", set_as_current=False)
+    try:
+        apply_config(app, Settings.from_env(values))
+        _check(app, broker_host, results_host)
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_workers_own_app_runs_the_projects_classes(environ: Any, path: str) -> None:
+    values, broker_host, results_host = PATHS[path]
+    environ(values)
+    importlib.reload(celeryconfig)
+    app = Celery("worker-path-test", set_as_current=False)
+    try:
+        # What worker.celery_app does for `celery -A worker worker`.
+        app.config_from_object("celeryconfig")
+        install(app)
+        _check(app, broker_host, results_host)
+    finally:
+        app.close()
+
+
+def test_without_the_pin_celery_would_take_the_bare_variable(environ: Any) -> None:
+    # Why worker.celery_ext.pinned_conf exists: Celery's own configuration object answers
+    # result_backend from the environment, dropping the class prefix the config sets.
+    environ({"CELERY_RESULT_BACKEND": "redis://results:6379/3"})
+    app = Celery("stock-test", set_as_current=False)
+    app.config_from_object({"result_backend": "x.y:Backend+redis://results:6379/3"})
+    assert app.conf.result_backend == "redis://results:6379/3"
+    app.close()
+
+
+def test_embed_file_redis_url_wins_over_the_celery_variables(
+    environ: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    values = environ(
+        {"CELERY_BROKER_URL": "redis://broker:6379/2", "CELERY_RESULT_BACKEND": "redis://r:1/3"}
+    )
+    app = Celery("cli-paths-test", set_as_current=False)
+    apply_config(app, Settings.from_env(values))
+    monkeypatch.setattr(cli, "_project_app", lambda: app)
+    used: list[Celery] = []
+
+    def embedder_for(app: Celery, model: str | None = None, **_options: Any) -> Any:
+        used.append(app)
+        return lambda texts, timeout_s, on_one_done: [[1.0] for _ in texts]
+
+    monkeypatch.setattr(cli, "celery_window_embedder", embedder_for)
+    source = tmp_path / "texts.txt"
+    source.write_text("one\n")
+    try:
+        assert cli.main([str(source), "--redis-url", "redis://cli:6379/5", "--no-progress"]) == 0
+        assert used == [app]
+        _check(app, "cli", "cli")
+    finally:
+        app.close()
+
+
+SENTINELS = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380"
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"REDIS_URL": SENTINELS},
+        {"CELERY_BROKER_URL": SENTINELS, "CELERY_RESULT_BACKEND": SENTINELS},
+    ],
+    ids=["REDIS_URL", "CELERY variables"],
+)
+def test_a_sentinel_url_runs_the_projects_sentinel_classes(environ: Any, values: dict[str, str]):
+    values = environ(
+        {**values, "REDIS_SENTINEL_MASTER": "queue-master", "REDIS_SENTINEL_PASSWORD": "s3nt"}
+    )
+    settings = Settings.from_env(values)
+    app = Celery("sentinel-test", set_as_current=False)
+    try:
+        apply_config(app, settings)
+        backend = app.backend
+        assert type(backend) is SentinelResultBackend
+        assert backend._transport_options["master_name"] == "queue-master"
+        assert backend._transport_options["sentinel_kwargs"]["password"] == "s3nt"
+        with app.connection_for_write() as connection:
+            assert type(connection.transport) is SentinelAtomicFetchTransport
+            assert connection.transport_options["master_name"] == "queue-master"
+            assert connection.transport_options["sentinel_kwargs"]["password"] == "s3nt"
+    finally:
+        app.close()
+    assert "s3nt" not in repr(settings)
+
+
+def test_a_plain_redis_url_carries_no_sentinel_options() -> None:
+    config = celery_config(Settings(redis_url="redis://one:6379/0"))
+    assert "master_name" not in config["broker_transport_options"]
+    assert "master_name" not in config["result_backend_transport_options"]
+
+
+def test_a_publish_behind_sentinel_retries_for_the_failover_timeout_and_no_longer() -> None:
+    def waits(policy: dict[str, float]) -> float:
+        total, interval = 0.0, policy["interval_start"]
+        for _ in range(int(policy["max_retries"])):
+            total += min(interval, policy["interval_max"])
+            interval += policy["interval_step"]
+        return total
+
+    plain = publish_retry_policy("redis://one:6379/0", 10.0)
+    assert waits(plain) < 1.0
+    for timeout_s in (5.0, 10.0, 30.0):
+        behind = waits(publish_retry_policy(SENTINELS, timeout_s))
+        assert timeout_s <= behind < timeout_s + 1.0
+
+
+def test_a_sentinel_url_gives_a_client_of_the_named_master_through_every_sentinel() -> None:
+    settings = Settings(redis_sentinel_master="queue-master", redis_sentinel_password="s3nt")
+    url = "sentinel://:pw@10.0.0.1:26379/3;sentinel://10.0.0.2"
+    client = redis_from_url(url, settings, socket_timeout=0.5)
+    pool = client.connection_pool
+    assert pool.service_name == "queue-master"
+    assert pool.connection_kwargs["db"] == 3
+    assert pool.connection_kwargs["password"] == "pw"
+    assert pool.connection_kwargs["socket_timeout"] == 0.5
+    sentinels = pool.sentinel_manager.sentinels
+    assert [s.connection_pool.connection_kwargs["host"] for s in sentinels] == [
+        "10.0.0.1",
+        "10.0.0.2",
+    ]
+    assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26379]
+    assert sentinels[0].connection_pool.connection_kwargs["password"] == "s3nt"
