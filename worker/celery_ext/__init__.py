@@ -1,21 +1,22 @@
 """Where the worker departs from stock Celery and kombu: every adaptation, pinned to 5.7.
 
 The rest of ``worker/`` is the product and imports nothing from here. The Celery
-configuration joins them: ``config.celery_config(settings)`` selects the four classes below
-that Celery and kombu load by name, and ``install(app)`` (called once, by
-``worker.celery_app``) installs the three that act process-wide. Each keeps Celery's and
+configuration joins them: ``config.celery_config(settings)`` selects the three classes below
+that Celery loads by name, and ``install(app)`` (called once, by ``worker.celery_app``)
+installs the four that act process-wide. Each keeps Celery's and
 kombu's message formats and keys, so stock and patched workers can share a broker.
 
 ==================  ======================================  ========================================
 module              replaces                                why
 ==================  ======================================  ========================================
 ``transport``       kombu's Redis ``Channel``, ``QoS``,     stock ``BRPOP`` loses a message when a
-                    ``Transport`` (``broker_transport``):   worker is killed between the pop and its
-                    ``BLMOVE`` + ``fetch.lua`` takes up to  unacked copy; a round trip per message,
-                    16 messages with their unacked copies;  per ack, and a client per command bound
-                    acks once per loop turn; one client     a worker's intake; an ack on a dead
-                    per pool; a dead connection's ack is    connection stopped the worker
-                    dropped
+                    ``Transport``, as kombu's ``redis``     worker is killed between the pop and its
+                    and ``rediss`` transports               unacked copy; a round trip per message,
+                    (``install``): ``BLMOVE`` +             per ack, and a client per command bound
+                    ``fetch.lua`` takes up to 16 messages   a worker's intake; an ack on a dead
+                    with their unacked copies; acks once    connection stopped the worker
+                    per loop turn; one client per pool; a
+                    dead connection's ack is dropped
 ``result_backend``  Celery's ``RedisBackend``               one round trip instead of two; a RETRY
                     (``result_backend`` prefix): a write    can no longer overwrite a re-run's
                     is one ``store_result.lua``; a call's   SUCCESS; one write per call, not per
@@ -46,7 +47,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker.celery_ext import compat, serialization, tasklog
+from worker.celery_ext import compat, serialization, tasklog, transport
 
 __all__ = ["install"]
 
@@ -54,14 +55,17 @@ __all__ = ["install"]
 def install(app: Celery) -> None:
     """Install the process-wide adaptations for ``app`` (idempotent).
 
-    Registers the vector serializer with kombu, so the app can write and read results;
+    Makes the atomic-fetch transport kombu's ``redis`` and ``rediss`` transport, so broker
+    URLs keep their scheme; registers the vector serializer with kombu, so the app can write
+    and read results;
     shortens Celery's rendering of vector results; quiets per-task INFO lines when Celery
-    sets up a worker's logging. All three act for the whole process, so one call covers
+    sets up a worker's logging. All four act for the whole process, so one call covers
     every app in it. The class-based adaptations come with the app's configuration
     (``config.celery_config``). Raises ``ImportError`` naming versions when a Celery or
     kombu internal the adaptations use is missing.
     """
     compat.check()
+    transport.register()
     serialization.register_serializer()
     serialization.install_short_result_repr()
     tasklog.connect()

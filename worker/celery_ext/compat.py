@@ -68,6 +68,7 @@ USED_INTERNALS: tuple[Internal, ...] = (
         _TRANSPORT,
     ),
     *_uses(_KOMBU_REDIS, "Transport", "register_with_event_loop channels", _TRANSPORT),
+    *_uses("kombu.transport", "", "TRANSPORT_ALIASES _transport_cache", _TRANSPORT),
     *_uses("kombu.transport.virtual", "Transport", "_deliver", _TRANSPORT),
     *_uses(
         "celery.backends.redis",

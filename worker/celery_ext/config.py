@@ -5,6 +5,8 @@
 for settings with another URL (``with_redis_url``), so TLS, the result backend and the
 transport always follow the URL they are for. Every key is set, even to Celery's default
 (``None``), so applying the config for another URL leaves nothing of the previous one behind.
+The broker transport is not selected here: ``install`` makes the project's transport kombu's
+``redis``/``rediss``, so the broker URL keeps its scheme.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from worker.settings import Settings
 __all__ = [
     "RESULT_BACKEND_CLASS",
     "TASK_REQUEST_CLASS",
-    "TRANSPORT_CLASS",
     "WORKER_CONSUMER_CLASS",
     "apply_config",
     "broker_url",
@@ -33,7 +34,6 @@ __all__ = [
 ]
 
 # The adaptations that Celery selects through its settings (see worker/celery_ext/__init__).
-TRANSPORT_CLASS = "worker.celery_ext.transport:AtomicFetchTransport"
 RESULT_BACKEND_CLASS = "worker.celery_ext.result_backend:ResultBackend"
 WORKER_CONSUMER_CLASS = "worker.celery_ext.consumer:EventBatchingConsumer"
 TASK_REQUEST_CLASS = "worker.celery_ext.outages:RequeueOnOutageRequest"
@@ -70,14 +70,14 @@ def _connection(settings: Settings) -> dict[str, Any]:
         # Celery's Redis backend with one-step writes, and a Redis outage requeues the text
         # instead of storing it as the text's failure.
         backend = f"{RESULT_BACKEND_CLASS}+{results}"
-    redis_broker = _scheme(broker) in _REDIS_SCHEMES
     return {
         "broker_url": broker,
         "result_backend": backend,
-        # The fetch that cannot lose a message to a killed worker, batched acks.
-        "broker_transport": TRANSPORT_CLASS if redis_broker else None,
-        # kombu enables TLS for ``rediss`` by the transport's name, which is no longer
-        # "rediss" here; Celery's backend refuses a rediss:// URL without ssl_cert_reqs.
+        # kombu's Celery-selected transport comes from the URL's scheme (install() maps redis
+        # and rediss to the atomic fetch); None clears a transport an older config selected.
+        "broker_transport": None,
+        # Verified TLS for rediss://: kombu takes its TLS settings only from broker_use_ssl,
+        # and Celery's backend refuses a rediss:// URL without ssl_cert_reqs.
         "broker_use_ssl": dict(_VERIFIED_TLS) if _scheme(broker) == "rediss" else None,
         "redis_backend_use_ssl": dict(_VERIFIED_TLS) if _scheme(results) == "rediss" else None,
     }
