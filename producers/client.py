@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from worker.celery_app import app as default_app
 from worker.errors import EmbeddingQueueUnavailableError
 from worker.names import EMBED_TEXT_TASK
+from worker.redaction import task_reprs
 from worker.settings import Settings
 from worker.validation import validate_model, validate_text, validate_texts
 
@@ -30,20 +31,32 @@ _PUBLISH_RETRY_POLICY = {
 _settings: Settings | None = None
 
 
-def _max_chars() -> int:
+def _producer_settings() -> Settings:
     global _settings
     if _settings is None:
         _settings = Settings.from_env()
-    return _settings.max_text_chars
+    return _settings
+
+
+def _max_chars() -> int:
+    return _producer_settings().max_text_chars
+
+
+def _show_texts() -> bool:
+    return bool(_producer_settings().show_texts)
 
 
 def _send(text: str, model: str | None, app: Celery) -> AsyncResult:
     kwargs = {"model": model} if model else {}
+    # Flower, events and `celery inspect` show this rendering, never the text (by default).
+    argsrepr, kwargsrepr = task_reprs(text, model, show_texts=_show_texts())
     try:
         result: AsyncResult = app.send_task(
             EMBED_TEXT_TASK,
             args=(text,),
             kwargs=kwargs,
+            argsrepr=argsrepr,
+            kwargsrepr=kwargsrepr,
             retry=True,
             retry_policy=_PUBLISH_RETRY_POLICY,
         )

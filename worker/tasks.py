@@ -27,6 +27,7 @@ from worker.errors import (
 )
 from worker.microbatcher import MicroBatcherClosed
 from worker.names import EMBED_TEXT_TASK
+from worker.redaction import task_reprs
 from worker.runtime import get_microbatcher, get_settings
 from worker.settings import Settings
 from worker.validation import validate_text
@@ -124,6 +125,12 @@ def embed_text_task(self: Task, text: Any, model: str | None = None) -> list[flo
             settings.task_max_retries,
             countdown,
         )
+        # Celery builds the retry's message anew and would render the text into it.
+        argsrepr, kwargsrepr = task_reprs(text, model, show_texts=bool(settings.show_texts))
         raise self.retry(
-            exc=exc, countdown=countdown, max_retries=settings.task_max_retries
+            exc=exc,
+            countdown=countdown,
+            max_retries=settings.task_max_retries,
+            argsrepr=argsrepr,
+            kwargsrepr=kwargsrepr,
         ) from exc
