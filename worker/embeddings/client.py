@@ -178,6 +178,7 @@ class EmbeddingClient:
         size = str(len(texts))
         metrics.SUCCESS.labels(batch_size=size, retries=str(retries)).inc()
         metrics.LATENCY_MS.labels(batch_size=size).observe(latency_ms)
+        metrics.LATENCY_SECONDS.labels(batch_size=size).observe(latency_ms / 1000.0)
         metrics.BATCH_FILL.set(len(texts) / self.config.batch_size)
         return CallResult(vectors, usage, retries, latency_ms, limits)
 
