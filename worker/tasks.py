@@ -15,7 +15,7 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.utils.log import get_task_logger
 
-from worker import observability
+from worker import observability, startup
 from worker.celery_app import app
 from worker.embeddings.backoff import backoff_delay
 from worker.errors import (
@@ -44,6 +44,8 @@ log = get_task_logger(__name__)
 # Each worker process serves /metrics when EMBEDDINGS_METRICS_PORT is set. Connected here,
 # in the module only workers load, so a web app that enqueues texts registers no metrics.
 observability.connect_signals()
+# A worker with no API key for a non-local API refuses to start, naming EMBEDDINGS_API_KEY.
+startup.connect_signals()
 
 
 # Celery publishes the retry, then writes RETRY to the backend. Its stock backend reads, then
