@@ -27,10 +27,13 @@ __all__ = [
     "RATE_LIMITED",
     "RETRY",
     "SUCCESS",
+    "TEXTS",
     "get_counter",
 ]
 
 SUCCESS = Counter("embeddings_success", "API calls that succeeded", ["batch_size", "retries"])
+# Texts per second and texts per call (÷ embeddings_success_total) on dashboards (deploy/).
+TEXTS = Counter("embeddings_texts", "Inputs sent in API calls that succeeded")
 FAILURE = Counter("embeddings_failure", "API calls that failed for good", ["error_type", "retries"])
 RETRY = Counter("embeddings_retry", "In-process retry attempts", ["attempt", "error_type"])
 LATENCY_MS = Histogram(

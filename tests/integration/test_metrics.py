@@ -37,6 +37,7 @@ def test_a_worker_serves_the_seed_metrics_batch_fill_and_queue_depth(start_worke
     assert samples["embeddings_success_total"] == api["ok_calls"]
     assert samples["embeddings_latency_ms_count"] == api["ok_calls"]
     assert samples["embeddings_latency_seconds_count"] == api["ok_calls"]
+    assert samples["embeddings_texts_total"] == 16  # sixteen distinct texts, each sent once
     assert 0 < samples["embeddings_latency_seconds_sum"] < samples["embeddings_latency_ms_sum"]
     assert samples["embeddings_retry_total"] >= 1
     assert samples["embeddings_pool_exhausted_total"] == 0

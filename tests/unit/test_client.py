@@ -578,8 +578,10 @@ def test_a_batch_that_finds_the_pool_full_raises_pool_exhausted(
 def test_a_successful_call_counts_success_and_latency(make_batcher: MakeBatcher) -> None:
     success_before = get_counter("embeddings.success", batch_size="8", retries="0")
     latency_before = get_counter("embeddings.latency_ms", batch_size="8")
+    texts_before = get_counter("embeddings.texts")
     make_batcher(FakeAPI()).embed_batch(texts_of(8))
     assert get_counter("embeddings.success", batch_size="8", retries="0") == success_before + 1
+    assert get_counter("embeddings.texts") == texts_before + 8
     assert get_counter("embeddings.latency_ms", batch_size="8") == latency_before + 1
 
 
