@@ -10,7 +10,6 @@ Celery configuration (``worker.celery_ext.config``) and ``EmbeddingConfig`` are 
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -30,9 +29,7 @@ __all__ = [
     "env_int",
     "env_str",
     "env_variable",
-    "is_local_base_url",
     "read_env_setting",
-    "require_api_key",
 ]
 
 ENV_PREFIX = "EMBEDDINGS_"
@@ -356,34 +353,3 @@ def _database(url: str) -> tuple[str | None, int, str]:
 def _check_positive(name: str, value: float) -> None:
     if value <= 0:
         raise EmbeddingConfigError(f"{ENV_PREFIX}{name.upper()} must be positive, got {value!r}")
-
-
-def is_local_base_url(base_url: str) -> bool:
-    """True when ``base_url``'s host is this machine or a one-label name on a private network.
-
-    Loopback (``localhost``, ``*.localhost``, ``127.0.0.0/8``, ``::1``) or a host name without
-    a dot, such as a compose service (``stubapi``, ``tei``): where keyless servers (the stub,
-    TEI, Ollama, vLLM) run. Every public API has a dotted name.
-    """
-    host = (urlsplit(base_url).hostname or "").lower()
-    if not host:
-        return False
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return "." not in host
-
-
-def require_api_key(settings: Settings) -> None:
-    """Raise ``EmbeddingConfigError`` naming ``EMBEDDINGS_API_KEY`` when a worker would call a
-    non-local API (``is_local_base_url``) with no key: every call would be refused (401)."""
-    if settings.api_key or is_local_base_url(settings.base_url):
-        return
-    host = urlsplit(settings.base_url).hostname
-    raise EmbeddingConfigError(
-        f"EMBEDDINGS_API_KEY is empty (and so is OPENAI_API_KEY) but EMBEDDINGS_BASE_URL names "
-        f"{host}: set the key (in .env for docker compose); only a local server (localhost, "
-        "127.0.0.1, ::1 or a one-label host such as a compose service) may go without one"
-    )

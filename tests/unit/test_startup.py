@@ -10,8 +10,8 @@ import pytest
 
 from devstack import REPO_ROOT
 from worker.errors import EmbeddingConfigError
-from worker.settings import Settings, is_local_base_url, require_api_key
-from worker.startup import check_worker_settings
+from worker.settings import Settings
+from worker.startup import check_worker_settings, is_local_base_url, require_api_key
 
 
 @pytest.mark.parametrize(
