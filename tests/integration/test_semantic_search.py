@@ -36,8 +36,11 @@ def test_a_document_searched_for_by_its_own_text_ranks_first(start_worker, stub,
         assert hits[0]["index"] == expected
         assert hits[0]["score"] == pytest.approx(1.0, abs=1e-6)
         assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
-    # The documents were embedded once, though two searches started at the same time.
-    assert stub.stats()["total_inputs"] == len(DOCUMENTS) + 2
+    # The documents were embedded once, though two searches started at the same time. Each
+    # query is a document's own text, sent alongside the documents: a worker merges such an
+    # identical text into one input when both wait or are in flight together, so the two
+    # queries cost between 0 and 2 inputs of their own.
+    assert len(DOCUMENTS) <= stub.stats()["total_inputs"] <= len(DOCUMENTS) + 2
 
 
 def test_an_empty_query_is_a_400_and_reaches_no_worker(clean_redis, app) -> None:
