@@ -115,3 +115,19 @@ def test_the_worker_log_at_info_never_holds_the_text(run):
     log = run.worker.log_path.read_text(errors="replace")  # the worker has stopped
     assert "ready." in log and "retry" in log.lower()  # it logged the run, at INFO
     assert SECRET not in log
+
+
+def test_celery_inspect_active_shows_a_running_text_as_a_length_and_hash(start_worker, stub, app):
+    worker = start_worker(stub.base_url, name="inspected")
+    stub.set_latency_ms(3000)  # long enough to be seen running
+    result = producers.enqueue_text(CANARY, app=app)
+
+    def running() -> list[dict[str, object]] | None:
+        active = app.control.inspect(destination=[worker.hostname], timeout=1).active() or {}
+        tasks = active.get(worker.hostname, [])
+        return [t for t in tasks if t["id"] == result.id] or None
+
+    (task,) = wait_for(running, 20, "the canary text to show in `celery inspect active`")
+    assert task["args"] == f"({text_summary(CANARY)},)"
+    assert SECRET not in json.dumps(task)
+    result.get(timeout=30)

@@ -24,6 +24,10 @@ module              replaces                                why
 ``outages``         the task's ``Request``                  Celery turns its own backend's
                     (``task_annotations``): a Redis         ``ConnectionError`` into the text's
                     outage requeues the text                FAILURE
+``privacy``         the task's ``Request.info`` (the        ``celery inspect active``/``reserved``
+                    outages request's base): answers with   and Flower's worker pages showed every
+                    ``argsrepr``, the text's length and     running text
+                    hash
 ``consumer``        the worker ``Consumer``                 Celery publishes about once per event
                     (``worker_consumer``): task events at   on the consumer's loop under load
                     most every 0.1 s, in batches

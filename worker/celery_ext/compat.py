@@ -78,6 +78,7 @@ USED_INTERNALS: tuple[Internal, ...] = (
         _BACKEND,
     ),
     *_uses("celery.worker.request", "Request", "on_failure reject", "worker.celery_ext.outages"),
+    *_uses("celery.worker.request", "Request", "info", "worker.celery_ext.privacy"),
     *_uses("celery.worker.state", "", "task_ready", "worker.celery_ext.outages"),
     *_uses("billiard.einfo", "", "ExceptionWithTraceback", "worker.celery_ext.outages"),
     *_uses(
