@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ __all__ = ["FlowerProcess", "flower_env"]
 class FlowerProcess(_Process):
     """Flower on a free port of 127.0.0.1, with ``basic_auth`` (``user:password``) required.
 
-    Its state is kept in memory only (no ``--persistent``), which is what a test or a demo
-    wants; compose runs it persistent on a volume.
+    Its state is kept in memory only unless ``extra_args`` say otherwise (``--persistent=True
+    --db=…``, as compose runs it on a volume).
     """
 
     def __init__(
@@ -28,6 +28,7 @@ class FlowerProcess(_Process):
         log_path: Path,
         basic_auth: str,
         port: int = 0,
+        extra_args: Sequence[str] = (),
     ) -> None:
         user, sep, password = basic_auth.partition(":")
         if not (user and sep and password):
@@ -36,7 +37,7 @@ class FlowerProcess(_Process):
         self.url = f"http://127.0.0.1:{self.port}"
         self.auth = (user, password)
         argv = [sys.executable, "-m", "celery", "-A", "worker", "flower",
-                f"--port={self.port}", "--address=127.0.0.1"]  # fmt: skip
+                f"--port={self.port}", "--address=127.0.0.1", *extra_args]  # fmt: skip
         super().__init__(argv, {**env, "FLOWER_BASIC_AUTH": basic_auth}, log_path)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:

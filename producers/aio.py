@@ -44,12 +44,14 @@ from producers.client import (
     DEFAULT_WAIT_TIMEOUT_S,
     EMBED_TEXT_TASK,
     _retry_policy,
+    _show_texts,
     queue_error,
 )
 from producers.client import _max_chars as _configured_max_chars
 from producers.waiter import ResultWaiter
 from worker.celery_app import app as default_app
 from worker.errors import EmbeddingConfigError
+from worker.redaction import task_reprs
 from worker.validation import validate_text, validate_texts
 
 __all__ = [
@@ -207,12 +209,15 @@ class AsyncProducer:
 def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
     """Send one task message per ``(task_id, text)`` on one pooled producer (a worker thread)."""
     kwargs = {"model": model} if model else {}
+    show_texts = _show_texts()
     amqp = app.amqp
     try:
         with app.producer_or_acquire() as producer:
             for task_id, text in messages:
                 args = (text,)
                 options = amqp.router.route({}, EMBED_TEXT_TASK, args, kwargs, None)
+                # As producers.client: the text stays out of events, Flower and inspect.
+                argsrepr, kwargsrepr = task_reprs(text, model, show_texts=show_texts)
                 message = amqp.create_task_message(
                     task_id,
                     EMBED_TEXT_TASK,
@@ -221,6 +226,8 @@ def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None) ->
                     reply_to=app.thread_oid,
                     create_sent_event=app.conf.task_send_sent_event,
                     ignore_result=None,  # what send_task passes when not told
+                    argsrepr=argsrepr,
+                    kwargsrepr=kwargsrepr,
                 )
                 amqp.send_task_message(
                     producer,
@@ -228,6 +235,9 @@ def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None) ->
                     message,
                     retry=True,
                     retry_policy=_retry_policy(app),
+                    # send_task passes them on too (as message properties): same message.
+                    argsrepr=argsrepr,
+                    kwargsrepr=kwargsrepr,
                     **options,
                 )
     except (OperationalError, RedisError, OSError) as exc:

@@ -26,6 +26,7 @@ from worker.errors import (
     EmbeddingQueueUnavailableError,
 )
 from worker.names import EMBED_TEXT_TASK
+from worker.redaction import task_reprs
 from worker.revocation import RevokeList
 from worker.settings import Settings
 from worker.validation import validate_model, validate_text, validate_texts
@@ -80,7 +81,7 @@ def publish_retry_policy(broker_url: str, failover_timeout_s: float) -> dict[str
 _settings: Settings | None = None
 
 
-def _env_settings() -> Settings:
+def _producer_settings() -> Settings:
     global _settings
     if _settings is None:
         _settings = Settings.from_env()
@@ -88,12 +89,12 @@ def _env_settings() -> Settings:
 
 
 def _max_chars() -> int:
-    return _env_settings().max_text_chars
+    return _producer_settings().max_text_chars
 
 
 def _retry_policy(app: Celery) -> dict[str, float]:
     return publish_retry_policy(
-        str(app.conf.broker_url or ""), _env_settings().redis_failover_timeout_s
+        str(app.conf.broker_url or ""), _producer_settings().redis_failover_timeout_s
     )
 
 
@@ -114,13 +115,21 @@ def queue_error(exc: BaseException, doing: str) -> EmbeddingQueueUnavailableErro
     return EmbeddingQueueUnavailableError(f"could not {doing}: the broker is unreachable ({exc})")
 
 
+def _show_texts() -> bool:
+    return bool(_producer_settings().show_texts)
+
+
 def _send(text: str, model: str | None, app: Celery) -> AsyncResult:
     kwargs = {"model": model} if model else {}
+    # Flower, events and `celery inspect` show this rendering, never the text (by default).
+    argsrepr, kwargsrepr = task_reprs(text, model, show_texts=_show_texts())
     try:
         result: AsyncResult = app.send_task(
             EMBED_TEXT_TASK,
             args=(text,),
             kwargs=kwargs,
+            argsrepr=argsrepr,
+            kwargsrepr=kwargsrepr,
             retry=True,
             retry_policy=_retry_policy(app),
         )

@@ -20,16 +20,20 @@ __all__ = [
     "FAILURE",
     "INPUTS_SAVED",
     "LATENCY_MS",
+    "LATENCY_SECONDS",
     "PENDING_TEXTS",
     "POOL_EXHAUSTED",
     "RATELIMIT_REMAINING",
     "RATE_LIMITED",
     "RETRY",
     "SUCCESS",
+    "TEXTS",
     "get_counter",
 ]
 
 SUCCESS = Counter("embeddings_success", "API calls that succeeded", ["batch_size", "retries"])
+# Texts per second and texts per call (÷ embeddings_success_total) on dashboards (deploy/).
+TEXTS = Counter("embeddings_texts", "Inputs sent in API calls that succeeded")
 FAILURE = Counter("embeddings_failure", "API calls that failed for good", ["error_type", "retries"])
 RETRY = Counter("embeddings_retry", "In-process retry attempts", ["attempt", "error_type"])
 LATENCY_MS = Histogram(
@@ -37,6 +41,14 @@ LATENCY_MS = Histogram(
     "Wall time of one API call including its retries, in milliseconds",
     ["batch_size"],
     buckets=(5, 10, 25, 50, 75, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000),
+)
+# The same observations in seconds, Prometheus's base unit: what dashboards and alerts use
+# (deploy/). The milliseconds histogram stays for the seed's API and existing dashboards.
+LATENCY_SECONDS = Histogram(
+    "embeddings_latency_seconds",
+    "Wall time of one API call including its retries, in seconds",
+    ["batch_size"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 POOL_EXHAUSTED = Counter(
     "embeddings_pool_exhausted", "Calls that found no free pooled connection in time"
@@ -86,8 +98,9 @@ INPUTS_SAVED = Counter(
 def get_counter(name: str, **labels: str) -> float:
     """Current value of a metric, summed over label sets that match ``labels``.
 
-    ``name`` may be the seed's dotted name (``"embeddings.success"``). For
-    ``embeddings.latency_ms`` this is the number of observations.
+    ``name`` may be the seed's dotted name (``"embeddings.success"``). For a histogram
+    (``embeddings.latency_ms``, ``embeddings.latency_seconds``) this is the number of
+    observations.
     """
     base = name.replace(".", "_")
     wanted = {base, base + "_total", base + "_count"}

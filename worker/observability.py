@@ -3,9 +3,10 @@
 With ``EMBEDDINGS_METRICS_PORT`` set (0, the default, serves nothing), a worker serves
 ``/metrics`` on ``EMBEDDINGS_METRICS_ADDR:EMBEDDINGS_METRICS_PORT``: the seed's five metrics
 (``embeddings_success_total``, ``embeddings_failure_total``, ``embeddings_retry_total``,
-``embeddings_latency_ms``, ``embeddings_pool_exhausted_total``), the batch fill, the
-micro-batcher's waiting texts, the breaker state, and two gauges read from the broker on each
-scrape: ``embeddings_queue_depth`` (messages waiting in the ``embeddings`` queue, what an
+``embeddings_latency_ms``, ``embeddings_pool_exhausted_total``), the call latency in
+seconds (``embeddings_latency_seconds``), the batch fill, the micro-batcher's waiting texts,
+the breaker state, and two gauges read from the broker on each scrape:
+``embeddings_queue_depth`` (messages waiting in the ``embeddings`` queue, what an
 autoscaler scales on) and ``embeddings_queue_unacked`` (messages reserved by workers, all of
 them, not yet acknowledged).
 

@@ -85,6 +85,8 @@ DEFAULT_CACHE_URL = ""
 DEFAULT_CACHE_TTL_S = 30 * 86_400
 # The broker's database runs noeviction and a cache must evict: sharing it is opt-in.
 DEFAULT_CACHE_IN_BROKER_DB = 0
+# Texts stay out of task metadata (Flower, events, `celery inspect`): see worker/redaction.py.
+DEFAULT_SHOW_TEXTS = 0
 # Fraction of a configured or learned limit left unused, so calls spaced by the budget still
 # fit a provider's per-second quantization when they arrive a few milliseconds apart.
 DEFAULT_LIMIT_HEADROOM = 0.05
@@ -220,6 +222,8 @@ class Settings:
     cache_url: str = DEFAULT_CACHE_URL
     cache_ttl_s: int = DEFAULT_CACHE_TTL_S
     cache_in_broker_db: int = DEFAULT_CACHE_IN_BROKER_DB
+    # 1: task metadata shows the texts themselves (debugging); 0: their length and hash.
+    show_texts: int = DEFAULT_SHOW_TEXTS
     # Broker, result store and Celery worker; each read from the variable env_variable names.
     # URLs may carry a password: kept out of repr, like the API key.
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
@@ -282,6 +286,8 @@ class Settings:
         if self.cache_in_broker_db not in (0, 1):
             raise EmbeddingConfigError("EMBEDDINGS_CACHE_IN_BROKER_DB must be 0 or 1")
         _check_cache_placement(self)
+        if self.show_texts not in (0, 1):
+            raise EmbeddingConfigError("EMBEDDINGS_SHOW_TEXTS must be 0 or 1")
         if not self.base_url.startswith(("http://", "https://")):
             raise EmbeddingConfigError(
                 f"EMBEDDINGS_BASE_URL must start with http:// or https://, got {self.base_url!r}"

@@ -15,7 +15,7 @@ from celery import Task
 from celery.exceptions import Ignore, Reject
 from celery.utils.log import get_task_logger
 
-from worker import observability
+from worker import observability, startup
 from worker.celery_app import app
 from worker.embeddings.backoff import backoff_delay
 from worker.errors import (
@@ -27,6 +27,7 @@ from worker.errors import (
 )
 from worker.microbatcher import MicroBatcherClosed
 from worker.names import EMBED_TEXT_TASK
+from worker.redaction import task_reprs
 from worker.revocation import TextRevoked
 from worker.runtime import get_microbatcher, get_settings
 from worker.settings import Settings
@@ -44,6 +45,8 @@ log = get_task_logger(__name__)
 # Each worker process serves /metrics when EMBEDDINGS_METRICS_PORT is set. Connected here,
 # in the module only workers load, so a web app that enqueues texts registers no metrics.
 observability.connect_signals()
+# A worker with no API key for a non-local API refuses to start, naming EMBEDDINGS_API_KEY.
+startup.connect_signals()
 
 
 # Celery publishes the retry, then writes RETRY to the backend. Its stock backend reads, then
@@ -131,6 +134,12 @@ def embed_text_task(self: Task, text: Any, model: str | None = None) -> list[flo
             settings.task_max_retries,
             countdown,
         )
+        # Celery builds the retry's message anew and would render the text into it.
+        argsrepr, kwargsrepr = task_reprs(text, model, show_texts=bool(settings.show_texts))
         raise self.retry(
-            exc=exc, countdown=countdown, max_retries=settings.task_max_retries
+            exc=exc,
+            countdown=countdown,
+            max_retries=settings.task_max_retries,
+            argsrepr=argsrepr,
+            kwargsrepr=kwargsrepr,
         ) from exc

@@ -204,8 +204,9 @@ def test_the_atomic_fetch_writes_no_unacked_copy_for_a_queue_consumed_without_ac
 
 def test_stock_kombu_cannot_ack_on_a_channel_whose_connection_is_gone(clean_redis: redis.Redis):
     # What a task that was running across a Redis restart does when it finishes; Celery
-    # treats the AttributeError as unrecoverable and the worker exits.
-    conn = Connection(TEST_REDIS_URL)
+    # treats the AttributeError as unrecoverable and the worker exits. Named explicitly:
+    # worker.celery_ext.install makes the project's transport kombu's "redis".
+    conn = Connection(TEST_REDIS_URL, transport="kombu.transport.redis:Transport")
     channel = conn.default_channel
     conn.close()
     with pytest.raises(AttributeError):

@@ -8,6 +8,7 @@ Flower's REST API about it.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import subprocess
 import sys
@@ -140,8 +141,10 @@ def test_the_api_key_appears_nowhere_in_flower(run):
         run.flower.log(),
     ]
     assert all(TEST_API_KEY not in text for text in seen)
-    # The texts themselves are there, so the search above looked at the right payloads.
-    assert "watched in flower" in seen[0]
+    # The tasks are there (as a length and a hash, never the text), so the search above
+    # looked at the right payloads.
+    assert "<text: 19 chars, sha256 " in seen[0]
+    assert "watched in flower" not in seen[0]
 
 
 def test_flower_refuses_to_start_without_authentication(redis_client, tmp_path: Path):
@@ -159,3 +162,17 @@ def test_flower_refuses_to_start_without_authentication(redis_client, tmp_path: 
     )
     assert done.returncode != 0
     assert "FLOWER_BASIC_AUTH" in done.stdout + done.stderr
+
+
+def test_the_broker_tab_and_the_queue_length_api_read_the_redis_broker(run, app):
+    # The banner names the broker by its scheme, not by the transport's class path.
+    assert re.search(r"transport:\s+redis://", run.worker.log()), run.worker.log()[:2000]
+    # Last in the module: with the worker gone, texts wait in the queue where Flower looks.
+    run.worker.stop()
+    for i in range(5):
+        producers.enqueue_text(f"waiting for flower {i}", app=app)
+    lengths = run.flower.api("queues/length")
+    assert {"name": "embeddings", "messages": 5} in lengths["active_queues"]
+    page = httpx.get(f"{run.flower.url}/broker", auth=run.flower.auth, timeout=10)
+    assert page.status_code == 200
+    assert "redis://" in page.text and "embeddings" in page.text

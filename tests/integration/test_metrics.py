@@ -36,6 +36,9 @@ def test_a_worker_serves_the_seed_metrics_batch_fill_and_queue_depth(start_worke
     assert f"Prometheus metrics on http://0.0.0.0:{port}/metrics" in worker.log()
     assert samples["embeddings_success_total"] == api["ok_calls"]
     assert samples["embeddings_latency_ms_count"] == api["ok_calls"]
+    assert samples["embeddings_latency_seconds_count"] == api["ok_calls"]
+    assert samples["embeddings_texts_total"] == 16  # sixteen distinct texts, each sent once
+    assert 0 < samples["embeddings_latency_seconds_sum"] < samples["embeddings_latency_ms_sum"]
     assert samples["embeddings_retry_total"] >= 1
     assert samples["embeddings_pool_exhausted_total"] == 0
     assert "embeddings_failure_total" not in samples or samples["embeddings_failure_total"] == 0

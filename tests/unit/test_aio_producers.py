@@ -21,6 +21,7 @@ from worker.errors import (
     EmbeddingInputTypeError,
     EmbeddingQueueUnavailableError,
 )
+from worker.redaction import task_reprs
 
 
 @pytest.fixture
@@ -110,8 +111,9 @@ def test_the_published_message_is_the_one_celery_send_task_builds(memory_app) ->
     seen, on_publish = _capture()
     before_task_publish.connect(on_publish, weak=False)
     try:
+        argsrepr, kwargsrepr = task_reprs("same text", "m")
         memory_app.send_task(EMBED_TEXT_TASK, args=("same text",), kwargs={"model": "m"},
-                             task_id="id-1")  # fmt: skip
+                             task_id="id-1", argsrepr=argsrepr, kwargsrepr=kwargsrepr)  # fmt: skip
         aio._publish(memory_app, [("id-1", "same text")], "m")
     finally:
         before_task_publish.disconnect(on_publish)

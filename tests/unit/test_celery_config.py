@@ -16,7 +16,6 @@ import celeryconfig
 from producers import cli
 from worker.celery_ext.config import (
     RESULT_BACKEND_CLASS,
-    TRANSPORT_CLASS,
     WORKER_CONSUMER_CLASS,
     apply_config,
     celery_config,
@@ -35,7 +34,8 @@ def test_by_default_broker_and_results_are_redis_url_with_the_projects_classes()
     config = celery_config(Settings(redis_url="redis://cache:6379/3"))
     assert config["broker_url"] == "redis://cache:6379/3"
     assert config["result_backend"] == f"{RESULT_BACKEND_CLASS}+redis://cache:6379/3"
-    assert config["broker_transport"] == TRANSPORT_CLASS
+    # The URL keeps its scheme; install() makes "redis" the atomic-fetch transport.
+    assert config["broker_transport"] is None
     assert config["worker_consumer"] == WORKER_CONSUMER_CLASS
     assert config["broker_use_ssl"] is None
     assert config["redis_backend_use_ssl"] is None
@@ -45,7 +45,7 @@ def test_a_rediss_url_gets_verified_tls_on_both_sides() -> None:
     config = celery_config(Settings(redis_url=TLS_URL))
     assert config["broker_use_ssl"] == VERIFIED
     assert config["redis_backend_use_ssl"] == VERIFIED
-    assert config["broker_transport"] == TRANSPORT_CLASS
+    assert config["broker_transport"] is None
     assert config["result_backend"] == f"{RESULT_BACKEND_CLASS}+{TLS_URL}"
 
 
@@ -157,7 +157,7 @@ def test_embed_file_redis_url_rediss_gets_verified_tls_and_the_projects_backend_
     conf = fresh_app.conf
     assert conf.broker_url == TLS_URL
     assert conf.broker_use_ssl == VERIFIED
-    assert conf.broker_transport == TRANSPORT_CLASS
+    assert conf.broker_transport is None
     assert conf.result_backend == f"{RESULT_BACKEND_CLASS}+{TLS_URL}"
     # What the app builds from that (nothing connects): kombu and Celery both verify.
     with fresh_app.connection_for_write() as connection:

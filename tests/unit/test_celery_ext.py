@@ -27,14 +27,18 @@ from worker.celery_ext.compat import Internal, missing_internals
 from worker.celery_ext.config import (
     RESULT_BACKEND_CLASS,
     TASK_REQUEST_CLASS,
-    TRANSPORT_CLASS,
     WORKER_CONSUMER_CLASS,
 )
 from worker.celery_ext.consumer import EventBatchingConsumer
 from worker.celery_ext.outages import RequeueOnOutageRequest
 from worker.celery_ext.result_backend import STORE_SCRIPT, ResultBackend
 from worker.celery_ext.serialization import CONTENT_TYPE, SERIALIZER_NAME
-from worker.celery_ext.transport import FETCH_SCRIPT, AtomicFetchChannel, AtomicFetchQoS
+from worker.celery_ext.transport import (
+    FETCH_SCRIPT,
+    AtomicFetchChannel,
+    AtomicFetchQoS,
+    AtomicFetchTransport,
+)
 from worker.names import EMBED_TEXT_TASK
 from worker.runtime import VectorStore
 
@@ -58,6 +62,8 @@ def test_the_check_covers_the_private_names_the_adaptations_override_or_call() -
         "on_send_event_buffered",
         "_flush_events",
         "saferepr",
+        "TRANSPORT_ALIASES",
+        "_transport_cache",
     } <= checked
 
 
@@ -135,10 +141,25 @@ def test_every_copied_override_names_the_upstream_release_file_and_method(
 
 
 def test_the_classes_celery_loads_by_name_are_the_adaptations() -> None:
-    assert symbol_by_name(TRANSPORT_CLASS).Channel is AtomicFetchChannel
     assert symbol_by_name(RESULT_BACKEND_CLASS) is ResultBackend
     assert symbol_by_name(WORKER_CONSUMER_CLASS) is EventBatchingConsumer
     assert symbol_by_name(TASK_REQUEST_CLASS) is RequeueOnOutageRequest
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "rediss://:pw@redis.example:6380/0"])
+def test_a_redis_broker_url_keeps_its_scheme_and_still_uses_the_atomic_fetch_transport(
+    url: str,
+) -> None:
+    app = Celery("scheme-test", set_as_current=False)
+    install(app)
+    app.conf.update(broker_url=url, broker_transport=None)
+    with app.connection_for_write() as connection:
+        # What Flower, `celery inspect` and the worker's banner read (nothing connects).
+        assert connection.as_uri().startswith(url.split("://")[0] + "://")
+        assert connection.transport_cls == url.split("://")[0]
+        assert type(connection.transport) is AtomicFetchTransport
+        assert connection.transport.Channel is AtomicFetchChannel
+    app.close()
 
 
 def test_the_embedding_task_gets_the_requeue_on_outage_request_from_the_configuration() -> None:
@@ -168,13 +189,17 @@ def _quieting() -> Any:
 def test_importing_the_adaptations_patches_nothing_until_install() -> None:
     code = (
         "import celery.app.trace as trace, kombu.serialization as ks\n"
+        "import kombu.transport as kt\n"
         "import worker.celery_ext.config, worker.celery_ext.serialization as s\n"
         "assert not getattr(trace.saferepr, 'summarises_vectors', False), 'saferepr'\n"
         "assert s.SERIALIZER_NAME not in ks.registry._encoders, 'serializer'\n"
+        "assert kt.get_transport_cls('redis').__module__ == 'kombu.transport.redis', 'early'\n"
         "from worker.celery_ext import install\n"
         "from celery import Celery\n"
         "install(Celery(set_as_current=False))\n"
         "assert getattr(trace.saferepr, 'summarises_vectors', False), 'install'\n"
+        # A name kombu resolved (and cached) before install() resolves anew.
+        "assert kt.get_transport_cls('redis').__name__ == 'AtomicFetchTransport', 'cache'\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60

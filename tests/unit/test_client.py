@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.unit.conftest import error_response, inputs_of, ok_response, vector_for
 from worker.embeddings import (
@@ -577,9 +578,33 @@ def test_a_batch_that_finds_the_pool_full_raises_pool_exhausted(
 def test_a_successful_call_counts_success_and_latency(make_batcher: MakeBatcher) -> None:
     success_before = get_counter("embeddings.success", batch_size="8", retries="0")
     latency_before = get_counter("embeddings.latency_ms", batch_size="8")
+    texts_before = get_counter("embeddings.texts")
     make_batcher(FakeAPI()).embed_batch(texts_of(8))
     assert get_counter("embeddings.success", batch_size="8", retries="0") == success_before + 1
+    assert get_counter("embeddings.texts") == texts_before + 8
     assert get_counter("embeddings.latency_ms", batch_size="8") == latency_before + 1
+
+
+def test_a_call_latency_is_also_observed_in_seconds_the_prometheus_base_unit(
+    make_batcher: MakeBatcher,
+) -> None:
+    labels = {"batch_size": "8"}
+
+    def sample(name: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = {n: sample(n) for n in ("embeddings_latency_seconds_count",
+              "embeddings_latency_seconds_sum", "embeddings_latency_ms_sum")}  # fmt: skip
+    result = make_batcher(FakeAPI()).embed_batch(texts_of(8))
+    assert (
+        sample("embeddings_latency_seconds_count") == before["embeddings_latency_seconds_count"] + 1
+    )
+    seconds = sample("embeddings_latency_seconds_sum") - before["embeddings_latency_seconds_sum"]
+    millis = sample("embeddings_latency_ms_sum") - before["embeddings_latency_ms_sum"]
+    assert seconds > 0
+    assert seconds == pytest.approx(millis / 1000.0)
+    assert seconds <= result.latency_ms / 1000.0 + 1e-9
+    assert get_counter("embeddings.latency_seconds", batch_size="8") >= 1
 
 
 def test_a_retry_is_counted_with_its_attempt_and_error_type(make_batcher: MakeBatcher) -> None:

@@ -5,12 +5,15 @@ Where the ``docker compose`` CLI is installed, ``docker compose config`` validat
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -57,13 +60,43 @@ def test_compose_has_redis_worker_flower_the_gateway_and_the_stub(services):
     assert {"redis", "worker", "flower", "gateway", "stubapi"} <= set(services)
 
 
-def test_redis_has_a_ping_health_check_and_never_evicts(services):
+def test_redis_has_a_ping_health_check_and_never_evicts_at_a_memory_bound(services):
     redis = services["redis"]
     assert "redis-cli" in redis["healthcheck"]["test"] and "ping" in redis["healthcheck"]["test"]
     command = redis["command"]
     command = command if isinstance(command, list) else command.split()
     at = command.index("--maxmemory-policy")
     assert command[at + 1] == "noeviction"
+    # noeviction only acts once maxmemory is reached: without it Redis grows until killed.
+    assert re.fullmatch(r"\d+(mb|gb)", command[command.index("--maxmemory") + 1])
+
+
+def _compose_spec_schema() -> dict[str, Any]:
+    # The compose-spec schema as check-jsonschema vendors it (Apache-2.0, its LICENSE beside).
+    vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
+    schema: dict[str, Any] = json.loads(vendor.joinpath("compose-spec.json").read_text())
+    return schema
+
+
+def test_the_compose_file_is_valid_under_the_compose_specification_schema(compose):
+    schema = _compose_spec_schema()
+    assert schema["title"] == "Compose Specification"
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(compose)]
+    assert errors == []
+
+
+def test_the_compose_schema_check_catches_a_misspelt_key(compose):
+    schema = _compose_spec_schema()
+    broken = {**compose, "services": {**compose["services"], "redis": {
+        **compose["services"]["redis"], "helthcheck": {"test": ["CMD", "true"]}}}}  # fmt: skip
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    assert any("helthcheck" in e.message for e in validator.iter_errors(broken))
+
+
+def test_the_env_file_is_optional_for_every_service_that_reads_it(services):
+    for name in ("worker", "flower", "gateway"):
+        assert services[name]["env_file"] == [{"path": ".env", "required": False}], name
 
 
 def test_the_vector_cache_is_a_redis_of_its_own_that_evicts_least_recently_used(services):
@@ -92,7 +125,9 @@ def test_flower_has_auth_from_the_env_file_port_5555_and_state_on_a_volume(compo
     assert "--persistent=True" in command
     db = re.search(r"--db=(\S+)", command)
     assert db is not None
-    assert any(p.startswith("5555:") or p.endswith(":5555") for p in flower["ports"])
+    # Host side on loopback only; /healthcheck is the one page that needs no login.
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]
+    assert "http://127.0.0.1:5555/healthcheck" in " ".join(flower["healthcheck"]["test"])
     volume, _, mount = flower["volumes"][0].partition(":")
     assert db.group(1).startswith(mount.rstrip("/") + "/")
     assert volume in compose["volumes"]  # a named volume, so state survives a new container

@@ -3,20 +3,21 @@
 The rest of ``worker/`` is the product and imports nothing from here. The Celery
 configuration joins them: ``config.celery_config(settings)`` selects the classes below
 that Celery and kombu load by name, and ``install(app)`` (called once, by
-``worker.celery_app``) installs the three that act process-wide and pins the app's URLs.
-Each keeps Celery's and kombu's message formats and keys, so stock and patched workers can
-share a broker.
+``worker.celery_app``) installs those that act process-wide (the ``redis``/``rediss``
+transport aliases, the serializer, logging) and pins the app's URLs. Each keeps Celery's
+and kombu's message formats and keys, so stock and patched workers can share a broker.
 
 ==================  ======================================  ========================================
 module              replaces                                why
 ==================  ======================================  ========================================
 ``transport``       kombu's Redis ``Channel``, ``QoS``,     stock ``BRPOP`` loses a message when a
-                    ``Transport`` (``broker_transport``):   worker is killed between the pop and its
-                    ``BLMOVE`` + ``fetch.lua`` takes up to  unacked copy; a round trip per message,
-                    16 messages with their unacked copies;  per ack, and a client per command bound
-                    acks once per loop turn; one client     a worker's intake; an ack on a dead
-                    per pool; a dead connection's ack is    connection stopped the worker
-                    dropped
+                    ``Transport``, as kombu's ``redis``     worker is killed between the pop and its
+                    and ``rediss`` transports               unacked copy; a round trip per message,
+                    (``install``): ``BLMOVE`` +             per ack, and a client per command bound
+                    ``fetch.lua`` takes up to 16 messages   a worker's intake; an ack on a dead
+                    with their unacked copies; acks once    connection stopped the worker
+                    per loop turn; one client per pool; a
+                    dead connection's ack is dropped
 ``full_redis``      kombu's Redis ``Channel`` (mixed into   a full Redis (maxmemory) refuses every
                     ``transport``): sizes, checks, deletes  MULTI: a worker starting then stopped,
                     without ``MULTI``; a refused binding    and acks could not free it; a fetch
@@ -35,6 +36,10 @@ module              replaces                                why
 ``outages``         the task's ``Request``                  Celery turns its own backend's
                     (``task_annotations``): a Redis         ``ConnectionError`` into the text's
                     outage requeues the text                FAILURE
+``privacy``         the task's ``Request.info`` (the        ``celery inspect active``/``reserved``
+                    outages request's base): answers with   and Flower's worker pages showed every
+                    ``argsrepr``, the text's length and     running text
+                    hash
 ``consumer``        the worker ``Consumer``                 Celery publishes about once per event
                     (``worker_consumer``): task events at   on the consumer's loop under load
                     most every 0.1 s, in batches
@@ -67,7 +72,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker.celery_ext import compat, pinned_conf, sentinel, serialization, tasklog
+from worker.celery_ext import compat, pinned_conf, sentinel, serialization, tasklog, transport
 
 __all__ = ["install"]
 
@@ -75,15 +80,19 @@ __all__ = ["install"]
 def install(app: Celery) -> None:
     """Install the process-wide adaptations for ``app`` (idempotent).
 
-    Registers the vector serializer with kombu, so the app can write and read results;
+    Makes the atomic-fetch transport kombu's ``redis`` and ``rediss`` transport, so broker
+    URLs keep their scheme; registers the vector serializer with kombu, so the app can write
+    and read results;
     shortens Celery's rendering of vector results; quiets per-task INFO lines when Celery
-    sets up a worker's logging. All three act for the whole process, so one call covers
-    every app in it. It also makes ``app.conf`` read the broker and result URLs from the
-    configuration alone (``pinned_conf``). The class-based adaptations come with the app's
-    configuration (``config.celery_config``). Raises ``ImportError`` naming versions when a
-    Celery or kombu internal the adaptations use is missing.
+    sets up a worker's logging. They act for the whole process, so one call covers every app
+    in it. It also maps kombu's ``redis``/``rediss`` transports to the atomic fetch, and makes
+    ``app.conf`` read the broker and result URLs from the configuration alone
+    (``pinned_conf``). The class-based adaptations come with the app's configuration
+    (``config.celery_config``). Raises ``ImportError`` naming versions when a Celery or
+    kombu internal the adaptations use is missing.
     """
     compat.check()
+    transport.register()
     pinned_conf.pin(app)
     sentinel.register_transport_alias()
     serialization.register_serializer()

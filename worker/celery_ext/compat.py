@@ -80,6 +80,7 @@ USED_INTERNALS: tuple[Internal, ...] = (
     *_uses(_KOMBU_REDIS, "SentinelTransport", "Channel", "worker.celery_ext.sentinel"),
     *_uses("kombu.transport", "", "TRANSPORT_ALIASES", "worker.celery_ext.sentinel"),
     *_uses("celery.backends.redis", "SentinelBackend", "_get_pool", "worker.celery_ext.sentinel"),
+    *_uses("kombu.transport", "", "TRANSPORT_ALIASES _transport_cache", _TRANSPORT),
     *_uses("kombu.transport.virtual", "Transport", "_deliver", _TRANSPORT),
     *_uses(
         "celery.backends.redis",
@@ -89,6 +90,7 @@ USED_INTERNALS: tuple[Internal, ...] = (
         _BACKEND,
     ),
     *_uses("celery.worker.request", "Request", "on_failure reject", "worker.celery_ext.outages"),
+    *_uses("celery.worker.request", "Request", "info", "worker.celery_ext.privacy"),
     *_uses("celery.worker.state", "", "task_ready", "worker.celery_ext.outages"),
     *_uses("billiard.einfo", "", "ExceptionWithTraceback", "worker.celery_ext.outages"),
     *_uses(

@@ -5,6 +5,8 @@
 for settings with another URL (``with_redis_url``), so TLS, the result backend and the
 transport always follow the URL they are for. Every key is set, even to Celery's default
 (``None``), so applying the config for another URL leaves nothing of the previous one behind.
+The broker transport is not selected here: ``install`` makes the project's transport kombu's
+``redis``/``rediss``, so the broker URL keeps its scheme.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ __all__ = [
     "SENTINEL_RESULT_BACKEND_CLASS",
     "SENTINEL_TRANSPORT_CLASS",
     "TASK_REQUEST_CLASS",
-    "TRANSPORT_CLASS",
     "WORKER_CONSUMER_CLASS",
     "apply_config",
     "broker_url",
@@ -38,7 +39,6 @@ __all__ = [
 ]
 
 # The adaptations that Celery selects through its settings (see worker/celery_ext/__init__).
-TRANSPORT_CLASS = "worker.celery_ext.transport:AtomicFetchTransport"
 RESULT_BACKEND_CLASS = "worker.celery_ext.result_backend:ResultBackend"
 SENTINEL_TRANSPORT_CLASS = SENTINEL_TRANSPORT_PATH
 SENTINEL_RESULT_BACKEND_CLASS = "worker.celery_ext.sentinel:SentinelResultBackend"
@@ -82,18 +82,16 @@ def _connection(settings: Settings) -> dict[str, Any]:
         backend = f"{RESULT_BACKEND_CLASS}+{results}"
     elif _scheme(results) == _SENTINEL:
         backend = f"{SENTINEL_RESULT_BACKEND_CLASS}+{results}"
-    transport = None
-    if _scheme(broker) in _REDIS_SCHEMES:
-        # The fetch that cannot lose a message to a killed worker, batched acks.
-        transport = TRANSPORT_CLASS
-    elif _scheme(broker) == _SENTINEL:
-        transport = SENTINEL_TRANSPORT_CLASS
+    # redis:// and rediss:// keep their scheme (Flower and `celery inspect` read it):
+    # install() maps kombu's redis and rediss aliases to the atomic fetch. None clears a
+    # transport an older config selected.
+    transport = SENTINEL_TRANSPORT_CLASS if _scheme(broker) == _SENTINEL else None
     return {
         "broker_url": broker,
         "result_backend": backend,
         "broker_transport": transport,
-        # kombu enables TLS for ``rediss`` by the transport's name, which is no longer
-        # "rediss" here; Celery's backend refuses a rediss:// URL without ssl_cert_reqs.
+        # Verified TLS for rediss://: kombu takes its TLS settings only from broker_use_ssl,
+        # and Celery's backend refuses a rediss:// URL without ssl_cert_reqs.
         "broker_use_ssl": dict(_VERIFIED_TLS) if _scheme(broker) == "rediss" else None,
         "redis_backend_use_ssl": dict(_VERIFIED_TLS) if _scheme(results) == "rediss" else None,
     }

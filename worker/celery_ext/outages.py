@@ -26,13 +26,13 @@ import logging
 from typing import Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
-from celery.worker.request import Request
 from celery.worker.state import task_ready
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.celery_ext.privacy import RedactedInfoRequest
 from worker.errors import EmbeddingResultStoreUnavailableError
 
 __all__ = ["RequeueOnOutageRequest", "is_redis_outage"]
@@ -63,8 +63,12 @@ def is_redis_outage(exc: BaseException | None) -> bool:
     return False
 
 
-class RequeueOnOutageRequest(Request):  # type: ignore[misc]
-    """A request that returns its message to the queue when Redis failed under it."""
+class RequeueOnOutageRequest(RedactedInfoRequest):
+    """A request that returns its message to the queue when Redis failed under it.
+
+    It also answers ``celery inspect`` with the text's length and hash, not the text
+    (``worker.celery_ext.privacy``).
+    """
 
     def on_failure(
         self, exc_info: ExceptionInfo, send_failed_event: bool = True, return_ok: bool = False

@@ -41,9 +41,10 @@ And three for a full Redis (``maxmemory`` reached, ``noeviction``), which refuse
 Only the consuming side changes; messages, keys and acks are kombu's own, so stock and
 patched workers can share a broker. Needs Redis 6.2 or later (``BLMOVE``). Messages of other
 queues or priorities than the first polled one wait at most ``brpop_timeout`` (1 s) longer.
-Selected by ``broker_transport`` (``worker.celery_ext.config``) for ``redis://`` and
-``rediss://`` brokers. Written against kombu 5.7.0; ``worker.celery_ext.compat`` checks the
-kombu internals used here.
+Registered by ``register()`` (called by ``worker.celery_ext.install``) as kombu's ``redis``
+and ``rediss`` transports, so ``redis://`` and ``rediss://`` broker URLs keep their scheme for
+Flower, ``celery inspect`` and the worker's banner. Written against kombu 5.7.0;
+``worker.celery_ext.compat`` checks the kombu internals used here.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ import time
 from queue import Empty
 from typing import Any
 
+import kombu.transport as kombu_transports
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 from kombu.utils import encoding as kombu_encoding
@@ -66,9 +68,12 @@ from worker.celery_ext.lua import load_script
 __all__ = [
     "FETCH_SCRIPT",
     "MAX_FETCH",
+    "REDIS_SCHEMES",
+    "TRANSPORT_PATH",
     "AtomicFetchChannel",
     "AtomicFetchQoS",
     "AtomicFetchTransport",
+    "register",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,6 +87,10 @@ _bytes_to_str: Any = kombu_encoding.bytes_to_str
 _loads: Any = kombu_json.loads
 
 FETCH_SCRIPT = load_script("fetch.lua")
+
+# The URL schemes, and so kombu transport names, this transport takes over.
+REDIS_SCHEMES = ("redis", "rediss")
+TRANSPORT_PATH = f"{__name__}:AtomicFetchTransport"
 
 # At most this many messages per fetch, within the prefetch window: enough to cut the
 # consumer's Redis round trips and event-loop turns per text by this factor, few enough that
@@ -387,3 +396,17 @@ class AtomicFetchTransport(_RedisTransport):  # type: ignore[misc]
 
         loop.on_tick.add(flush_acks)
         self.acks_batched = True
+
+
+def register() -> None:
+    """Make ``AtomicFetchTransport`` kombu's ``redis`` and ``rediss`` transport (idempotent).
+
+    Selecting it by ``broker_transport`` instead would put the class path in the broker URL
+    (``worker.celery_ext.transport:AtomicFetchTransport://…``), which Flower cannot read (its
+    Broker tab and ``/api/queues/length`` answer 404) and the worker's banner prints as
+    ``Transport://``. kombu caches resolved transport classes, so a name resolved before this
+    call is dropped from the cache. Process-wide, like kombu's table itself.
+    """
+    for scheme in REDIS_SCHEMES:
+        kombu_transports.TRANSPORT_ALIASES[scheme] = TRANSPORT_PATH
+        kombu_transports._transport_cache.pop(scheme, None)

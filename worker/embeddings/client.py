@@ -177,7 +177,9 @@ class EmbeddingClient:
         latency_ms = (time.perf_counter() - started) * 1000.0
         size = str(len(texts))
         metrics.SUCCESS.labels(batch_size=size, retries=str(retries)).inc()
+        metrics.TEXTS.inc(len(texts))
         metrics.LATENCY_MS.labels(batch_size=size).observe(latency_ms)
+        metrics.LATENCY_SECONDS.labels(batch_size=size).observe(latency_ms / 1000.0)
         metrics.BATCH_FILL.set(len(texts) / self.config.batch_size)
         return CallResult(vectors, usage, retries, latency_ms, limits)
 

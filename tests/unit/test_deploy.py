@@ -1,0 +1,156 @@
+"""deploy/: the Grafana dashboard and the Prometheus alert rules use only metrics that exist.
+
+Every PromQL expression is read for the metric names it selects, which are compared with
+what the workers export (``worker.metrics`` and the queue gauges of ``worker.observability``,
+with the series suffixes Prometheus adds per type). No ``promtool`` here: the rules file's
+structure is checked against Prometheus's rule-file format instead.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+import yaml
+from prometheus_client import REGISTRY
+
+import worker.metrics  # noqa: F401 - registers the metrics
+from devstack import REPO_ROOT
+from worker.observability import QueueDepthCollector
+
+DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "embeddings.json"
+ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
+
+# Series Prometheus itself provides for every scrape target.
+PROMETHEUS_SERIES = {"up"}
+_SUFFIXES = {
+    "counter": ("_total",),
+    "histogram": ("_bucket", "_count", "_sum"),
+    "summary": ("", "_count", "_sum"),
+    "gauge": ("",),
+}
+_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or",
+             "unless", "bool", "offset", "inf", "nan"}  # fmt: skip
+
+
+def exported_series() -> set[str]:
+    """Every series name a worker's ``/metrics`` can serve."""
+    families = [(m.name, m.type) for m in REGISTRY.collect() if m.name.startswith("embeddings_")]
+    gauges = QueueDepthCollector(redis.Redis(port=1), "embeddings").describe()
+    families += [(m.name, m.type) for m in gauges]
+    return {name + suffix for name, kind in families for suffix in _SUFFIXES[kind]}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (not functions, labels or keywords)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values, e.g. "embeddings"
+    text = re.sub(r"\{[^}]*\}", "", text)  # label matchers
+    text = re.sub(r"\[[^\]]*\]", "", text)  # ranges and subqueries: [5m], [15m:1m]
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", text)
+    text = re.sub(r"\$__\w+|\$\w+", "", text)  # Grafana variables
+    names = set()
+    for found in re.finditer(r"(?<![\w.])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", text):
+        name, call = found.group(1), found.group(2)
+        if not call and name.lower() not in _KEYWORDS and not re.fullmatch(r"\d\w*", name):
+            names.add(name)
+    return names
+
+
+def _balanced(expr: str) -> bool:
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack: list[str] = []
+    for char in re.sub(r'"(?:[^"\\]|\\.)*"', "", expr):
+        if char in "([{":
+            stack.append(char)
+        elif char in pairs and (not stack or stack.pop() != pairs[char]):
+            return False
+    return not stack
+
+
+def _dashboard_exprs(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "expr":
+                yield value
+            else:
+                yield from _dashboard_exprs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _dashboard_exprs(item)
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads(DASHBOARD.read_text())
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def rules() -> list[dict[str, Any]]:
+    loaded = yaml.safe_load(ALERTS.read_text())
+    return [rule for group in loaded["groups"] for rule in group["rules"]]
+
+
+def test_the_name_reader_finds_metrics_and_skips_functions_labels_and_keywords() -> None:
+    expr = (
+        "histogram_quantile(0.99, sum by (le) (rate(embeddings_budget_wait_seconds_bucket[5m])))"
+        ' > 10 and deriv(max(embeddings_queue_depth{queue="x"})[15m:1m]) > 0'
+        " or sum(rate(bogus_metric_total[$__rate_interval])) / count(up == 1) offset 5m"
+    )
+    assert metric_names(expr) == {
+        "embeddings_budget_wait_seconds_bucket", "embeddings_queue_depth", "bogus_metric_total",
+        "up",
+    }  # fmt: skip
+
+
+def test_the_exported_series_include_each_type_with_its_suffixes() -> None:
+    series = exported_series()
+    assert {"embeddings_success_total", "embeddings_latency_seconds_bucket",
+            "embeddings_queue_depth", "embeddings_breaker_state"} <= series  # fmt: skip
+    assert "embeddings_success" not in series
+
+
+def test_every_metric_the_dashboard_uses_is_exported(dashboard: dict[str, Any]) -> None:
+    exprs = list(_dashboard_exprs(dashboard))
+    assert len(exprs) >= 10
+    used = set().union(*(metric_names(expr) for expr in exprs))
+    assert used - exported_series() - PROMETHEUS_SERIES == set()
+    assert all(_balanced(expr) for expr in exprs)
+
+
+def test_the_dashboard_covers_what_an_operator_watches(dashboard: dict[str, Any]) -> None:
+    used = set().union(*(metric_names(expr) for expr in _dashboard_exprs(dashboard)))
+    assert {"embeddings_queue_depth", "embeddings_texts_total", "embeddings_success_total",
+            "embeddings_rate_limited_total", "embeddings_retry_total", "embeddings_breaker_state",
+            "embeddings_budget_wait_seconds_bucket"} <= used  # fmt: skip
+    assert {panel["datasource"]["uid"] for panel in dashboard["panels"]} == {"${datasource}"}
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        refs = [target["refId"] for target in panel["targets"]]
+        assert len(refs) == len(set(refs)), panel["title"]
+
+
+def test_every_metric_the_alert_rules_use_is_exported(rules: list[dict[str, Any]]) -> None:
+    used = set().union(*(metric_names(rule["expr"]) for rule in rules))
+    assert used - exported_series() - PROMETHEUS_SERIES == set()
+    assert {"embeddings_queue_depth", "embeddings_rate_limited_total", "embeddings_breaker_state",
+            "embeddings_budget_wait_seconds_bucket"} <= used  # fmt: skip
+
+
+def test_the_rules_file_has_prometheus_rule_file_structure(rules: list[dict[str, Any]]) -> None:
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    assert [group["name"] for group in groups] == ["embeddings"]
+    names = [rule["alert"] for rule in rules]
+    assert len(names) == len(set(names))
+    for rule in rules:
+        assert set(rule) <= {"alert", "expr", "for", "labels", "annotations", "keep_firing_for"}
+        assert re.fullmatch(r"[A-Z][A-Za-z0-9]+", rule["alert"])
+        assert isinstance(rule["expr"], str) and _balanced(rule["expr"]), rule["alert"]
+        assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
+        assert rule["labels"]["severity"] in ("warning", "critical")
+        assert rule["annotations"]["summary"]
