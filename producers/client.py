@@ -193,7 +193,7 @@ def enqueue_many(
     done: list[AsyncResult] = []
     try:
         for results in bulk_publish.publish_chunks(
-            target, EMBED_TEXT_TASK, calls, chunk_size=chunk_size
+            target, EMBED_TEXT_TASK, calls, chunk_size=chunk_size, reprs=_reprs
         ):
             done.extend(results)
     except bulk_publish.BulkPublishUnsupported:
@@ -219,7 +219,7 @@ def enqueue_ids(
     done: list[str] = []
     try:
         for task_ids in bulk_publish.publish_chunk_ids(
-            target, EMBED_TEXT_TASK, calls, chunk_size=chunk_size
+            target, EMBED_TEXT_TASK, calls, chunk_size=chunk_size, reprs=_reprs
         ):
             done.extend(task_ids)
     except bulk_publish.BulkPublishUnsupported:
@@ -230,6 +230,11 @@ def enqueue_ids(
             raise
         raise error from exc
     return done
+
+
+def _reprs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | None, str | None]:
+    # The same redacted rendering as a text sent singly (worker.redaction).
+    return task_reprs(args[0], kwargs.get("model"), show_texts=_show_texts())
 
 
 def _calls(texts: Sequence[str], model: str | None) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:

@@ -19,6 +19,7 @@ import producers
 from devstack import wait_for
 from tests.integration.faultkit import expected
 from worker.errors import EmbeddingAPIError, EmbeddingPartialEnqueueError
+from worker.redaction import task_reprs
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +115,7 @@ def test_chunks_keep_the_input_order_in_the_queue(app: Celery, clean_redis: redi
     texts = [f"ordered text {i}" for i in range(1201)]
     results = producers.enqueue_texts(texts, app=app, chunk_size=500)
     messages = _raw_messages(clean_redis)
-    assert [m["headers"]["argsrepr"] for m in messages] == [repr((t,)) for t in texts]
+    assert [m["headers"]["argsrepr"] for m in messages] == [task_reprs(t, None)[0] for t in texts]
     assert [m["headers"]["id"] for m in messages] == [r.id for r in results]
     assert len({r.id for r in results}) == len(texts)
 
@@ -144,7 +145,7 @@ def test_a_bulk_enqueued_text_sends_the_same_events_as_one_sent_singly(
     assert {k: v for k, v in sent[bulk.id].items() if k not in _EVENT_IDS} == same
     assert same["name"] == "embeddings.embed_text"
     assert same["queue"] == QUEUE
-    assert same["args"] == "('an event text',)"
+    assert same["args"] == task_reprs("an event text", None)[0]  # redacted, as sent singly
 
 
 def test_embed_texts_returns_vectors_in_order_and_raises_a_rejected_texts_typed_error(
@@ -194,10 +195,12 @@ def test_a_chunk_that_fails_midway_is_reported_with_exactly_the_texts_enqueued(
     assert "could not enqueue the text: the broker is unreachable" in str(error)
     in_queue = _raw_messages(clean_redis)
     assert [m["headers"]["id"] for m in in_queue] == [r.id for r in error.enqueued]
-    assert [m["headers"]["argsrepr"] for m in in_queue] == [repr((t,)) for t in texts[:400]]
+    assert [m["headers"]["argsrepr"] for m in in_queue] == [
+        task_reprs(t, None)[0] for t in texts[:400]
+    ]
 
     # The caller resumes from the index the error names: every text is queued exactly once.
     rest = producers.enqueue_texts(texts[error.not_enqueued_from :], app=app, chunk_size=200)
     assert len(rest) == 600
     argsreprs = [m["headers"]["argsrepr"] for m in _raw_messages(clean_redis)]
-    assert argsreprs == [repr((t,)) for t in texts]
+    assert argsreprs == [task_reprs(t, None)[0] for t in texts]

@@ -34,7 +34,7 @@ class FakePublisher:
         self.chunks: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = []
 
     def __call__(
-        self, app: Celery, name: str, calls: Calls, *, chunk_size: int
+        self, app: Celery, name: str, calls: Calls, *, chunk_size: int, reprs: Any = None
     ) -> Iterator[list[Any]]:
         for number, chunk in enumerate(bulk_publish.chunked(calls, chunk_size)):
             if number == self.fail_at_chunk:
