@@ -7,8 +7,9 @@ result backends get one ``send_task`` and one ``AsyncResult`` per text.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterable, Sequence
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -41,7 +42,7 @@ __all__ = [
     "enqueue_many",
     "enqueue_text",
     "enqueue_texts",
-    "publish_retry_policy",
+    "failover_waits",
     "queue_error",
     "revoke",
     "wait_all",
@@ -63,19 +64,19 @@ _PUBLISH_RETRY_POLICY = {
 }
 
 
-def publish_retry_policy(broker_url: str, failover_timeout_s: float) -> dict[str, float]:
-    """kombu's retry policy for a publish to ``broker_url``.
+def failover_waits(failover_timeout_s: float) -> list[float]:
+    """Seconds to wait before each new attempt at a publish behind Sentinel.
 
-    A plain Redis that does not answer is down: give up within about 1 s of retries. Behind
-    Sentinel a master that does not answer may be switching: keep retrying, at most 1 s
-    apart, until the waits add up to ``failover_timeout_s`` seconds
-    (``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``).
+    A master that does not answer may be being replaced: attempts go on, 0.2 s apart and
+    doubling to at most 1 s, until the waits add up to ``failover_timeout_s`` seconds
+    (``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``); then the publish fails.
     """
-    if not broker_url.startswith("sentinel://"):
-        return dict(_PUBLISH_RETRY_POLICY)
-    # kombu waits 0.2 s, then 0.7 s, then 1 s before every further retry.
-    retries = 2 + max(0, math.ceil(failover_timeout_s - 0.9))
-    return {**_PUBLISH_RETRY_POLICY, "max_retries": retries}
+    waits: list[float] = []
+    wait = 0.2
+    while sum(waits) < failover_timeout_s:
+        waits.append(wait)
+        wait = min(1.0, wait * 2)
+    return waits
 
 
 _settings: Settings | None = None
@@ -93,9 +94,18 @@ def _max_chars() -> int:
 
 
 def _retry_policy(app: Celery) -> dict[str, float]:
-    return publish_retry_policy(
-        str(app.conf.broker_url or ""), _producer_settings().redis_failover_timeout_s
-    )
+    return dict(_PUBLISH_RETRY_POLICY)
+
+
+def _waits_before_retries(app: Celery) -> list[float]:
+    # A plain Redis that does not answer is down: fail now. Behind Sentinel it may be switching.
+    if not str(app.conf.broker_url or "").startswith("sentinel://"):
+        return []
+    return failover_waits(_producer_settings().redis_failover_timeout_s)
+
+
+# Injectable for tests; a producer's thread waits here through a Sentinel failover.
+_sleep: Callable[[float], None] = time.sleep
 
 
 def queue_error(exc: BaseException, doing: str) -> EmbeddingQueueUnavailableError:
@@ -120,6 +130,22 @@ def _show_texts() -> bool:
 
 
 def _send(text: str, model: str | None, app: Celery) -> AsyncResult:
+    # One task id for every attempt: a publish that reached Redis but whose answer was lost
+    # is the same task when sent again, not a second one.
+    task_id = str(uuid.uuid4())
+    for wait in [*_waits_before_retries(app), None]:
+        try:
+            return _send_once(text, model, app, task_id)
+        except EmbeddingQueueFullError:
+            raise
+        except EmbeddingQueueUnavailableError:
+            if wait is None:
+                raise
+            _sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def _send_once(text: str, model: str | None, app: Celery, task_id: str) -> AsyncResult:
     kwargs = {"model": model} if model else {}
     # Flower, events and `celery inspect` show this rendering, never the text (by default).
     argsrepr, kwargsrepr = task_reprs(text, model, show_texts=_show_texts())
@@ -130,6 +156,7 @@ def _send(text: str, model: str | None, app: Celery) -> AsyncResult:
             kwargs=kwargs,
             argsrepr=argsrepr,
             kwargsrepr=kwargsrepr,
+            task_id=task_id,
             retry=True,
             retry_policy=_retry_policy(app),
         )

@@ -146,6 +146,11 @@ class SentinelCluster:
         wait_for(self._sentinels_agree, 30, "the Sentinels to see the new replica")
         return switched_s
 
+    def kill_every_redis(self) -> None:
+        """SIGKILL master and replica: the Sentinels are left with nothing to promote."""
+        for server in self.servers.values():
+            server.kill()
+
     def stop(self) -> None:
         for server in [*self.sentinels, *self.servers.values()]:
             server.kill()

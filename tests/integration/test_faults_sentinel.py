@@ -6,6 +6,7 @@ a real worker and producer configured only with the ``sentinel://`` URL.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections.abc import Iterator
@@ -17,15 +18,18 @@ from celery.result import AsyncResult
 from prometheus_client.parser import text_string_to_metric_families
 
 import producers
+import producers.client
 from devstack import WorkerProcess, free_port, wait_for
 from tests.integration.faultkit import app_for, expected, outcomes
 from tests.integration.harness import worker_env
 from tests.integration.sentinelkit import MASTER_NAME, SentinelCluster
+from worker.errors import EmbeddingQueueUnavailableError
+from worker.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 KILLS = 3
-TEXTS = 300
+TEXTS_PER_KILL = 100
 VISIBILITY_TIMEOUT_S = 10
 
 
@@ -60,11 +64,12 @@ def test_killing_the_master_mid_run_loses_no_text_and_shows_no_failure(
     )
     app = app_for(cluster.url)
     worker = WorkerProcess(env, tmp_path / "worker.log", "sentinel")
+    texts: list[str] = []
+    results: list[AsyncResult] = []
     try:
         worker.wait_ready(app, timeout_s=60)
-        stub.set_latency_ms(100)
-        texts = [f"across a failover {i}" for i in range(TEXTS)]
-        results = [producers.enqueue_text(text, app=app) for text in texts]
+        # 100 texts take the worker about 1.3 s at 300 ms per call: each kill lands mid-run.
+        stub.set_latency_ms(300)
         failures_seen: set[str] = set()
 
         def watch() -> None:
@@ -74,6 +79,9 @@ def test_killing_the_master_mid_run_loses_no_text_and_shows_no_failure(
 
         for kill in range(KILLS):
             calls = stub.stats()["ok_calls"]
+            batch = [f"across failover {kill}, text {i}" for i in range(TEXTS_PER_KILL)]
+            texts.extend(batch)
+            results.extend(producers.enqueue_text(text, app=app) for text in batch)
             wait_for(lambda c=calls: stub.stats()["ok_calls"] >= c + 3, 60, "progress")
             during = f"enqueued during failover {kill}"
             sent: dict[str, object] = {}
@@ -119,4 +127,28 @@ def test_killing_the_master_mid_run_loses_no_text_and_shows_no_failure(
         assert "no Redis for the shared rate-limit budget" not in worker.log()
         wait_for(lambda: _queue_depth(metrics_port) == 0.0, 30, "the queue gauge to read 0")
     finally:
+        # Celery unsubscribes a collected result over the network: collect them while the
+        # Sentinels and a master still answer, even when the test failed.
+        results.clear()
+        gc.collect()
         worker.stop()
+
+
+def test_a_publish_with_no_master_to_promote_gives_up_after_the_failover_timeout(
+    cluster: SentinelCluster, monkeypatch: pytest.MonkeyPatch
+):
+    app = app_for(cluster.url)
+    first = producers.enqueue_text("before the outage", app=app)
+    assert first.id
+    # Celery unsubscribes a collected result over the network: not once Redis is gone.
+    del first
+    gc.collect()
+    timeout_s = 2.0
+    monkeypatch.setattr(producers.client, "_settings", Settings(redis_failover_timeout_s=timeout_s))
+    cluster.kill_every_redis()
+    started = time.monotonic()
+    with pytest.raises(EmbeddingQueueUnavailableError):
+        producers.enqueue_text("nowhere to go", app=app)
+    elapsed_s = time.monotonic() - started
+    print(f"\nno master to promote: the publish gave up after {elapsed_s:.1f}s")
+    assert timeout_s <= elapsed_s < timeout_s + 10

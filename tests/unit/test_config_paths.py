@@ -17,7 +17,6 @@ from celery import Celery
 
 import celeryconfig
 from producers import cli
-from producers.client import publish_retry_policy
 from worker.celery_ext import install
 from worker.celery_ext.config import apply_config, celery_config
 from worker.celery_ext.result_backend import ResultBackend
@@ -189,21 +188,6 @@ def test_a_plain_redis_url_carries_no_sentinel_options() -> None:
     config = celery_config(Settings(redis_url="redis://one:6379/0"))
     assert "master_name" not in config["broker_transport_options"]
     assert "master_name" not in config["result_backend_transport_options"]
-
-
-def test_a_publish_behind_sentinel_retries_for_the_failover_timeout_and_no_longer() -> None:
-    def waits(policy: dict[str, float]) -> float:
-        total, interval = 0.0, policy["interval_start"]
-        for _ in range(int(policy["max_retries"])):
-            total += min(interval, policy["interval_max"])
-            interval += policy["interval_step"]
-        return total
-
-    plain = publish_retry_policy("redis://one:6379/0", 10.0)
-    assert waits(plain) < 1.0
-    for timeout_s in (5.0, 10.0, 30.0):
-        behind = waits(publish_retry_policy(SENTINELS, timeout_s))
-        assert timeout_s <= behind < timeout_s + 1.0
 
 
 def test_a_sentinel_url_gives_a_client_of_the_named_master_through_every_sentinel() -> None:

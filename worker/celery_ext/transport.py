@@ -167,7 +167,8 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
 
     _polled_keys: list[tuple[str, bool]]
     _cached_client: Any = None
-    # Redis refused the last BLMOVE for want of memory; the next wait takes nothing.
+    # Redis refuses BLMOVE for want of memory (until one succeeds); polls alternate between a
+    # BRPOP wait that takes nothing and another BLMOVE.
     _redis_full = False
     _waiting_full = False
 
@@ -302,7 +303,7 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
         first = self._polled_keys[0][0]
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
-        if self._redis_full:
+        if self._redis_full and not self._waiting_full:
             # Waits brpop_timeout and takes nothing; then BLMOVE is tried again.
             self._waiting_full = True
             self.client.connection.send_command("BRPOP", FULL_WAIT_KEY, timeout or 1)
@@ -318,8 +319,7 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
         try:
             if self._waiting_full:
                 self.client.parse_response(self.client.connection, "BRPOP", **options)
-                self._redis_full = False  # try BLMOVE again on the next poll
-                raise Empty()
+                raise Empty()  # the next poll tries BLMOVE again
             try:
                 self.client.parse_response(self.client.connection, "BLMOVE", **options)
             except OutOfMemoryError:
@@ -332,6 +332,9 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
             except self.connection_errors:
                 self.client.connection.disconnect()
                 raise
+            if self._redis_full:
+                log.warning("Redis has room again: taking texts")
+                self._redis_full = False
             # Even after a timeout: another priority or queue may hold a message.
             fetched = self._fetch(self._polled_keys)
             if fetched is None:
