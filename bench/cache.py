@@ -20,7 +20,8 @@ from pathlib import Path
 import redis
 from celery.result import ResultSet
 
-from devstack import REPO_ROOT, StubProcess, WorkerProcess
+from bench.env import bench_env
+from devstack import StubProcess, WorkerProcess
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -37,17 +38,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _env(args: argparse.Namespace, base_url: str, cache: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "CELERY_"))}
-    env.update(
-        REDIS_URL=args.redis_url,
-        EMBEDDINGS_BASE_URL=base_url,
-        EMBEDDINGS_API_KEY="sk-bench-not-a-secret",
-        EMBEDDINGS_DIMENSIONS="256",
-        PYTHONPATH=str(REPO_ROOT),
-    )
     if cache:
-        env["EMBEDDINGS_CACHE_URL"] = args.cache_url
-    return env
+        return bench_env(args.redis_url, base_url, 256, EMBEDDINGS_CACHE_URL=args.cache_url)
+    return bench_env(args.redis_url, base_url, 256)
 
 
 def _drain(texts: list[str], stub: StubProcess) -> tuple[float, int, int]:

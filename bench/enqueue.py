@@ -25,7 +25,8 @@ from pathlib import Path
 
 import redis
 
-from devstack import REPO_ROOT, StubProcess, WorkerProcess
+from bench.env import bench_env
+from devstack import StubProcess, WorkerProcess
 
 QUEUE = "embeddings"
 
@@ -100,15 +101,7 @@ def _enqueue_rows(args: argparse.Namespace, client: redis.Redis) -> list[tuple[s
 
 
 def _worker_env(args: argparse.Namespace, base_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "CELERY_"))}
-    env.update(
-        REDIS_URL=args.redis_url,
-        EMBEDDINGS_BASE_URL=base_url,
-        EMBEDDINGS_API_KEY="sk-bench-not-a-secret",
-        EMBEDDINGS_DIMENSIONS="256",
-        PYTHONPATH=str(REPO_ROOT),
-    )
-    return env
+    return bench_env(args.redis_url, base_url, 256)
 
 
 def _fleet_run(

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import redis
 
+from bench.env import bench_env
 from bench.loadgen import Connection
 from bench.measure import cpu_seconds, percentile
-from devstack import REPO_ROOT, GatewayProcess, StubProcess, WorkerProcess
+from devstack import GatewayProcess, StubProcess, WorkerProcess
 
 TICK_S = 0.01
 BENCH_KEY = "bench-gateway-key-not-a-secret"
@@ -67,19 +68,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _env(redis_url: str, stub: StubProcess, dimensions: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "CELERY_"))}
-    env.update(
-        {
-            "REDIS_URL": redis_url,
-            "EMBEDDINGS_BASE_URL": stub.base_url,
-            "EMBEDDINGS_API_KEY": "sk-bench-not-a-secret",
-            "EMBEDDINGS_DIMENSIONS": str(dimensions),
-            "GATEWAY_API_KEYS": BENCH_KEY,
-            "GATEWAY_REQUEST_TIMEOUT_S": "300",
-            "PYTHONPATH": str(REPO_ROOT),
-        }
+    return bench_env(
+        redis_url,
+        stub.base_url,
+        dimensions,
+        GATEWAY_API_KEYS=BENCH_KEY,
+        GATEWAY_REQUEST_TIMEOUT_S="300",
     )
-    return env
 
 
 async def _lag(lag_texts: int) -> tuple[list[float], float]:

@@ -20,7 +20,8 @@ from pathlib import Path
 import redis
 from celery.result import ResultSet
 
-from devstack import REPO_ROOT, StubProcess, WorkerProcess
+from bench.env import bench_env
+from devstack import StubProcess, WorkerProcess
 
 MODES = ("none", "configured", "learned")
 BATCH_SIZE = 8
@@ -65,21 +66,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _worker_env(redis_url: str, base_url: str, mode: str, rpm: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "CELERY_"))}
-    env.update(
-        {
-            "REDIS_URL": redis_url,
-            "EMBEDDINGS_BASE_URL": base_url,
-            "EMBEDDINGS_API_KEY": "sk-bench-not-a-secret",
-            "EMBEDDINGS_DIMENSIONS": "64",
-            "PYTHONPATH": str(REPO_ROOT),
-        }
-    )
     if mode == "none":
-        env["EMBEDDINGS_SHARED_BUDGET"] = "0"
-    elif mode == "configured":
-        env["EMBEDDINGS_RPM_LIMIT"] = str(rpm)
-    return env
+        return bench_env(redis_url, base_url, 64, EMBEDDINGS_SHARED_BUDGET="0")
+    if mode == "configured":
+        return bench_env(redis_url, base_url, 64, EMBEDDINGS_RPM_LIMIT=str(rpm))
+    return bench_env(redis_url, base_url, 64)
 
 
 def _run(
