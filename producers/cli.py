@@ -25,14 +25,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import json
+import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -54,7 +57,12 @@ from rich.table import Table
 from producers.client import enqueue_ids
 from worker.celery_ext.bulk_publish import ResultWaiter, supports_bulk_wait
 from worker.celery_ext.config import apply_config, with_redis_url
-from worker.errors import EmbeddingConfigError, EmbeddingError, EmbeddingInputError
+from worker.errors import (
+    EmbeddingConfigError,
+    EmbeddingError,
+    EmbeddingInputError,
+    EmbeddingPartialEnqueueError,
+)
 from worker.settings import Settings
 from worker.validation import validate_text
 from worker.vector_cache import VectorCache
@@ -64,6 +72,7 @@ __all__ = [
     "DEFAULT_WINDOW_TIMEOUT_S",
     "FORMATS",
     "Item",
+    "PendingIds",
     "QueueStats",
     "Summary",
     "UsageError",
@@ -75,6 +84,7 @@ __all__ = [
     "main",
     "read_items",
     "record_key",
+    "task_id_for",
 ]
 
 FORMATS = ("lines", "jsonl", "csv")
@@ -86,8 +96,79 @@ _MAX_REPORTED = 20
 Outcome = list[float] | str
 """A text's vector, or the message of why it has none."""
 
-WindowEmbedder = Callable[[Sequence[str], float, Callable[[], None]], list[Outcome]]
-"""``(texts, timeout_s, on_one_done) -> outcomes``, in the order of ``texts``."""
+
+class WindowEmbedder(Protocol):
+    """``(texts, timeout_s, on_one_done, task_ids=…) -> outcomes``, in the order of ``texts``.
+
+    ``task_ids``, when given, are the texts' task ids, derived from the input (``task_id_for``).
+    """
+
+    def __call__(
+        self,
+        texts: Sequence[str],
+        timeout_s: float,
+        on_one_done: Callable[[], None],
+        /,
+        *,
+        task_ids: Sequence[str] | None = None,
+    ) -> list[Outcome]: ...
+
+
+_TASK_ID_NAMESPACE = uuid.UUID("0b6f3c1e-6a52-4d0e-9a57-2f4d8c1b7e90")
+
+
+def task_id_for(source: Path, line: int, text: str, model: str | None) -> str:
+    """The task id of ``source``'s record at ``line``: the same on every run of that input.
+
+    A uuid5 of the resolved path, the line number, the text's sha256 and the model, so a
+    re-run finds the task an earlier run queued (or its stored result) instead of paying
+    for the text again; an edited line gets a new id.
+    """
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    name = f"{source.resolve()}\0{line}\0{digest}\0{model or ''}"
+    return str(uuid.uuid5(_TASK_ID_NAMESPACE, name))
+
+
+class PendingIds:
+    """Task ids enqueued but not yet collected, kept in a sidecar file (``<output>.pending``).
+
+    Written before a publish, so an interrupted run's re-run waits for those tasks instead
+    of enqueueing them again; an id leaves the file once its result is collected.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ids: set[str] = set()
+        if path.exists():
+            self.ids = {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, task_ids: Iterable[str]) -> None:
+        new = [task_id for task_id in task_ids if task_id not in self.ids]
+        if not new:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(f"{task_id}\n" for task_id in new))
+            f.flush()
+            os.fsync(f.fileno())
+        self.ids.update(new)
+
+    def discard(self, task_ids: Iterable[str]) -> None:
+        before = len(self.ids)
+        self.ids.difference_update(task_ids)
+        if len(self.ids) == before:
+            return
+        if not self.ids:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(f"{task_id}\n" for task_id in sorted(self.ids)))
+        os.replace(tmp, self.path)
 
 
 class UsageError(Exception):
@@ -284,6 +365,11 @@ def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield chunk
 
 
+def _batches_of(values: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
 def embed_items(
     items: Iterable[Item],
     out: TextIO,
@@ -294,11 +380,13 @@ def embed_items(
     timeout_s: float = DEFAULT_WINDOW_TIMEOUT_S,
     on_progress: Callable[[int], None] = lambda _: None,
     on_failed: Callable[[Item, str], None] = lambda _item, _error: None,
+    task_id_of: Callable[[Item], str] | None = None,
 ) -> Summary:
     """Embed ``items`` ``window`` at a time; write one JSON line each, in input order.
 
     Ids whose key is in ``skip`` are counted and left alone. Each window is written and
     flushed before the next is read, so an interrupted run loses at most one window.
+    ``task_id_of`` gives each text's task id, handed to ``embed``.
     """
     summary = Summary()
     started = time.monotonic()
@@ -319,7 +407,11 @@ def embed_items(
                 pending.append(i)
         if pending:
             texts = [chunk[i].text or "" for i in pending]
-            outcomes = embed(texts, timeout_s, lambda: on_progress(1))
+            if task_id_of is None:
+                outcomes = embed(texts, timeout_s, lambda: on_progress(1))
+            else:
+                ids = [task_id_of(chunk[i]) for i in pending]
+                outcomes = embed(texts, timeout_s, lambda: on_progress(1), task_ids=ids)
             for i, outcome in zip(pending, outcomes, strict=True):
                 item = chunk[i]
                 if isinstance(outcome, str):
@@ -345,6 +437,7 @@ def celery_window_embedder(
     cache: VectorCache | None = None,
     on_cached: Callable[[int], None] = lambda _: None,
     stats: QueueStats | None = None,
+    pending: PendingIds | None = None,
 ) -> WindowEmbedder:
     """Embed a window through the queue: enqueue every text, then wait for all of them.
 
@@ -353,13 +446,23 @@ def celery_window_embedder(
     file next). With the workers' vector ``cache``, texts embedded before are read from it
     instead of enqueued (``on_cached`` hears how many per window): a re-run pays for nothing
     twice. ``stats`` adds up the enqueue and collect times.
+
+    Given ``task_ids`` (derived from the input), a text whose task already has a stored
+    result, or is in ``pending`` (enqueued by an earlier run, not yet collected), is waited
+    for, not enqueued again; the ids enqueued are added to ``pending`` before the publish and
+    leave it once collected.
     """
     from worker.celery_app import app as default_app
 
     target = app or default_app
 
     def embed(
-        texts: Sequence[str], timeout_s: float, on_one_done: Callable[[], None]
+        texts: Sequence[str],
+        timeout_s: float,
+        on_one_done: Callable[[], None],
+        /,
+        *,
+        task_ids: Sequence[str] | None = None,
     ) -> list[Outcome]:
         cached: list[list[float] | None] = [None] * len(texts)
         if cache is not None:
@@ -368,21 +471,64 @@ def celery_window_embedder(
             on_cached(hits)
             for _ in range(hits):
                 on_one_done()
-        missing = [text for text, vector in zip(texts, cached, strict=True) if vector is None]
-        fresh = iter(_through_queue(missing, timeout_s, on_one_done))
+        missing = [i for i, vector in enumerate(cached) if vector is None]
+        fresh = iter(
+            _through_queue(
+                [texts[i] for i in missing],
+                None if task_ids is None else [task_ids[i] for i in missing],
+                timeout_s,
+                on_one_done,
+            )
+        )
         return [next(fresh) if vector is None else vector for vector in cached]
 
+    def _already_sent(task_ids: Sequence[str]) -> set[str]:
+        """Ids with a stored result (or state) in the backend, or pending from a past run."""
+        found = {task_id for task_id in task_ids if pending is not None and task_id in pending}
+        if supports_bulk_wait(target):
+            backend = target.backend
+            for chunk in _batches_of(list(task_ids), 500):
+                keys = [backend.get_key_for_task(task_id) for task_id in chunk]
+                for task_id, payload in zip(chunk, backend.client.mget(keys), strict=True):
+                    if payload is not None:
+                        found.add(task_id)
+        return found
+
+    def _enqueue(texts: Sequence[str], task_ids: Sequence[str] | None) -> tuple[list[str], int]:
+        """The window's task ids, and how many of them were enqueued now."""
+        if task_ids is None:
+            return enqueue_ids(texts, model=model, app=target), len(texts)
+        sent = _already_sent(task_ids)
+        todo = [i for i, task_id in enumerate(task_ids) if task_id not in sent]
+        new_ids = [task_ids[i] for i in todo]
+        if pending is not None:
+            pending.add(new_ids)  # before the publish: a re-run must not send these again
+        try:
+            if todo:
+                enqueue_ids([texts[i] for i in todo], model=model, app=target, task_ids=new_ids)
+        except EmbeddingPartialEnqueueError as exc:
+            if pending is not None:
+                pending.discard(new_ids[exc.not_enqueued_from :])
+            raise
+        return list(task_ids), len(todo)
+
     def _through_queue(
-        texts: Sequence[str], timeout_s: float, on_one_done: Callable[[], None]
+        texts: Sequence[str],
+        given_ids: Sequence[str] | None,
+        timeout_s: float,
+        on_one_done: Callable[[], None],
     ) -> list[Outcome]:
         if not texts:
             return []  # Celery's join_native cannot wait for nothing
         started = time.monotonic()
-        task_ids = enqueue_ids(texts, model=model, app=target)
+        task_ids, sent_now = _enqueue(texts, given_ids)
         enqueued = time.monotonic()
         values = _collect(task_ids, timeout_s, on_one_done)
+        if pending is not None:
+            # Collected ids leave the sidecar; ids without a result yet may still finish.
+            pending.discard(task_ids[i] for i in values)
         if stats is not None:
-            stats.enqueued += len(task_ids)
+            stats.enqueued += sent_now
             stats.enqueue_s += enqueued - started
             stats.collected += len(values)
             stats.collect_s += time.monotonic() - enqueued
@@ -497,6 +643,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
     output: Path = args.output or args.input.with_name(args.input.name + ".embeddings.jsonl")
     cached = [0]
     queue_stats: QueueStats | None = None
+    task_id_of: Callable[[Item], str] | None = None
     try:
         settings = Settings.from_env()
         if embedder is None:
@@ -515,8 +662,19 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
 
             queue_stats = QueueStats()
             embedder = celery_window_embedder(
-                app, args.model, cache=cache, on_cached=count_cached, stats=queue_stats
+                app,
+                args.model,
+                cache=cache,
+                on_cached=count_cached,
+                stats=queue_stats,
+                pending=PendingIds(output.with_name(output.name + ".pending")),
             )
+            source: Path = args.input
+            model: str | None = args.model
+
+            def task_id_of(item: Item) -> str:
+                return task_id_for(source, item.line, item.text or "", model)
+
     except EmbeddingConfigError as exc:
         console.print(f"bad configuration: {exc}", style="red", markup=False)
         return 2
@@ -561,6 +719,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
                 timeout_s=args.timeout,
                 on_progress=lambda n: progress.advance(bar, n),
                 on_failed=on_failed,
+                task_id_of=task_id_of,
             )
     except UsageError as exc:
         console.print(str(exc), style="red", markup=False)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from devstack.processes import wait_for
+from producers.cli import task_id_for
 from stubapi.vectors import vector_for
 from tests.integration.harness import REPO_ROOT, TEST_REDIS_URL
 
@@ -113,7 +115,33 @@ def test_texts_without_a_result_in_time_are_error_lines_and_are_re_tried_later(
         "line 1: no result within 1s (the task may still finish)",
         "line 2: no result within 1s (the task may still finish)",
     ]
+    pending = output.with_name(output.name + ".pending")
+    ids = {task_id_for(source, n, text, None) for n, text in ((1, "first"), (2, "second"))}
+    assert set(pending.read_text().split()) == ids  # still queued: a re-run must wait for them
     start_worker(stub.base_url)
     retried = _run_cli(str(source), "-o", str(output), "--retry-failed")
     assert retried.returncode == 0, retried.stderr
     assert [("embedding" in r) for r in _records(output)] == [False, False, True, True]
+    # The re-run collected the tasks the first run queued: each text was paid for once.
+    assert stub.stats()["total_inputs"] == 2
+    assert not pending.exists()
+
+
+def test_a_rerun_collects_results_already_stored_instead_of_enqueueing_the_texts_again(
+    clean_redis, start_worker, stub, tmp_path
+):
+    source = tmp_path / "stored.txt"
+    source.write_text("one\ntwo\nthree\n")
+    output = tmp_path / "stored.out.jsonl"
+    assert _run_cli(str(source), "-o", str(output), timeout_s=1).returncode == 1
+    start_worker(stub.base_url)
+    ids = [task_id_for(source, n, t, None) for n, t in ((1, "one"), (2, "two"), (3, "three"))]
+    keys = [f"celery-task-meta-{task_id}" for task_id in ids]
+    wait_for(lambda: clean_redis.exists(*keys) == 3, 30, "the three results stored")
+    # Without the sidecar only the stored results can say these texts were paid for.
+    output.with_name(output.name + ".pending").unlink()
+    retried = _run_cli(str(source), "-o", str(output), "--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    assert stub.stats()["total_inputs"] == 3
+    assert [r["line"] for r in _records(output) if "embedding" in r] == [1, 2, 3]
+    assert clean_redis.exists(*keys) == 0  # collected results are deleted

@@ -259,3 +259,30 @@ def test_usage_errors_exit_with_status_two(tmp_path, capsys):
     assert fake.texts == []
     assert cli.main([str(source), "--column", "body", "--no-progress"], embedder=fake) == 0
     assert fake.texts == ["hello"]
+
+
+def test_a_records_task_id_is_the_same_every_run_and_changes_with_its_line_text_or_model(
+    tmp_path,
+):
+    source = _write(tmp_path / "in.txt", "a\n")
+    same = cli.task_id_for(source, 1, "a", None)
+    assert cli.task_id_for(tmp_path / "." / "in.txt", 1, "a", None) == same
+    others = {
+        cli.task_id_for(source, 2, "a", None),
+        cli.task_id_for(source, 1, "b", None),
+        cli.task_id_for(source, 1, "a", "other-model"),
+        cli.task_id_for(_write(tmp_path / "other.txt", "a\n"), 1, "a", None),
+    }
+    assert same not in others and len(others) == 4
+
+
+def test_pending_ids_survive_a_restart_and_the_file_goes_once_all_are_collected(tmp_path):
+    path = tmp_path / "out.jsonl.pending"
+    pending = cli.PendingIds(path)
+    pending.add(["a", "b", "c"])
+    assert set(cli.PendingIds(path).ids) == {"a", "b", "c"}
+    pending.discard(["a"])
+    again = cli.PendingIds(path)
+    assert "a" not in again and "b" in again and len(again) == 2
+    again.discard(["b", "c"])
+    assert not path.exists()
