@@ -6,7 +6,9 @@
     embed-file docs.jsonl --field body --id-field doc_id         # JSONL, a chosen field
     embed-file faq.csv --column question                         # CSV, a chosen column
 
-Each input record becomes one output line, in input order::
+Each input record becomes one output line, written and flushed as soon as it finishes, so
+the output's order is the finishing order, not the input's (each line names its id and line
+number; resume keys on the id)::
 
     {"id": "doc-7", "line": 7, "embedding": [0.01, ...]}
     {"id": 8, "line": 8, "error": "line 8: not valid JSON (Expecting value)"}
@@ -17,6 +19,9 @@ error line and a report on stderr, and the rest go on. Run the same command agai
 resumes: ids already in the output are skipped (``--retry-failed`` re-tries error lines;
 the last line for an id is the one that counts). Texts go out ``--window`` at a time, so
 memory and the queue stay bounded; the broker is ``REDIS_URL`` or ``--redis-url``.
+Each text's task id is derived from the input (path, line, text, model): a re-run collects
+results already stored, and waits for tasks an interrupted run left queued (listed in
+``OUTPUT.pending``) instead of paying for them again.
 Exit status: 0 all embedded, 1 some records failed, 2 a usage error or no broker.
 """
 
@@ -101,6 +106,8 @@ class WindowEmbedder(Protocol):
     """``(texts, timeout_s, on_one_done, task_ids=…) -> outcomes``, in the order of ``texts``.
 
     ``task_ids``, when given, are the texts' task ids, derived from the input (``task_id_for``).
+    ``on_outcome(position, outcome)``, when given, hears of outcomes as they finish, so they
+    can be written before the window ends; the returned list has every one of them.
     """
 
     def __call__(
@@ -111,6 +118,7 @@ class WindowEmbedder(Protocol):
         /,
         *,
         task_ids: Sequence[str] | None = None,
+        on_outcome: Callable[[int, Outcome], None] | None = None,
     ) -> list[Outcome]: ...
 
 
@@ -370,6 +378,20 @@ def _batches_of(values: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield values[start : start + size]
 
 
+class _Once:
+    """Hands each window position's outcome to ``finish`` once, however often it is told."""
+
+    def __init__(self, items: list[Item], finish: Callable[[Item, Outcome], None]) -> None:
+        self.items = items
+        self.finish = finish
+        self.done: set[int] = set()
+
+    def __call__(self, position: int, outcome: Outcome) -> None:
+        if position not in self.done:
+            self.done.add(position)
+            self.finish(self.items[position], outcome)
+
+
 def embed_items(
     items: Iterable[Item],
     out: TextIO,
@@ -381,52 +403,61 @@ def embed_items(
     on_progress: Callable[[int], None] = lambda _: None,
     on_failed: Callable[[Item, str], None] = lambda _item, _error: None,
     task_id_of: Callable[[Item], str] | None = None,
+    summary: Summary | None = None,
 ) -> Summary:
-    """Embed ``items`` ``window`` at a time; write one JSON line each, in input order.
+    """Embed ``items`` ``window`` at a time; write one JSON line each, as each finishes.
 
-    Ids whose key is in ``skip`` are counted and left alone. Each window is written and
-    flushed before the next is read, so an interrupted run loses at most one window.
-    ``task_id_of`` gives each text's task id, handed to ``embed``.
+    Ids whose key is in ``skip`` are counted and left alone. A record is written and
+    flushed as soon as its outcome is known (``embed``'s ``on_outcome``), so the output's
+    order is not the input's: each line carries its id and line number. An interrupted run
+    loses nothing that finished. ``task_id_of`` gives each text's task id, handed to
+    ``embed``; ``summary``, when given, is filled in as the run goes (read it after an
+    interrupt).
     """
-    summary = Summary()
+    summary = summary if summary is not None else Summary()
     started = time.monotonic()
-    for chunk in _batches(items, window):
-        records: list[dict[str, Any] | None] = [None] * len(chunk)
-        pending: list[int] = []
-        for i, item in enumerate(chunk):
-            summary.texts += 1
-            if record_key(item.id) in skip:
-                summary.skipped += 1
-                on_progress(1)
-            elif item.text is None:
-                records[i] = {"id": item.id, "line": item.line, "error": item.error}
-                summary.failed += 1
-                on_failed(item, item.error or "")
-                on_progress(1)
-            else:
-                pending.append(i)
-        if pending:
-            texts = [chunk[i].text or "" for i in pending]
-            if task_id_of is None:
-                outcomes = embed(texts, timeout_s, lambda: on_progress(1))
-            else:
-                ids = [task_id_of(chunk[i]) for i in pending]
-                outcomes = embed(texts, timeout_s, lambda: on_progress(1), task_ids=ids)
-            for i, outcome in zip(pending, outcomes, strict=True):
-                item = chunk[i]
-                if isinstance(outcome, str):
-                    error = f"line {item.line}: {outcome}"
-                    records[i] = {"id": item.id, "line": item.line, "error": error}
-                    summary.failed += 1
-                    on_failed(item, error)
-                else:
-                    records[i] = {"id": item.id, "line": item.line, "embedding": outcome}
-                    summary.ok += 1
-        for record in records:
-            if record is not None:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def write(record: dict[str, Any]) -> None:
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
         out.flush()
-    summary.elapsed_s = time.monotonic() - started
+
+    def finish(item: Item, outcome: Outcome) -> None:
+        if isinstance(outcome, str):
+            error = f"line {item.line}: {outcome}"
+            write({"id": item.id, "line": item.line, "error": error})
+            summary.failed += 1
+            on_failed(item, error)
+        else:
+            write({"id": item.id, "line": item.line, "embedding": outcome})
+            summary.ok += 1
+
+    try:
+        for chunk in _batches(items, window):
+            pending: list[int] = []
+            for i, item in enumerate(chunk):
+                summary.texts += 1
+                if record_key(item.id) in skip:
+                    summary.skipped += 1
+                    on_progress(1)
+                elif item.text is None:
+                    write({"id": item.id, "line": item.line, "error": item.error})
+                    summary.failed += 1
+                    on_failed(item, item.error or "")
+                    on_progress(1)
+                else:
+                    pending.append(i)
+            if not pending:
+                continue
+            outcome_of = _Once([chunk[i] for i in pending], finish)
+            texts = [chunk[i].text or "" for i in pending]
+            ids = None if task_id_of is None else [task_id_of(chunk[i]) for i in pending]
+            outcomes = embed(
+                texts, timeout_s, lambda: on_progress(1), task_ids=ids, on_outcome=outcome_of
+            )
+            for position, outcome in enumerate(outcomes):
+                outcome_of(position, outcome)  # those not reported as they finished
+    finally:
+        summary.elapsed_s = time.monotonic() - started
     return summary
 
 
@@ -463,21 +494,30 @@ def celery_window_embedder(
         /,
         *,
         task_ids: Sequence[str] | None = None,
+        on_outcome: Callable[[int, Outcome], None] | None = None,
     ) -> list[Outcome]:
+        report = on_outcome or (lambda _position, _outcome: None)
         cached: list[list[float] | None] = [None] * len(texts)
         if cache is not None:
             cached = cache.get_many(model or Settings.from_env().model, texts)
             hits = sum(vector is not None for vector in cached)
             on_cached(hits)
-            for _ in range(hits):
-                on_one_done()
+            for i, vector in enumerate(cached):
+                if vector is not None:
+                    on_one_done()
+                    report(i, vector)
         missing = [i for i, vector in enumerate(cached) if vector is None]
+
+        def done(j: int, outcome: Outcome) -> None:
+            on_one_done()
+            report(missing[j], outcome)
+
         fresh = iter(
             _through_queue(
                 [texts[i] for i in missing],
                 None if task_ids is None else [task_ids[i] for i in missing],
                 timeout_s,
-                on_one_done,
+                done,
             )
         )
         return [next(fresh) if vector is None else vector for vector in cached]
@@ -516,47 +556,50 @@ def celery_window_embedder(
         texts: Sequence[str],
         given_ids: Sequence[str] | None,
         timeout_s: float,
-        on_one_done: Callable[[], None],
+        on_done: Callable[[int, Outcome], None],
     ) -> list[Outcome]:
         if not texts:
             return []  # Celery's join_native cannot wait for nothing
         started = time.monotonic()
         task_ids, sent_now = _enqueue(texts, given_ids)
         enqueued = time.monotonic()
-        values = _collect(task_ids, timeout_s, on_one_done)
-        if pending is not None:
-            # Collected ids leave the sidecar; ids without a result yet may still finish.
-            pending.discard(task_ids[i] for i in values)
+        collected: list[str] = []
+
+        def ready(position: int, value: Any) -> None:
+            collected.append(task_ids[position])
+            on_done(position, _outcome(value))
+
+        try:
+            values = _collect(task_ids, timeout_s, ready)
+        finally:
+            # Collected ids leave the sidecar (even on Ctrl-C: their lines are written);
+            # ids without a result yet may still finish, and a re-run waits for them.
+            if pending is not None:
+                pending.discard(collected)
         if stats is not None:
             stats.enqueued += sent_now
             stats.enqueue_s += enqueued - started
             stats.collected += len(values)
             stats.collect_s += time.monotonic() - enqueued
-        outcomes: list[Outcome] = []
-        for i in range(len(task_ids)):
-            if i not in values:
-                outcomes.append(f"no result within {timeout_s:g}s (the task may still finish)")
-            elif isinstance(values[i], BaseException):
-                outcomes.append(f"{type(values[i]).__name__}: {values[i]}")
-            else:
-                outcomes.append([float(x) for x in values[i]])
-        return outcomes
+        missed = f"no result within {timeout_s:g}s (the task may still finish)"
+        return [_outcome(values[i]) if i in values else missed for i in range(len(task_ids))]
 
     def _collect(
-        task_ids: list[str], timeout_s: float, on_one_done: Callable[[], None]
+        task_ids: list[str], timeout_s: float, on_ready: Callable[[int, Any], None]
     ) -> dict[int, Any]:
         """Outcomes by position; results read are deleted from Redis (the output has them)."""
         if supports_bulk_wait(target):
             waiter = ResultWaiter(target)
-            values = waiter.wait(task_ids, timeout_s, lambda _i, _value: on_one_done())
+            values = waiter.wait(task_ids, timeout_s, on_ready)
             waiter.forget([task_ids[i] for i in values])
             return values
         results = [target.AsyncResult(task_id) for task_id in task_ids]
+        positions = {task_id: i for i, task_id in enumerate(task_ids)}
         by_id: dict[str, Any] = {}
 
         def collected(task_id: str, value: Any) -> None:
             by_id[task_id] = value
-            on_one_done()
+            on_ready(positions[task_id], value)
 
         # Texts still missing at the deadline get an error line; the rest are kept.
         with contextlib.suppress(CeleryTimeoutError):
@@ -569,6 +612,12 @@ def celery_window_embedder(
         return {i: by_id[t] for i, t in enumerate(task_ids) if t in by_id}
 
     return embed
+
+
+def _outcome(value: Any) -> Outcome:
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    return [float(x) for x in value]
 
 
 def _project_app() -> Celery:
