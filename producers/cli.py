@@ -33,7 +33,9 @@ import csv
 import hashlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -545,7 +547,8 @@ def celery_window_embedder(
             pending.add(new_ids)  # before the publish: a re-run must not send these again
         try:
             if todo:
-                enqueue_ids([texts[i] for i in todo], model=model, app=target, task_ids=new_ids)
+                with _interrupt_deferred():
+                    enqueue_ids([texts[i] for i in todo], model=model, app=target, task_ids=new_ids)
         except EmbeddingPartialEnqueueError as exc:
             if pending is not None:
                 pending.discard(new_ids[exc.not_enqueued_from :])
@@ -612,6 +615,23 @@ def celery_window_embedder(
         return {i: by_id[t] for i, t in enumerate(task_ids) if t in by_id}
 
     return embed
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends: a publish is then known to be whole or not made."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        restore = previous if previous is not None else signal.default_int_handler
+        signal.signal(signal.SIGINT, restore)
+    if caught:
+        raise KeyboardInterrupt
 
 
 def _outcome(value: Any) -> Outcome:
@@ -693,6 +713,8 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
     cached = [0]
     queue_stats: QueueStats | None = None
     task_id_of: Callable[[Item], str] | None = None
+    in_flight: PendingIds | None = None
+    summary = Summary()
     try:
         settings = Settings.from_env()
         if embedder is None:
@@ -710,13 +732,14 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
                 cached[0] += hits
 
             queue_stats = QueueStats()
+            in_flight = PendingIds(output.with_name(output.name + ".pending"))
             embedder = celery_window_embedder(
                 app,
                 args.model,
                 cache=cache,
                 on_cached=count_cached,
                 stats=queue_stats,
-                pending=PendingIds(output.with_name(output.name + ".pending")),
+                pending=in_flight,
             )
             source: Path = args.input
             model: str | None = args.model
@@ -759,7 +782,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
         )
         with progress, open(output, "a", encoding="utf-8") as out:
             bar = progress.add_task(f"embedding {args.input.name}", total=total)
-            summary = embed_items(
+            embed_items(
                 items,
                 out,
                 embedder,
@@ -769,12 +792,20 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
                 on_progress=lambda n: progress.advance(bar, n),
                 on_failed=on_failed,
                 task_id_of=task_id_of,
+                summary=summary,
             )
     except UsageError as exc:
         console.print(str(exc), style="red", markup=False)
         return 2
     except KeyboardInterrupt:
-        console.print("interrupted; finished windows are saved, re-run to resume", style="red")
+        waiting = len(in_flight) if in_flight is not None else 0
+        console.print(
+            f"interrupted: {summary.ok + summary.failed} records written this run, all saved; "
+            f"{waiting} texts still in flight. Re-run the same command: it collects them "
+            "without enqueueing them again, and resumes.",
+            style="red",
+            markup=False,
+        )
         return 130
     except (EmbeddingError, RedisError, OperationalError) as exc:
         # Finished windows are on disk; the same command picks up from there.

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,21 +22,29 @@ pytestmark = pytest.mark.integration
 DIMS = 16
 
 
-def _run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def _cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("EMBEDDINGS_", "CELERY_"))}
     env["REDIS_URL"] = TEST_REDIS_URL
+    return env
+
+
+def _cli_argv(*args: str, timeout_s: float) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "producers.cli",
+        *args,
+        "--no-progress",
+        "--timeout",
+        str(timeout_s),
+    ]
+
+
+def _run_cli(*args: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "producers.cli",
-            *args,
-            "--no-progress",
-            "--timeout",
-            str(timeout_s),
-        ],
+        _cli_argv(*args, timeout_s=timeout_s),
         cwd=REPO_ROOT,
-        env=env,
+        env=_cli_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -145,3 +155,56 @@ def test_a_rerun_collects_results_already_stored_instead_of_enqueueing_the_texts
     assert stub.stats()["total_inputs"] == 3
     assert [r["line"] for r in _records(output) if "embedding" in r] == [1, 2, 3]
     assert clean_redis.exists(*keys) == 0  # collected results are deleted
+
+
+def _lines_in(path: Path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_an_interrupted_run_and_its_rerun_pay_for_each_line_at_most_once_plus_one_window(
+    start_worker, stub, tmp_path
+):
+    """Also the measurement in docs/operations.md: run with ``-s`` to see the numbers."""
+    start_worker(stub.base_url)
+    total, window = 1000, 100
+    source = tmp_path / "big.txt"
+    source.write_text("".join(f"interrupted backfill text {n}\n" for n in range(1, total + 1)))
+    output = tmp_path / "big.out.jsonl"
+    started = time.monotonic()
+    cli = subprocess.Popen(
+        _cli_argv(str(source), "-o", str(output), "--window", str(window), timeout_s=60),
+        cwd=REPO_ROOT,
+        env=_cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: _lines_in(output) >= total * 4 // 10, 90, "~40% of the output")
+        cli.send_signal(signal.SIGINT)
+        _out, err = cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    interrupted_s = time.monotonic() - started
+    assert cli.returncode == 130, err
+    assert "still in flight" in err and "Re-run the same command" in err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    written_first = _lines_in(output)
+    paid_first = stub.stats()["total_inputs"]
+
+    started = time.monotonic()
+    rerun = _run_cli(str(source), "-o", str(output), "--window", str(window))
+    rerun_s = time.monotonic() - started
+    assert rerun.returncode == 0, rerun.stderr
+    records = _records(output)
+    assert sorted(r["line"] for r in records) == list(range(1, total + 1))  # one record each
+    assert all("embedding" in r for r in records)
+    paid = stub.stats()["total_inputs"]
+    assert paid <= total + window
+    print(
+        f"\nembed-file {total} lines, window {window}, 1 worker: interrupted after "
+        f"{interrupted_s:.1f}s with {written_first} lines written and {paid_first} texts paid; "
+        f"re-run {rerun_s:.1f}s; API inputs in all {paid} (duplicates {paid - total}); "
+        f"records {len(records)}"
+    )
