@@ -97,6 +97,7 @@ __all__ = [
 FORMATS = ("lines", "jsonl", "csv")
 DEFAULT_WINDOW = 500
 DEFAULT_WINDOW_TIMEOUT_S = 600.0
+DEFAULT_STALL_WARNING_S = 30.0
 # Past this many, bad lines are only counted on stderr; every one is still in the output.
 _MAX_REPORTED = 20
 
@@ -471,6 +472,9 @@ def celery_window_embedder(
     on_cached: Callable[[int], None] = lambda _: None,
     stats: QueueStats | None = None,
     pending: PendingIds | None = None,
+    on_stall: Callable[[float], None] | None = None,
+    stall_s: float = DEFAULT_STALL_WARNING_S,
+    on_no_worker: Callable[[str], None] | None = None,
 ) -> WindowEmbedder:
     """Embed a window through the queue: enqueue every text, then wait for all of them.
 
@@ -483,11 +487,14 @@ def celery_window_embedder(
     Given ``task_ids`` (derived from the input), a text whose task already has a stored
     result, or is in ``pending`` (enqueued by an earlier run, not yet collected), is waited
     for, not enqueued again; the ids enqueued are added to ``pending`` before the publish and
-    leave it once collected.
+    leave it once collected. ``on_stall(seconds)`` hears, every ``stall_s`` seconds, that no
+    result has come in for that long while waiting (no worker consuming the queue?);
+    ``on_no_worker(message)`` hears, before the first window, that no worker answered a ping.
     """
     from worker.celery_app import app as default_app
 
     target = app or default_app
+    pinged = [on_no_worker is None]
 
     def embed(
         texts: Sequence[str],
@@ -499,6 +506,9 @@ def celery_window_embedder(
         on_outcome: Callable[[int, Outcome], None] | None = None,
     ) -> list[Outcome]:
         report = on_outcome or (lambda _position, _outcome: None)
+        if not pinged[0] and on_no_worker is not None:
+            pinged[0] = True
+            _warn_if_no_worker(target, on_no_worker)
         cached: list[list[float] | None] = [None] * len(texts)
         if cache is not None:
             cached = cache.get_many(model or Settings.from_env().model, texts)
@@ -567,13 +577,16 @@ def celery_window_embedder(
         task_ids, sent_now = _enqueue(texts, given_ids)
         enqueued = time.monotonic()
         collected: list[str] = []
+        watch = _StallWatch(on_stall, stall_s)
 
         def ready(position: int, value: Any) -> None:
+            watch.moved()
             collected.append(task_ids[position])
             on_done(position, _outcome(value))
 
         try:
-            values = _collect(task_ids, timeout_s, ready)
+            with watch:
+                values = _collect(task_ids, timeout_s, ready)
         finally:
             # Collected ids leave the sidecar (even on Ctrl-C: their lines are written);
             # ids without a result yet may still finish, and a re-run waits for them.
@@ -615,6 +628,55 @@ def celery_window_embedder(
         return {i: by_id[t] for i, t in enumerate(task_ids) if t in by_id}
 
     return embed
+
+
+class _StallWatch:
+    """Calls ``on_stall(seconds)`` every ``stall_s`` seconds without progress, from a thread."""
+
+    def __init__(self, on_stall: Callable[[float], None] | None, stall_s: float) -> None:
+        self.on_stall = on_stall
+        self.stall_s = stall_s
+        self.last = time.monotonic()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def moved(self) -> None:
+        self.last = time.monotonic()
+
+    def _run(self) -> None:
+        warned = self.last
+        while not self.stop.wait(min(1.0, self.stall_s)):
+            now = time.monotonic()
+            idle = now - self.last
+            if idle >= self.stall_s and now - max(warned, self.last) >= self.stall_s:
+                warned = now
+                if self.on_stall is not None:
+                    self.on_stall(idle)
+
+    def __enter__(self) -> _StallWatch:
+        if self.on_stall is not None:
+            self.last = time.monotonic()
+            self.thread = threading.Thread(target=self._run, name="embed-file-stall", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _warn_if_no_worker(app: Celery, warn: Callable[[str], None]) -> None:
+    """Warn when no worker answers a ping within a second (nothing would consume the queue)."""
+    try:
+        answers = app.control.ping(timeout=1.0, limit=1)
+    except (RedisError, OperationalError, OSError):
+        return  # the run itself reports a broker that cannot be reached
+    if not answers:
+        warn(
+            "warning: no worker answered a ping within 1s; texts wait in the queue until "
+            "a worker consumes it"
+        )
 
 
 @contextlib.contextmanager
@@ -667,6 +729,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_WINDOW_TIMEOUT_S, help="seconds per window"
     )
+    parser.add_argument(
+        "--stall-warning",
+        type=float,
+        default=DEFAULT_STALL_WARNING_S,
+        help="warn after this many seconds without a result",
+    )
     parser.add_argument("--retry-failed", action="store_true", help="re-try ids with errors")
     parser.add_argument("--redis-url", help="broker and results (default REDIS_URL)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -701,8 +769,8 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
     """Run ``embed-file``; ``embedder`` replaces the queue (tests)."""
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
-    if args.window < 1 or args.timeout <= 0:
-        console.print("--window and --timeout must be positive", style="red")
+    if args.window < 1 or args.timeout <= 0 or args.stall_warning <= 0:
+        console.print("--window, --timeout and --stall-warning must be positive", style="red")
         return 2
     if not args.input.is_file():
         console.print(f"no such file: {args.input}", style="red", markup=False)
@@ -731,6 +799,15 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
             def count_cached(hits: int) -> None:
                 cached[0] += hits
 
+            def warn(message: str) -> None:
+                console.print(message, style="yellow", markup=False, highlight=False)
+
+            def stalled(idle_s: float) -> None:
+                warn(
+                    f"warning: no result for {idle_s:.0f}s; is a worker consuming the queue? "
+                    "(Ctrl-C stops; a re-run collects what is in flight)"
+                )
+
             queue_stats = QueueStats()
             in_flight = PendingIds(output.with_name(output.name + ".pending"))
             embedder = celery_window_embedder(
@@ -740,6 +817,9 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
                 on_cached=count_cached,
                 stats=queue_stats,
                 pending=in_flight,
+                on_stall=stalled,
+                stall_s=args.stall_warning,
+                on_no_worker=warn,
             )
             source: Path = args.input
             model: str | None = args.model

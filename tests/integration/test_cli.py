@@ -208,3 +208,13 @@ def test_an_interrupted_run_and_its_rerun_pay_for_each_line_at_most_once_plus_on
         f"re-run {rerun_s:.1f}s; API inputs in all {paid} (duplicates {paid - total}); "
         f"records {len(records)}"
     )
+
+
+def test_with_no_worker_the_cli_warns_at_start_and_again_while_nothing_moves(clean_redis, tmp_path):
+    source = tmp_path / "idle.txt"
+    source.write_text("waiting\n")
+    output = tmp_path / "idle.out.jsonl"
+    idle = _run_cli(str(source), "-o", str(output), "--stall-warning", "1", timeout_s=3.5)
+    assert idle.returncode == 1
+    assert "no worker answered a ping" in idle.stderr
+    assert idle.stderr.count("no result for") >= 2, idle.stderr
