@@ -16,13 +16,15 @@ number; resume keys on the id)::
 ``id`` is the record's id field (``--id-field``, default ``id``) or else its line number.
 A bad record (empty text, bad JSON, missing field, too long, rejected by the API) gets an
 error line and a report on stderr, and the rest go on. Run the same command again and it
-resumes: ids already in the output are skipped (``--retry-failed`` re-tries error lines;
-the last line for an id is the one that counts). Texts go out ``--window`` at a time, so
-memory and the queue stay bounded; the broker is ``REDIS_URL`` or ``--redis-url``.
+resumes: ids already in the output are skipped (``--retry-failed`` re-tries error lines
+and, at the end, rewrites the output keeping only the last line of each id). Texts go out
+``--window`` at a time, so memory and the queue stay bounded; the broker is ``REDIS_URL``
+or ``--redis-url``.
 Each text's task id is derived from the input (path, line, text, model): a re-run collects
 results already stored, and waits for tasks an interrupted run left queued (listed in
 ``OUTPUT.pending``) instead of paying for them again.
-Exit status: 0 all embedded, 1 some records failed, 2 a usage error or no broker.
+Exit status: 0 all embedded, 1 some records failed, 2 a usage, configuration or broker
+error, 130 interrupted (see ``--help``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ __all__ = [
     "Summary",
     "UsageError",
     "celery_window_embedder",
+    "compact_output",
     "count_records",
     "embed_items",
     "guess_format",
@@ -368,6 +371,38 @@ def load_done(path: Path) -> tuple[set[str], set[str]]:
         else:
             failed.add(key)
     return embedded, failed - embedded
+
+
+def compact_output(path: Path) -> int:
+    """Keep only the last record of each id in ``path`` (rewritten atomically); how many went.
+
+    Used after ``--retry-failed``, so a retried line's earlier error record is replaced, not
+    kept beside its new record.
+    """
+    if not path.exists():
+        return 0
+    last: dict[str, bytes] = {}
+    other: list[bytes] = []
+    lines = path.read_bytes().splitlines()
+    for raw in lines:
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError:
+            other.append(raw)
+            continue
+        if not isinstance(record, dict) or "id" not in record:
+            other.append(raw)
+            continue
+        key = record_key(record["id"])
+        last.pop(key, None)  # re-inserted: the dict keeps the order of last occurrences
+        last[key] = raw
+    kept = [*other, *last.values()]
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(path.name + ".compact")
+    tmp.write_bytes(b"".join(raw + b"\n" for raw in kept))
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
 
 
 def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
@@ -708,10 +743,31 @@ def _project_app() -> Celery:
     return app
 
 
+EXIT_CODES = """\
+exit status:
+  0    every record embedded
+  1    some records failed (each has an error line in the output; --retry-failed re-tries)
+  2    usage, configuration or broker error (nothing more was written)
+  130  interrupted (Ctrl-C): what finished is written; a re-run collects what is in flight
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, unless it has none (``None``) or is a flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" not in text and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="embed-file",
         description="Embed every text of a file through the queue, as JSONL with resume.",
+        epilog=EXIT_CODES,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("input", type=Path, help="the file to embed")
     parser.add_argument(
@@ -721,9 +777,9 @@ def _parser() -> argparse.ArgumentParser:
         help="JSONL to write or resume (default INPUT.embeddings.jsonl)",
     )
     parser.add_argument("--format", choices=FORMATS, help="default: from the input's extension")
-    parser.add_argument("--field", default="text", help="JSONL field with the text (text)")
-    parser.add_argument("--column", help="CSV column with the text (text)")
-    parser.add_argument("--id-field", default="id", help="JSONL field or CSV column of ids (id)")
+    parser.add_argument("--field", default="text", help="JSONL field with the text")
+    parser.add_argument("--column", help="CSV column with the text (default: --field)")
+    parser.add_argument("--id-field", default="id", help="JSONL field or CSV column of ids")
     parser.add_argument("--model", help="embedding model (default: the worker's)")
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="texts in flight")
     parser.add_argument(
@@ -735,7 +791,11 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_STALL_WARNING_S,
         help="warn after this many seconds without a result",
     )
-    parser.add_argument("--retry-failed", action="store_true", help="re-try ids with errors")
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="re-try ids with errors; their error lines are replaced",
+    )
     parser.add_argument("--redis-url", help="broker and results (default REDIS_URL)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -878,6 +938,8 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
         console.print(str(exc), style="red", markup=False)
         return 2
     except KeyboardInterrupt:
+        if args.retry_failed and failed_only:
+            compact_output(output)
         waiting = len(in_flight) if in_flight is not None else 0
         console.print(
             f"interrupted: {summary.ok + summary.failed} records written this run, all saved; "
@@ -895,6 +957,8 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
         return 2
     if reported > _MAX_REPORTED:
         console.print(f"… and {reported - _MAX_REPORTED} more failed records, all in {output}")
+    if args.retry_failed and failed_only:
+        compact_output(output)
     summary.cached = cached[0]
     summary.queue = queue_stats
     console.print(_summary_table(summary, output))

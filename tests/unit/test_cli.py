@@ -269,6 +269,31 @@ def test_retry_failed_re_embeds_ids_whose_only_record_is_an_error(tmp_path):
     assert retried.texts == ["FAIL once"]
 
 
+def test_retry_failed_replaces_a_lines_error_record_instead_of_adding_another(tmp_path):
+    source = _write(tmp_path / "in.txt", "fine\nFAIL\nalso fine\n")
+    output = tmp_path / "out.jsonl"
+    assert cli.main([str(source), "-o", str(output), "--no-progress"], embedder=FakeEmbedder()) == 1
+    _write(source, "fine\nnow it works\nalso fine\n")  # the same ids, line 2 fixed
+    argv = [str(source), "-o", str(output), "--no-progress", "--retry-failed"]
+    assert cli.main(argv, embedder=FakeEmbedder()) == 0
+    records = _records(output)
+    assert sorted(r["id"] for r in records) == [1, 2, 3]  # one record per id
+    assert {r["id"]: r.get("embedding") for r in records}[2] == [float(len("now it works"))]
+
+
+def test_help_shows_the_defaults_and_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 500)" in text and "(default: 600.0)" in text and "(default: 30.0)" in text
+    assert "0 every record embedded" in text
+    assert "1 some records failed" in text
+    assert "130 interrupted (Ctrl-C)" in text
+    assert "2 usage, configuration or broker error" in text
+    assert "(default: None)" not in text
+
+
 def test_the_output_defaults_to_a_file_beside_the_input(tmp_path):
     source = _write(tmp_path / "corpus.txt", "hello\n")
     assert cli.main([str(source), "--no-progress"], embedder=FakeEmbedder()) == 0
