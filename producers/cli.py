@@ -623,10 +623,14 @@ def celery_window_embedder(
             with watch:
                 values = _collect(task_ids, timeout_s, ready)
         finally:
-            # Collected ids leave the sidecar (even on Ctrl-C: their lines are written);
-            # ids without a result yet may still finish, and a re-run waits for them.
+            # Collected ids leave the sidecar and Redis (even on Ctrl-C: their lines are
+            # written, and a stale stored error must not answer a --retry-failed); ids
+            # without a result yet may still finish, and a re-run waits for them.
             if pending is not None:
                 pending.discard(collected)
+            if collected and supports_bulk_wait(target):
+                with contextlib.suppress(RedisError, OperationalError):
+                    ResultWaiter(target).forget(collected)
         if stats is not None:
             stats.enqueued += sent_now
             stats.enqueue_s += enqueued - started
@@ -641,9 +645,7 @@ def celery_window_embedder(
         """Outcomes by position; results read are deleted from Redis (the output has them)."""
         if supports_bulk_wait(target):
             waiter = ResultWaiter(target)
-            values = waiter.wait(task_ids, timeout_s, on_ready)
-            waiter.forget([task_ids[i] for i in values])
-            return values
+            return waiter.wait(task_ids, timeout_s, on_ready)  # the caller forgets them
         results = [target.AsyncResult(task_id) for task_id in task_ids]
         positions = {task_id: i for i, task_id in enumerate(task_ids)}
         by_id: dict[str, Any] = {}

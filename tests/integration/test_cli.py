@@ -170,7 +170,7 @@ def _lines_in(path: Path) -> int:
 
 
 def test_an_interrupted_run_and_its_rerun_pay_for_each_line_at_most_once_plus_one_window(
-    start_worker, stub, tmp_path
+    clean_redis, start_worker, stub, tmp_path
 ):
     """Also the measurement in docs/operations.md: run with ``-s`` to see the numbers."""
     start_worker(stub.base_url)
@@ -200,6 +200,12 @@ def test_an_interrupted_run_and_its_rerun_pay_for_each_line_at_most_once_plus_on
     assert "Traceback" not in err and "Exception ignored" not in err, err
     written_first = _lines_in(output)
     paid_first = stub.stats()["total_inputs"]
+    written_ids = [
+        task_id_for(source, r["line"], f"interrupted backfill text {r['line']}", None)
+        for r in _records(output)
+    ]
+    # What was written is deleted from Redis, so a stale result never answers a re-run.
+    assert clean_redis.exists(*[f"celery-task-meta-{i}" for i in written_ids]) == 0
 
     started = time.monotonic()
     rerun = _run_cli(str(source), "-o", str(output), "--window", str(window))
