@@ -231,7 +231,7 @@ def test_with_no_worker_the_cli_warns_at_start_and_again_while_nothing_moves(cle
     source = tmp_path / "idle.txt"
     source.write_text("waiting\n")
     output = tmp_path / "idle.out.jsonl"
-    idle = _run_cli(str(source), "-o", str(output), "--stall-warning", "1", timeout_s=3.5)
+    idle = _run_cli(str(source), "-o", str(output), "--stall-warning", "1", timeout_s=5)
     assert idle.returncode == 1
     assert "no worker answered a ping" in idle.stderr
     assert idle.stderr.count("no result for") >= 2, idle.stderr
