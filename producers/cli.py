@@ -6,7 +6,9 @@
     embed-file docs.jsonl --field body --id-field doc_id         # JSONL, a chosen field
     embed-file faq.csv --column question                         # CSV, a chosen column
 
-Each input record becomes one output line, in input order::
+Each input record becomes one output line, written and flushed as soon as it finishes, so
+the output's order is the finishing order, not the input's (each line names its id and line
+number; resume keys on the id)::
 
     {"id": "doc-7", "line": 7, "embedding": [0.01, ...]}
     {"id": 8, "line": 8, "error": "line 8: not valid JSON (Expecting value)"}
@@ -14,10 +16,15 @@ Each input record becomes one output line, in input order::
 ``id`` is the record's id field (``--id-field``, default ``id``) or else its line number.
 A bad record (empty text, bad JSON, missing field, too long, rejected by the API) gets an
 error line and a report on stderr, and the rest go on. Run the same command again and it
-resumes: ids already in the output are skipped (``--retry-failed`` re-tries error lines;
-the last line for an id is the one that counts). Texts go out ``--window`` at a time, so
-memory and the queue stay bounded; the broker is ``REDIS_URL`` or ``--redis-url``.
-Exit status: 0 all embedded, 1 some records failed, 2 a usage error or no broker.
+resumes: ids already in the output are skipped (``--retry-failed`` re-tries error lines
+and, at the end, rewrites the output keeping only the last line of each id). Texts go out
+``--window`` at a time, so memory and the queue stay bounded; the broker is ``REDIS_URL``
+or ``--redis-url``.
+Each text's task id is derived from the input (path, line, text, model): a re-run collects
+results already stored, and waits for tasks an interrupted run left queued (listed in
+``OUTPUT.pending``) instead of paying for them again.
+Exit status: 0 all embedded, 1 some records failed, 2 a usage, configuration or broker
+error, 130 interrupted (see ``--help``).
 """
 
 from __future__ import annotations
@@ -25,14 +32,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import json
+import os
+import signal
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -54,7 +66,12 @@ from rich.table import Table
 from producers.client import enqueue_ids
 from worker.celery_ext.bulk_publish import ResultWaiter, supports_bulk_wait
 from worker.celery_ext.config import apply_config, with_redis_url
-from worker.errors import EmbeddingConfigError, EmbeddingError, EmbeddingInputError
+from worker.errors import (
+    EmbeddingConfigError,
+    EmbeddingError,
+    EmbeddingInputError,
+    EmbeddingPartialEnqueueError,
+)
 from worker.settings import Settings
 from worker.validation import validate_text
 from worker.vector_cache import VectorCache
@@ -64,10 +81,12 @@ __all__ = [
     "DEFAULT_WINDOW_TIMEOUT_S",
     "FORMATS",
     "Item",
+    "PendingIds",
     "QueueStats",
     "Summary",
     "UsageError",
     "celery_window_embedder",
+    "compact_output",
     "count_records",
     "embed_items",
     "guess_format",
@@ -75,19 +94,95 @@ __all__ = [
     "main",
     "read_items",
     "record_key",
+    "task_id_for",
 ]
 
 FORMATS = ("lines", "jsonl", "csv")
 DEFAULT_WINDOW = 500
 DEFAULT_WINDOW_TIMEOUT_S = 600.0
+DEFAULT_STALL_WARNING_S = 30.0
 # Past this many, bad lines are only counted on stderr; every one is still in the output.
 _MAX_REPORTED = 20
 
 Outcome = list[float] | str
 """A text's vector, or the message of why it has none."""
 
-WindowEmbedder = Callable[[Sequence[str], float, Callable[[], None]], list[Outcome]]
-"""``(texts, timeout_s, on_one_done) -> outcomes``, in the order of ``texts``."""
+
+class WindowEmbedder(Protocol):
+    """``(texts, timeout_s, on_one_done, task_ids=…) -> outcomes``, in the order of ``texts``.
+
+    ``task_ids``, when given, are the texts' task ids, derived from the input (``task_id_for``).
+    ``on_outcome(position, outcome)``, when given, hears of outcomes as they finish, so they
+    can be written before the window ends; the returned list has every one of them.
+    """
+
+    def __call__(
+        self,
+        texts: Sequence[str],
+        timeout_s: float,
+        on_one_done: Callable[[], None],
+        /,
+        *,
+        task_ids: Sequence[str] | None = None,
+        on_outcome: Callable[[int, Outcome], None] | None = None,
+    ) -> list[Outcome]: ...
+
+
+_TASK_ID_NAMESPACE = uuid.UUID("0b6f3c1e-6a52-4d0e-9a57-2f4d8c1b7e90")
+
+
+def task_id_for(source: Path, line: int, text: str, model: str | None) -> str:
+    """The task id of ``source``'s record at ``line``: the same on every run of that input.
+
+    A uuid5 of the resolved path, the line number, the text's sha256 and the model, so a
+    re-run finds the task an earlier run queued (or its stored result) instead of paying
+    for the text again; an edited line gets a new id.
+    """
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    name = f"{source.resolve()}\0{line}\0{digest}\0{model or ''}"
+    return str(uuid.uuid5(_TASK_ID_NAMESPACE, name))
+
+
+class PendingIds:
+    """Task ids enqueued but not yet collected, kept in a sidecar file (``<output>.pending``).
+
+    Written before a publish, so an interrupted run's re-run waits for those tasks instead
+    of enqueueing them again; an id leaves the file once its result is collected.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.ids: set[str] = set()
+        if path.exists():
+            self.ids = {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self.ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, task_ids: Iterable[str]) -> None:
+        new = [task_id for task_id in task_ids if task_id not in self.ids]
+        if not new:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write("".join(f"{task_id}\n" for task_id in new))
+            f.flush()
+            os.fsync(f.fileno())
+        self.ids.update(new)
+
+    def discard(self, task_ids: Iterable[str]) -> None:
+        before = len(self.ids)
+        self.ids.difference_update(task_ids)
+        if len(self.ids) == before:
+            return
+        if not self.ids:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(f"{task_id}\n" for task_id in sorted(self.ids)))
+        os.replace(tmp, self.path)
 
 
 class UsageError(Exception):
@@ -278,10 +373,61 @@ def load_done(path: Path) -> tuple[set[str], set[str]]:
     return embedded, failed - embedded
 
 
+def compact_output(path: Path) -> int:
+    """Keep only the last record of each id in ``path`` (rewritten atomically); how many went.
+
+    Used after ``--retry-failed``, so a retried line's earlier error record is replaced, not
+    kept beside its new record.
+    """
+    if not path.exists():
+        return 0
+    last: dict[str, bytes] = {}
+    other: list[bytes] = []
+    lines = path.read_bytes().splitlines()
+    for raw in lines:
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError:
+            other.append(raw)
+            continue
+        if not isinstance(record, dict) or "id" not in record:
+            other.append(raw)
+            continue
+        key = record_key(record["id"])
+        last.pop(key, None)  # re-inserted: the dict keeps the order of last occurrences
+        last[key] = raw
+    kept = [*other, *last.values()]
+    if len(kept) == len(lines):
+        return 0
+    tmp = path.with_name(path.name + ".compact")
+    tmp.write_bytes(b"".join(raw + b"\n" for raw in kept))
+    os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
     iterator = iter(items)
     while chunk := list(islice(iterator, size)):
         yield chunk
+
+
+def _batches_of(values: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+class _Once:
+    """Hands each window position's outcome to ``finish`` once, however often it is told."""
+
+    def __init__(self, items: list[Item], finish: Callable[[Item, Outcome], None]) -> None:
+        self.items = items
+        self.finish = finish
+        self.done: set[int] = set()
+
+    def __call__(self, position: int, outcome: Outcome) -> None:
+        if position not in self.done:
+            self.done.add(position)
+            self.finish(self.items[position], outcome)
 
 
 def embed_items(
@@ -294,47 +440,62 @@ def embed_items(
     timeout_s: float = DEFAULT_WINDOW_TIMEOUT_S,
     on_progress: Callable[[int], None] = lambda _: None,
     on_failed: Callable[[Item, str], None] = lambda _item, _error: None,
+    task_id_of: Callable[[Item], str] | None = None,
+    summary: Summary | None = None,
 ) -> Summary:
-    """Embed ``items`` ``window`` at a time; write one JSON line each, in input order.
+    """Embed ``items`` ``window`` at a time; write one JSON line each, as each finishes.
 
-    Ids whose key is in ``skip`` are counted and left alone. Each window is written and
-    flushed before the next is read, so an interrupted run loses at most one window.
+    Ids whose key is in ``skip`` are counted and left alone. A record is written and
+    flushed as soon as its outcome is known (``embed``'s ``on_outcome``), so the output's
+    order is not the input's: each line carries its id and line number. An interrupted run
+    loses nothing that finished. ``task_id_of`` gives each text's task id, handed to
+    ``embed``; ``summary``, when given, is filled in as the run goes (read it after an
+    interrupt).
     """
-    summary = Summary()
+    summary = summary if summary is not None else Summary()
     started = time.monotonic()
-    for chunk in _batches(items, window):
-        records: list[dict[str, Any] | None] = [None] * len(chunk)
-        pending: list[int] = []
-        for i, item in enumerate(chunk):
-            summary.texts += 1
-            if record_key(item.id) in skip:
-                summary.skipped += 1
-                on_progress(1)
-            elif item.text is None:
-                records[i] = {"id": item.id, "line": item.line, "error": item.error}
-                summary.failed += 1
-                on_failed(item, item.error or "")
-                on_progress(1)
-            else:
-                pending.append(i)
-        if pending:
-            texts = [chunk[i].text or "" for i in pending]
-            outcomes = embed(texts, timeout_s, lambda: on_progress(1))
-            for i, outcome in zip(pending, outcomes, strict=True):
-                item = chunk[i]
-                if isinstance(outcome, str):
-                    error = f"line {item.line}: {outcome}"
-                    records[i] = {"id": item.id, "line": item.line, "error": error}
-                    summary.failed += 1
-                    on_failed(item, error)
-                else:
-                    records[i] = {"id": item.id, "line": item.line, "embedding": outcome}
-                    summary.ok += 1
-        for record in records:
-            if record is not None:
-                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def write(record: dict[str, Any]) -> None:
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
         out.flush()
-    summary.elapsed_s = time.monotonic() - started
+
+    def finish(item: Item, outcome: Outcome) -> None:
+        if isinstance(outcome, str):
+            error = f"line {item.line}: {outcome}"
+            write({"id": item.id, "line": item.line, "error": error})
+            summary.failed += 1
+            on_failed(item, error)
+        else:
+            write({"id": item.id, "line": item.line, "embedding": outcome})
+            summary.ok += 1
+
+    try:
+        for chunk in _batches(items, window):
+            pending: list[int] = []
+            for i, item in enumerate(chunk):
+                summary.texts += 1
+                if record_key(item.id) in skip:
+                    summary.skipped += 1
+                    on_progress(1)
+                elif item.text is None:
+                    write({"id": item.id, "line": item.line, "error": item.error})
+                    summary.failed += 1
+                    on_failed(item, item.error or "")
+                    on_progress(1)
+                else:
+                    pending.append(i)
+            if not pending:
+                continue
+            outcome_of = _Once([chunk[i] for i in pending], finish)
+            texts = [chunk[i].text or "" for i in pending]
+            ids = None if task_id_of is None else [task_id_of(chunk[i]) for i in pending]
+            outcomes = embed(
+                texts, timeout_s, lambda: on_progress(1), task_ids=ids, on_outcome=outcome_of
+            )
+            for position, outcome in enumerate(outcomes):
+                outcome_of(position, outcome)  # those not reported as they finished
+    finally:
+        summary.elapsed_s = time.monotonic() - started
     return summary
 
 
@@ -345,6 +506,10 @@ def celery_window_embedder(
     cache: VectorCache | None = None,
     on_cached: Callable[[int], None] = lambda _: None,
     stats: QueueStats | None = None,
+    pending: PendingIds | None = None,
+    on_stall: Callable[[float], None] | None = None,
+    stall_s: float = DEFAULT_STALL_WARNING_S,
+    on_no_worker: Callable[[str], None] | None = None,
 ) -> WindowEmbedder:
     """Embed a window through the queue: enqueue every text, then wait for all of them.
 
@@ -353,64 +518,141 @@ def celery_window_embedder(
     file next). With the workers' vector ``cache``, texts embedded before are read from it
     instead of enqueued (``on_cached`` hears how many per window): a re-run pays for nothing
     twice. ``stats`` adds up the enqueue and collect times.
+
+    Given ``task_ids`` (derived from the input), a text whose task already has a stored
+    result, or is in ``pending`` (enqueued by an earlier run, not yet collected), is waited
+    for, not enqueued again; the ids enqueued are added to ``pending`` before the publish and
+    leave it once collected. ``on_stall(seconds)`` hears, every ``stall_s`` seconds, that no
+    result has come in for that long while waiting (no worker consuming the queue?);
+    ``on_no_worker(message)`` hears, before the first window, that no worker answered a ping.
     """
     from worker.celery_app import app as default_app
 
     target = app or default_app
+    pinged = [on_no_worker is None]
 
     def embed(
-        texts: Sequence[str], timeout_s: float, on_one_done: Callable[[], None]
+        texts: Sequence[str],
+        timeout_s: float,
+        on_one_done: Callable[[], None],
+        /,
+        *,
+        task_ids: Sequence[str] | None = None,
+        on_outcome: Callable[[int, Outcome], None] | None = None,
     ) -> list[Outcome]:
+        report = on_outcome or (lambda _position, _outcome: None)
+        if not pinged[0] and on_no_worker is not None:
+            pinged[0] = True
+            _warn_if_no_worker(target, on_no_worker)
         cached: list[list[float] | None] = [None] * len(texts)
         if cache is not None:
             cached = cache.get_many(model or Settings.from_env().model, texts)
             hits = sum(vector is not None for vector in cached)
             on_cached(hits)
-            for _ in range(hits):
-                on_one_done()
-        missing = [text for text, vector in zip(texts, cached, strict=True) if vector is None]
-        fresh = iter(_through_queue(missing, timeout_s, on_one_done))
+            for i, vector in enumerate(cached):
+                if vector is not None:
+                    on_one_done()
+                    report(i, vector)
+        missing = [i for i, vector in enumerate(cached) if vector is None]
+
+        def done(j: int, outcome: Outcome) -> None:
+            on_one_done()
+            report(missing[j], outcome)
+
+        fresh = iter(
+            _through_queue(
+                [texts[i] for i in missing],
+                None if task_ids is None else [task_ids[i] for i in missing],
+                timeout_s,
+                done,
+            )
+        )
         return [next(fresh) if vector is None else vector for vector in cached]
 
+    def _already_sent(task_ids: Sequence[str]) -> set[str]:
+        """Ids with a stored result (or state) in the backend, or pending from a past run."""
+        found = {task_id for task_id in task_ids if pending is not None and task_id in pending}
+        if supports_bulk_wait(target):
+            backend = target.backend
+            for chunk in _batches_of(list(task_ids), 500):
+                keys = [backend.get_key_for_task(task_id) for task_id in chunk]
+                for task_id, payload in zip(chunk, backend.client.mget(keys), strict=True):
+                    if payload is not None:
+                        found.add(task_id)
+        return found
+
+    def _enqueue(texts: Sequence[str], task_ids: Sequence[str] | None) -> tuple[list[str], int]:
+        """The window's task ids, and how many of them were enqueued now."""
+        if task_ids is None:
+            return enqueue_ids(texts, model=model, app=target), len(texts)
+        sent = _already_sent(task_ids)
+        todo = [i for i, task_id in enumerate(task_ids) if task_id not in sent]
+        new_ids = [task_ids[i] for i in todo]
+        if pending is not None:
+            pending.add(new_ids)  # before the publish: a re-run must not send these again
+        try:
+            if todo:
+                with _interrupt_deferred():
+                    enqueue_ids([texts[i] for i in todo], model=model, app=target, task_ids=new_ids)
+        except EmbeddingPartialEnqueueError as exc:
+            if pending is not None:
+                pending.discard(new_ids[exc.not_enqueued_from :])
+            raise
+        return list(task_ids), len(todo)
+
     def _through_queue(
-        texts: Sequence[str], timeout_s: float, on_one_done: Callable[[], None]
+        texts: Sequence[str],
+        given_ids: Sequence[str] | None,
+        timeout_s: float,
+        on_done: Callable[[int, Outcome], None],
     ) -> list[Outcome]:
         if not texts:
             return []  # Celery's join_native cannot wait for nothing
         started = time.monotonic()
-        task_ids = enqueue_ids(texts, model=model, app=target)
+        task_ids, sent_now = _enqueue(texts, given_ids)
         enqueued = time.monotonic()
-        values = _collect(task_ids, timeout_s, on_one_done)
+        collected: list[str] = []
+        watch = _StallWatch(on_stall, stall_s)
+
+        def ready(position: int, value: Any) -> None:
+            watch.moved()
+            collected.append(task_ids[position])
+            on_done(position, _outcome(value))
+
+        try:
+            with watch:
+                values = _collect(task_ids, timeout_s, ready)
+        finally:
+            # Collected ids leave the sidecar and Redis (even on Ctrl-C: their lines are
+            # written, and a stale stored error must not answer a --retry-failed); ids
+            # without a result yet may still finish, and a re-run waits for them.
+            if pending is not None:
+                pending.discard(collected)
+            if collected and supports_bulk_wait(target):
+                with contextlib.suppress(RedisError, OperationalError):
+                    ResultWaiter(target).forget(collected)
         if stats is not None:
-            stats.enqueued += len(task_ids)
+            stats.enqueued += sent_now
             stats.enqueue_s += enqueued - started
             stats.collected += len(values)
             stats.collect_s += time.monotonic() - enqueued
-        outcomes: list[Outcome] = []
-        for i in range(len(task_ids)):
-            if i not in values:
-                outcomes.append(f"no result within {timeout_s:g}s (the task may still finish)")
-            elif isinstance(values[i], BaseException):
-                outcomes.append(f"{type(values[i]).__name__}: {values[i]}")
-            else:
-                outcomes.append([float(x) for x in values[i]])
-        return outcomes
+        missed = f"no result within {timeout_s:g}s (the task may still finish)"
+        return [_outcome(values[i]) if i in values else missed for i in range(len(task_ids))]
 
     def _collect(
-        task_ids: list[str], timeout_s: float, on_one_done: Callable[[], None]
+        task_ids: list[str], timeout_s: float, on_ready: Callable[[int, Any], None]
     ) -> dict[int, Any]:
         """Outcomes by position; results read are deleted from Redis (the output has them)."""
         if supports_bulk_wait(target):
             waiter = ResultWaiter(target)
-            values = waiter.wait(task_ids, timeout_s, lambda _i, _value: on_one_done())
-            waiter.forget([task_ids[i] for i in values])
-            return values
+            return waiter.wait(task_ids, timeout_s, on_ready)  # the caller forgets them
         results = [target.AsyncResult(task_id) for task_id in task_ids]
+        positions = {task_id: i for i, task_id in enumerate(task_ids)}
         by_id: dict[str, Any] = {}
 
         def collected(task_id: str, value: Any) -> None:
             by_id[task_id] = value
-            on_one_done()
+            on_ready(positions[task_id], value)
 
         # Texts still missing at the deadline get an error line; the rest are kept.
         with contextlib.suppress(CeleryTimeoutError):
@@ -425,16 +667,109 @@ def celery_window_embedder(
     return embed
 
 
+class _StallWatch:
+    """Calls ``on_stall(seconds)`` every ``stall_s`` seconds without progress, from a thread."""
+
+    def __init__(self, on_stall: Callable[[float], None] | None, stall_s: float) -> None:
+        self.on_stall = on_stall
+        self.stall_s = stall_s
+        self.last = time.monotonic()
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def moved(self) -> None:
+        self.last = time.monotonic()
+
+    def _run(self) -> None:
+        warned = self.last
+        while not self.stop.wait(min(1.0, self.stall_s)):
+            now = time.monotonic()
+            idle = now - self.last
+            if idle >= self.stall_s and now - max(warned, self.last) >= self.stall_s:
+                warned = now
+                if self.on_stall is not None:
+                    self.on_stall(idle)
+
+    def __enter__(self) -> _StallWatch:
+        if self.on_stall is not None:
+            self.last = time.monotonic()
+            self.thread = threading.Thread(target=self._run, name="embed-file-stall", daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _warn_if_no_worker(app: Celery, warn: Callable[[str], None]) -> None:
+    """Warn when no worker answers a ping within a second (nothing would consume the queue)."""
+    try:
+        answers = app.control.ping(timeout=1.0, limit=1)
+    except (RedisError, OperationalError, OSError):
+        return  # the run itself reports a broker that cannot be reached
+    if not answers:
+        warn(
+            "warning: no worker answered a ping within 1s; texts wait in the queue until "
+            "a worker consumes it"
+        )
+
+
+@contextlib.contextmanager
+def _interrupt_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C until the block ends: a publish is then known to be whole or not made."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        restore = previous if previous is not None else signal.default_int_handler
+        signal.signal(signal.SIGINT, restore)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _outcome(value: Any) -> Outcome:
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    return [float(x) for x in value]
+
+
 def _project_app() -> Celery:
     from worker.celery_app import app
 
     return app
 
 
+EXIT_CODES = """\
+exit status:
+  0    every record embedded
+  1    some records failed (each has an error line in the output; --retry-failed re-tries)
+  2    usage, configuration or broker error (nothing more was written)
+  130  interrupted (Ctrl-C): what finished is written; a re-run collects what is in flight
+"""
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, unless it has none (``None``) or is a flag."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "%(default)" not in text and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="embed-file",
         description="Embed every text of a file through the queue, as JSONL with resume.",
+        epilog=EXIT_CODES,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("input", type=Path, help="the file to embed")
     parser.add_argument(
@@ -444,15 +779,25 @@ def _parser() -> argparse.ArgumentParser:
         help="JSONL to write or resume (default INPUT.embeddings.jsonl)",
     )
     parser.add_argument("--format", choices=FORMATS, help="default: from the input's extension")
-    parser.add_argument("--field", default="text", help="JSONL field with the text (text)")
-    parser.add_argument("--column", help="CSV column with the text (text)")
-    parser.add_argument("--id-field", default="id", help="JSONL field or CSV column of ids (id)")
+    parser.add_argument("--field", default="text", help="JSONL field with the text")
+    parser.add_argument("--column", help="CSV column with the text (default: --field)")
+    parser.add_argument("--id-field", default="id", help="JSONL field or CSV column of ids")
     parser.add_argument("--model", help="embedding model (default: the worker's)")
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="texts in flight")
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_WINDOW_TIMEOUT_S, help="seconds per window"
     )
-    parser.add_argument("--retry-failed", action="store_true", help="re-try ids with errors")
+    parser.add_argument(
+        "--stall-warning",
+        type=float,
+        default=DEFAULT_STALL_WARNING_S,
+        help="warn after this many seconds without a result",
+    )
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="re-try ids with errors; their error lines are replaced",
+    )
     parser.add_argument("--redis-url", help="broker and results (default REDIS_URL)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -486,8 +831,8 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
     """Run ``embed-file``; ``embedder`` replaces the queue (tests)."""
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
-    if args.window < 1 or args.timeout <= 0:
-        console.print("--window and --timeout must be positive", style="red")
+    if args.window < 1 or args.timeout <= 0 or args.stall_warning <= 0:
+        console.print("--window, --timeout and --stall-warning must be positive", style="red")
         return 2
     if not args.input.is_file():
         console.print(f"no such file: {args.input}", style="red", markup=False)
@@ -497,6 +842,9 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
     output: Path = args.output or args.input.with_name(args.input.name + ".embeddings.jsonl")
     cached = [0]
     queue_stats: QueueStats | None = None
+    task_id_of: Callable[[Item], str] | None = None
+    in_flight: PendingIds | None = None
+    summary = Summary()
     try:
         settings = Settings.from_env()
         if embedder is None:
@@ -513,10 +861,34 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
             def count_cached(hits: int) -> None:
                 cached[0] += hits
 
+            def warn(message: str) -> None:
+                console.print(message, style="yellow", markup=False, highlight=False)
+
+            def stalled(idle_s: float) -> None:
+                warn(
+                    f"warning: no result for {idle_s:.0f}s; is a worker consuming the queue? "
+                    "(Ctrl-C stops; a re-run collects what is in flight)"
+                )
+
             queue_stats = QueueStats()
+            in_flight = PendingIds(output.with_name(output.name + ".pending"))
             embedder = celery_window_embedder(
-                app, args.model, cache=cache, on_cached=count_cached, stats=queue_stats
+                app,
+                args.model,
+                cache=cache,
+                on_cached=count_cached,
+                stats=queue_stats,
+                pending=in_flight,
+                on_stall=stalled,
+                stall_s=args.stall_warning,
+                on_no_worker=warn,
             )
+            source: Path = args.input
+            model: str | None = args.model
+
+            def task_id_of(item: Item) -> str:
+                return task_id_for(source, item.line, item.text or "", model)
+
     except EmbeddingConfigError as exc:
         console.print(f"bad configuration: {exc}", style="red", markup=False)
         return 2
@@ -552,7 +924,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
         )
         with progress, open(output, "a", encoding="utf-8") as out:
             bar = progress.add_task(f"embedding {args.input.name}", total=total)
-            summary = embed_items(
+            embed_items(
                 items,
                 out,
                 embedder,
@@ -561,12 +933,23 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
                 timeout_s=args.timeout,
                 on_progress=lambda n: progress.advance(bar, n),
                 on_failed=on_failed,
+                task_id_of=task_id_of,
+                summary=summary,
             )
     except UsageError as exc:
         console.print(str(exc), style="red", markup=False)
         return 2
     except KeyboardInterrupt:
-        console.print("interrupted; finished windows are saved, re-run to resume", style="red")
+        if args.retry_failed and failed_only:
+            compact_output(output)
+        waiting = len(in_flight) if in_flight is not None else 0
+        console.print(
+            f"interrupted: {summary.ok + summary.failed} records written this run, all saved; "
+            f"{waiting} texts still in flight. Re-run the same command: it collects them "
+            "without enqueueing them again, and resumes.",
+            style="red",
+            markup=False,
+        )
         return 130
     except (EmbeddingError, RedisError, OperationalError) as exc:
         # Finished windows are on disk; the same command picks up from there.
@@ -576,6 +959,8 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
         return 2
     if reported > _MAX_REPORTED:
         console.print(f"… and {reported - _MAX_REPORTED} more failed records, all in {output}")
+    if args.retry_failed and failed_only:
+        compact_output(output)
     summary.cached = cached[0]
     summary.queue = queue_stats
     console.print(_summary_table(summary, output))

@@ -129,10 +129,10 @@ def _show_texts() -> bool:
     return bool(_producer_settings().show_texts)
 
 
-def _send(text: str, model: str | None, app: Celery) -> AsyncResult:
+def _send(text: str, model: str | None, app: Celery, task_id: str | None = None) -> AsyncResult:
     # One task id for every attempt: a publish that reached Redis but whose answer was lost
     # is the same task when sent again, not a second one.
-    task_id = str(uuid.uuid4())
+    task_id = task_id or str(uuid.uuid4())
     for wait in [*_waits_before_retries(app), None]:
         try:
             return _send_once(text, model, app, task_id)
@@ -239,18 +239,29 @@ def enqueue_ids(
     model: str | None = None,
     app: Celery | None = None,
     chunk_size: int = ENQUEUE_CHUNK_SIZE,
+    task_ids: Sequence[str] | None = None,
 ) -> list[str]:
-    """``enqueue_many``, returning task ids for ``wait_all``, with no per-text subscription."""
+    """``enqueue_many``, returning task ids for ``wait_all``, with no per-text subscription.
+
+    ``task_ids``, one per text, replace fresh ids (say, ids derived from the input).
+    """
     target = app or default_app
+    if task_ids is not None and len(task_ids) != len(texts):
+        raise ValueError(f"{len(task_ids)} task ids for {len(texts)} texts")
     calls = _calls(texts, model)
     done: list[str] = []
     try:
-        for task_ids in bulk_publish.publish_chunk_ids(
-            target, EMBED_TEXT_TASK, calls, chunk_size=chunk_size, reprs=_reprs
+        for chunk_ids in bulk_publish.publish_chunk_ids(
+            target,
+            EMBED_TEXT_TASK,
+            calls,
+            chunk_size=chunk_size,
+            reprs=_reprs,
+            task_ids=task_ids,
         ):
-            done.extend(task_ids)
+            done.extend(chunk_ids)
     except bulk_publish.BulkPublishUnsupported:
-        return [result.id for result in _send_each(texts, model, target)]
+        return [result.id for result in _send_each(texts, model, target, task_ids)]
     except Exception as exc:
         error = _failed(exc, [target.AsyncResult(i) for i in done], len(texts))
         if error is exc:
@@ -277,11 +288,13 @@ def _failed(exc: Exception, done: list[AsyncResult], total: int) -> Exception:
     return _partial(cause, done, total)
 
 
-def _send_each(texts: Sequence[str], model: str | None, app: Celery) -> list[AsyncResult]:
+def _send_each(
+    texts: Sequence[str], model: str | None, app: Celery, task_ids: Sequence[str] | None = None
+) -> list[AsyncResult]:
     done: list[AsyncResult] = []
-    for text in texts:
+    for i, text in enumerate(texts):
         try:
-            done.append(_send(text, model, app))
+            done.append(_send(text, model, app, task_ids[i] if task_ids is not None else None))
         except EmbeddingQueueUnavailableError as exc:
             raise _partial(exc.__cause__ or exc, done, len(texts)) from exc
     return done

@@ -120,6 +120,19 @@ def test_chunks_keep_the_input_order_in_the_queue(app: Celery, clean_redis: redi
     assert len({r.id for r in results}) == len(texts)
 
 
+def test_task_ids_given_by_the_caller_are_the_ids_of_the_messages_in_every_chunk(
+    app: Celery, clean_redis: redis.Redis
+):
+    from producers.client import enqueue_ids
+
+    texts = [f"chosen id text {i}" for i in range(7)]
+    chosen = [f"caller-chosen-{i}" for i in range(7)]
+    assert enqueue_ids(texts, app=app, chunk_size=3, task_ids=chosen) == chosen
+    assert [m["headers"]["id"] for m in _raw_messages(clean_redis)] == chosen
+    with pytest.raises(ValueError, match="2 task ids for 7 texts"):
+        enqueue_ids(texts, app=app, task_ids=chosen[:2])
+
+
 def test_a_bulk_enqueued_text_sends_the_same_events_as_one_sent_singly(
     app: Celery, event_log: EventLog, start_worker, stub
 ):

@@ -19,21 +19,36 @@ from producers.cli import Item, embed_items, guess_format, load_done, read_items
 class FakeEmbedder:
     """Embeds each text as ``[len(text)]``; texts containing ``FAIL`` get an error."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, reverse: bool = False, out: io.StringIO | None = None) -> None:
         self.windows: list[list[str]] = []
+        self.reverse = reverse  # report outcomes last-first, as a queue may finish them
+        self.out = out
+        self.seen_mid_window: list[int] = []  # lines in ``out`` after each reported outcome
 
     @property
     def texts(self) -> list[str]:
         return [t for window in self.windows for t in window]
 
     def __call__(
-        self, texts: Sequence[str], timeout_s: float, on_one_done: Callable[[], None]
+        self,
+        texts: Sequence[str],
+        timeout_s: float,
+        on_one_done: Callable[[], None],
+        *,
+        task_ids: Sequence[str] | None = None,
+        on_outcome: Callable[[int, cli.Outcome], None] | None = None,
     ) -> list[cli.Outcome]:
         self.windows.append(list(texts))
         outcomes: list[cli.Outcome] = []
         for text in texts:
-            on_one_done()
             outcomes.append("EmbeddingAPIError: rejected" if "FAIL" in text else [float(len(text))])
+        order = range(len(texts) - 1, -1, -1) if self.reverse else range(len(texts))
+        for position in order:
+            on_one_done()
+            if on_outcome is not None:
+                on_outcome(position, outcomes[position])
+                if self.out is not None:
+                    self.seen_mid_window.append(len(self.out.getvalue().splitlines()))
         return outcomes
 
 
@@ -141,7 +156,19 @@ def test_count_records_matches_what_is_read(tmp_path):
     assert cli.count_records(lines_path, "lines") == 3
 
 
-def test_results_are_written_in_input_order_one_window_at_a_time():
+def test_each_result_is_written_as_it_finishes_not_when_its_window_ends():
+    items = [Item(n, f"id-{n}", text=f"text {n}") for n in range(1, 5)]
+    out = io.StringIO()
+    embedder = FakeEmbedder(reverse=True, out=out)
+    summary = embed_items(items, out, embedder, skip=set(), window=4)
+    assert embedder.seen_mid_window == [1, 2, 3, 4]  # on disk before the window returned
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["line"] for r in records] == [4, 3, 2, 1]  # finishing order, not input order
+    assert {r["id"]: r["embedding"] for r in records} == {f"id-{n}": [6.0] for n in range(1, 5)}
+    assert summary.ok == 4
+
+
+def test_every_record_is_written_once_per_window_with_bad_lines_first():
     items = [Item(n, n, text=f"text {n}") for n in range(1, 8)]
     items[2] = Item(3, 3, error="line 3: text is empty")
     items[4] = Item(5, 5, text="please FAIL")
@@ -157,10 +184,11 @@ def test_results_are_written_in_input_order_one_window_at_a_time():
         on_failed=lambda i, e: failed.append((i.line, e)),
     )
     records = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [r["line"] for r in records] == [1, 2, 3, 4, 5, 6, 7]
-    assert records[0] == {"id": 1, "line": 1, "embedding": [6.0]}
-    assert records[2] == {"id": 3, "line": 3, "error": "line 3: text is empty"}
-    assert records[4] == {"id": 5, "line": 5, "error": "line 5: EmbeddingAPIError: rejected"}
+    assert [r["line"] for r in records] == [3, 1, 2, 4, 5, 6, 7]  # line 3 has no text: at once
+    by_line = {r["line"]: r for r in records}
+    assert by_line[1] == {"id": 1, "line": 1, "embedding": [6.0]}
+    assert by_line[3] == {"id": 3, "line": 3, "error": "line 3: text is empty"}
+    assert by_line[5] == {"id": 5, "line": 5, "error": "line 5: EmbeddingAPIError: rejected"}
     assert [len(w) for w in embedder.windows] == [2, 3, 1]  # line 3 never reaches the queue
     assert failed == [(3, "line 3: text is empty"), (5, "line 5: EmbeddingAPIError: rejected")]
     assert (summary.texts, summary.ok, summary.failed, summary.skipped) == (7, 5, 2, 0)
@@ -213,7 +241,7 @@ def test_a_rerun_resumes_and_embeds_only_what_is_not_in_the_output(tmp_path, cap
     code = cli.main([str(source), "-o", str(output), "--no-progress"], embedder=second)
     assert code == 1  # the bad line
     assert second.texts == ["ccc"]
-    assert [(r["id"], "embedding" in r) for r in _records(output)] == [
+    assert sorted((r["id"], "embedding" in r) for r in _records(output)) == [
         (1, True),
         (2, True),
         (3, True),
@@ -241,6 +269,31 @@ def test_retry_failed_re_embeds_ids_whose_only_record_is_an_error(tmp_path):
     assert retried.texts == ["FAIL once"]
 
 
+def test_retry_failed_replaces_a_lines_error_record_instead_of_adding_another(tmp_path):
+    source = _write(tmp_path / "in.txt", "fine\nFAIL\nalso fine\n")
+    output = tmp_path / "out.jsonl"
+    assert cli.main([str(source), "-o", str(output), "--no-progress"], embedder=FakeEmbedder()) == 1
+    _write(source, "fine\nnow it works\nalso fine\n")  # the same ids, line 2 fixed
+    argv = [str(source), "-o", str(output), "--no-progress", "--retry-failed"]
+    assert cli.main(argv, embedder=FakeEmbedder()) == 0
+    records = _records(output)
+    assert sorted(r["id"] for r in records) == [1, 2, 3]  # one record per id
+    assert {r["id"]: r.get("embedding") for r in records}[2] == [float(len("now it works"))]
+
+
+def test_help_shows_the_defaults_and_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: 500)" in text and "(default: 600.0)" in text and "(default: 30.0)" in text
+    assert "0 every record embedded" in text
+    assert "1 some records failed" in text
+    assert "130 interrupted (Ctrl-C)" in text
+    assert "2 usage, configuration or broker error" in text
+    assert "(default: None)" not in text
+
+
 def test_the_output_defaults_to_a_file_beside_the_input(tmp_path):
     source = _write(tmp_path / "corpus.txt", "hello\n")
     assert cli.main([str(source), "--no-progress"], embedder=FakeEmbedder()) == 0
@@ -259,3 +312,30 @@ def test_usage_errors_exit_with_status_two(tmp_path, capsys):
     assert fake.texts == []
     assert cli.main([str(source), "--column", "body", "--no-progress"], embedder=fake) == 0
     assert fake.texts == ["hello"]
+
+
+def test_a_records_task_id_is_the_same_every_run_and_changes_with_its_line_text_or_model(
+    tmp_path,
+):
+    source = _write(tmp_path / "in.txt", "a\n")
+    same = cli.task_id_for(source, 1, "a", None)
+    assert cli.task_id_for(tmp_path / "." / "in.txt", 1, "a", None) == same
+    others = {
+        cli.task_id_for(source, 2, "a", None),
+        cli.task_id_for(source, 1, "b", None),
+        cli.task_id_for(source, 1, "a", "other-model"),
+        cli.task_id_for(_write(tmp_path / "other.txt", "a\n"), 1, "a", None),
+    }
+    assert same not in others and len(others) == 4
+
+
+def test_pending_ids_survive_a_restart_and_the_file_goes_once_all_are_collected(tmp_path):
+    path = tmp_path / "out.jsonl.pending"
+    pending = cli.PendingIds(path)
+    pending.add(["a", "b", "c"])
+    assert set(cli.PendingIds(path).ids) == {"a", "b", "c"}
+    pending.discard(["a"])
+    again = cli.PendingIds(path)
+    assert "a" not in again and "b" in again and len(again) == 2
+    again.discard(["b", "c"])
+    assert not path.exists()

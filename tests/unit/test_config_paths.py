@@ -139,7 +139,7 @@ def test_embed_file_redis_url_wins_over_the_celery_variables(
 
     def embedder_for(app: Celery, model: str | None = None, **_options: Any) -> Any:
         used.append(app)
-        return lambda texts, timeout_s, on_one_done: [[1.0] for _ in texts]
+        return lambda texts, timeout_s, on_one_done, **_: [[1.0] for _ in texts]
 
     monkeypatch.setattr(cli, "celery_window_embedder", embedder_for)
     source = tmp_path / "texts.txt"
