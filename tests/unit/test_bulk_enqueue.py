@@ -129,7 +129,7 @@ def test_a_broker_other_than_redis_gets_one_send_task_per_text_in_order(
     app = amqp_app()
     sent: list[str] = []
 
-    def send(text: str, model: str | None, target: Celery) -> Any:
+    def send(text: str, model: str | None, target: Celery, task_id: Any = None) -> Any:
         assert target is app
         sent.append(text)
         return app.AsyncResult(f"id-{text}")
@@ -146,7 +146,7 @@ def test_the_per_text_fallback_also_names_what_was_enqueued_when_the_broker_fail
 ):
     app = amqp_app()
 
-    def send(text: str, model: str | None, target: Celery) -> Any:
+    def send(text: str, model: str | None, target: Celery, task_id: Any = None) -> Any:
         if text == "c":
             raise EmbeddingQueueUnavailableError("could not enqueue the text: gone")
         return app.AsyncResult(f"id-{text}")
