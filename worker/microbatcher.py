@@ -211,23 +211,25 @@ class MicroBatcher:
                 self._cond.wait(max(0.0, deadline - self._clock()))
 
     def _due_model(self) -> str | None:
-        # Callers hold self._cond. A full batch first, then the oldest due one.
-        for model, queue in self._waiting.queues():
-            if len(queue) >= self.batch_size and self._waiting.distinct(model) == self.batch_size:
-                return model
+        # Callers hold self._cond. A full batch first, then the oldest due one; each model's
+        # distinct texts are counted once (a scan of its queue).
         now = self._clock()
+        due = None
         for model, queue in self._waiting.queues():
-            if batch_is_due(
+            distinct = self._waiting.distinct(model)
+            if distinct == self.batch_size:
+                return model
+            if due is None and batch_is_due(
                 self.flush_policy,
-                waiting=self._waiting.distinct(model),
+                waiting=distinct,
                 batch_size=self.batch_size,
                 waited_s=now - queue[0].since,
                 flush_interval_s=self.flush_interval_s,
                 in_flight=self._in_flight,
                 closing=self._closing,
             ):
-                return model
-        return None
+                due = model
+        return due
 
     def _admit_due(self) -> Batch | None:
         # Callers hold self._admitting when there is a gate. Texts stay queued while the

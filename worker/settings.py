@@ -10,10 +10,12 @@ Celery configuration (``worker.celery_ext.config``) and ``EmbeddingConfig`` are 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -307,7 +309,9 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
-def _parse_model_limits(raw: str) -> dict[str, tuple[int, int]]:
+@functools.cache
+def _parse_model_limits(raw: str) -> Mapping[str, tuple[int, int]]:
+    # Cached: the budget asks for a model's limits before every API call.
     limits: dict[str, tuple[int, int]] = {}
     for entry in filter(None, (part.strip() for part in raw.split(","))):
         model, sep, pair = entry.rpartition("=")
@@ -323,7 +327,7 @@ def _parse_model_limits(raw: str) -> dict[str, tuple[int, int]]:
                 f"{ENV_PREFIX}MODEL_LIMITS entry {entry!r} is invalid: {exc}"
             ) from exc
         limits[model.strip()] = (rpm, tpm)
-    return limits
+    return MappingProxyType(limits)
 
 
 def _check_celery_settings(settings: Settings) -> None:
