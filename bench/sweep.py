@@ -59,7 +59,7 @@ from devstack import REPO_ROOT, StubProcess, WorkerProcess
 
 DEFAULT_OUT = REPO_ROOT / "bench" / "out"
 SYSTEMS = ("project", "naive", "batches")
-DEFAULT_LOADS = "5,10,25,50,75,100,120"
+DEFAULT_LOADS = "1,5,10,25,50,75,100,120"
 DISTINCT_TEXTS = 2000  # cycled through; the stub encodes each once, before any system runs
 # A pause after each drained step, so every step starts from an idle worker (celery-batches'
 # flush timer, for one, only stops once a tick finds its buffer empty).
@@ -71,7 +71,7 @@ ARRIVAL_WORDS = {
 }
 # Sized so that a full sweep of the three systems takes about 8 minutes on 2 cores.
 FULL = {"loads": DEFAULT_LOADS, "step_s": 15.0, "warmup_s": 3.0, "capacity_texts": 2000}
-QUICK = {"loads": "5,100", "step_s": 1.0, "warmup_s": 0.3, "capacity_texts": 300}
+QUICK = {"loads": "1,100", "step_s": 1.0, "warmup_s": 0.3, "capacity_texts": 300}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -135,7 +135,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: loads 5,100, 1 s steps, 0.3 s warm-up, a 300-text capacity run "
+        help="smoke run: loads 1,100, 1 s steps, 0.3 s warm-up, a 300-text capacity run "
         "(options given explicitly still win)",
     )
     args = parser.parse_args(argv)

@@ -23,8 +23,10 @@ COLUMNS = [
     "texts",
     "load avg",
 ]
-# The lowest load counts as idle up to this share of capacity.
-IDLE_MAX_LOAD_PCT = 10.0
+# A load is idle when its texts arrive at least this many API latencies apart: each text
+# finds the worker with no call in flight. (At 5 % of one worker's capacity a text arrives
+# every ~46 ms, inside the previous text's 50 ms call: that is light load, not idle.)
+IDLE_GAP_IN_LATENCIES = 2.0
 # A sender more than this far behind its schedule (p99) offered a burstier load than asked.
 LAG_NOTE_MS = 5.0
 
@@ -110,13 +112,18 @@ def check_targets(
 
     idle = mine[min(mine)]
     bound = latency + targets.idle_extra_ms
-    if idle.load_pct <= IDLE_MAX_LOAD_PCT:
+    gap_ms = 1000.0 / idle.target_rate
+    if gap_ms >= IDLE_GAP_IN_LATENCIES * latency:
         lines.append(
-            f"{_verdict(idle.p50_ms <= bound)}: idle ({idle.load_pct:g} % load) p50 "
-            f"{idle.p50_ms:.1f} ms ≤ L + {targets.idle_extra_ms:g} = {bound:g} ms"
+            f"{_verdict(idle.p50_ms <= bound)}: idle ({idle.load_pct:g} % load, a text every "
+            f"{gap_ms:.0f} ms) p50 {idle.p50_ms:.1f} ms ≤ L + {targets.idle_extra_ms:g} = "
+            f"{bound:g} ms"
         )
     else:
-        lines.append(f"SKIP: no step at {IDLE_MAX_LOAD_PCT:g} % load or below (idle)")
+        lines.append(
+            f"SKIP: idle: no step with texts {IDLE_GAP_IN_LATENCIES:g} × L or more apart "
+            f"(the lowest, {idle.load_pct:g} %, sends one every {gap_ms:.0f} ms)"
+        )
 
     near = [load for load in mine if 15 <= load <= 35]
     if near:

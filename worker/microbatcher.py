@@ -35,7 +35,7 @@ from worker import metrics
 from worker.budget import BudgetGate, estimate_tokens
 from worker.embeddings.batcher import EmbeddingBatcher
 from worker.errors import EmbeddingBudgetWaitError, EmbeddingError, EmbeddingRateLimitError
-from worker.flush_policy import FlushPolicy, batch_is_due
+from worker.flush_policy import ArrivalGaps, FlushPolicy, batch_is_due
 from worker.revocation import TextRevoked
 from worker.vector_cache import VectorCache
 from worker.waiting import Batch, Waiting, WaitingTexts
@@ -55,6 +55,10 @@ _Outcome = list[float] | EmbeddingError
 StoreVectors = Callable[[list[tuple[str, list[float]]]], object]
 # The task ids among those given that were revoked; see ``MicroBatcher``.
 RevokedAmong = Callable[[list[str]], set[str]]
+
+
+# Arrival estimators kept before quiet ones are dropped: more models than one worker serves.
+_ARRIVALS_KEPT = 64
 
 
 class MicroBatcher:
@@ -94,6 +98,7 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._waiting = WaitingTexts(self.batch_size)
         self._in_flight = 0  # calls under way; the flush policy reads it
+        self._arrivals: dict[str, ArrivalGaps] = {}  # per model; the flush policy reads it
         self._closing = False
         # One thread per process waits for budget; the others would only ask Redis again.
         self._admitting = threading.Lock()
@@ -126,13 +131,28 @@ class MicroBatcher:
         with self._cond:
             if self._closing:
                 raise MicroBatcherClosed("the worker is shutting down")
-            queued = self._waiting.add(key, Waiting(text, future, self._clock(), task_id))
+            now = self._clock()
+            arrivals = self._arrivals.get(key)
+            if arrivals is None:
+                # Model names come from task arguments: forget quiet ones (losing nothing,
+                # see ArrivalGaps.is_quiet) so that many names cannot grow this without end.
+                if len(self._arrivals) >= _ARRIVALS_KEPT:
+                    for model in [m for m, a in self._arrivals.items() if a.is_quiet(now)]:
+                        del self._arrivals[model]
+                arrivals = self._arrivals[key] = ArrivalGaps(self.flush_interval_s)
+            arrivals.observe(now)
+            queued = self._waiting.add(key, Waiting(text, future, now, task_id))
             metrics.PENDING_TEXTS.set(self._waiting.pending)
             # Wake the dispatcher only when this text changes what it waits for: a first text
-            # (it starts the flush timer) or a full batch. It only waits when no queue is full,
-            # so every queue passes through exactly batch_size. A wake-up per text cost a
-            # thread hand-off per text (docs/benchmark.md).
-            if queued == 1 or queued == self.batch_size:
+            # (it starts the flush timer), a full batch, or a batch the policy now finds due.
+            # It only waits when no queue is full, so every queue passes through exactly
+            # batch_size. A wake-up per text cost a thread hand-off per text
+            # (docs/benchmark.md).
+            if queued and (
+                queued == 1
+                or queued == self.batch_size
+                or (self.flush_policy is FlushPolicy.PREDICTIVE and self._is_due(key, now))
+            ):
                 self._cond.notify()
         return future
 
@@ -215,21 +235,27 @@ class MicroBatcher:
         # distinct texts are counted once (a scan of its queue).
         now = self._clock()
         due = None
-        for model, queue in self._waiting.queues():
+        for model, _queue in self._waiting.queues():
             distinct = self._waiting.distinct(model)
             if distinct == self.batch_size:
                 return model
-            if due is None and batch_is_due(
-                self.flush_policy,
-                waiting=distinct,
-                batch_size=self.batch_size,
-                waited_s=now - queue[0].since,
-                flush_interval_s=self.flush_interval_s,
-                in_flight=self._in_flight,
-                closing=self._closing,
-            ):
+            if due is None and self._is_due(model, now, distinct):
                 due = model
         return due
+
+    def _is_due(self, model: str, now: float, distinct: int | None = None) -> bool:
+        # Callers hold self._cond and know ``model`` has texts waiting.
+        arrivals = self._arrivals.get(model)
+        return batch_is_due(
+            self.flush_policy,
+            waiting=self._waiting.distinct(model) if distinct is None else distinct,
+            batch_size=self.batch_size,
+            waited_s=now - self._waiting.oldest_since_of(model),
+            flush_interval_s=self.flush_interval_s,
+            in_flight=self._in_flight,
+            next_arrival_in_s=None if arrivals is None else arrivals.next_in_s(now),
+            closing=self._closing,
+        )
 
     def _admit_due(self) -> Batch | None:
         # Callers hold self._admitting when there is a gate. Texts stay queued while the

@@ -57,6 +57,7 @@ DEFAULT_MAX_TEXT_CHARS = 32_768
 DEFAULT_FLUSH_INTERVAL_S = 0.1
 # When a partial batch leaves before flush_interval_s; see worker/flush_policy.py.
 DEFAULT_FLUSH_POLICY = "nagle"
+FLUSH_POLICIES = ("nagle", "predictive", "continuous", "interval")
 DEFAULT_ENCODING_FORMAT = "base64"
 DEFAULT_TASK_MAX_RETRIES = 12
 DEFAULT_TASK_RETRY_BACKOFF_S = 2.0
@@ -200,7 +201,7 @@ class Settings:
     pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
-    flush_policy: str = DEFAULT_FLUSH_POLICY  # nagle, continuous or interval
+    flush_policy: str = DEFAULT_FLUSH_POLICY  # one of FLUSH_POLICIES
     task_max_retries: int = DEFAULT_TASK_MAX_RETRIES
     task_retry_backoff_s: float = DEFAULT_TASK_RETRY_BACKOFF_S
     task_retry_backoff_max_s: float = DEFAULT_TASK_RETRY_BACKOFF_MAX_S
@@ -265,9 +266,9 @@ class Settings:
             raise EmbeddingConfigError("EMBEDDINGS_METRICS_PORT must be in [0, 65535]")
         if not 0.0 <= self.jitter_factor < 1.0:
             raise EmbeddingConfigError("EMBEDDINGS_JITTER_FACTOR must be in [0, 1)")
-        if self.flush_policy not in ("nagle", "continuous", "interval"):
+        if self.flush_policy not in FLUSH_POLICIES:
             raise EmbeddingConfigError(
-                "EMBEDDINGS_FLUSH_POLICY must be 'nagle', 'continuous' or 'interval', "
+                f"EMBEDDINGS_FLUSH_POLICY must be one of {', '.join(FLUSH_POLICIES)}, "
                 f"got {self.flush_policy!r}"
             )
         if self.encoding_format not in ("float", "base64"):

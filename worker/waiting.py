@@ -75,6 +75,10 @@ class WaitingTexts:
     def oldest_since(self) -> float:
         return min(queue[0].since for queue in self._queues.values())
 
+    def oldest_since_of(self, model: str) -> float:
+        """When ``model``'s oldest queued text began to wait; it must have one."""
+        return self._queues[model][0].since
+
     def head(self, model: str) -> list[str]:
         """The first ``batch_size`` distinct texts of ``model``'s queue."""
         texts: dict[str, None] = {}

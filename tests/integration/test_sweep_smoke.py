@@ -18,7 +18,7 @@ from tests.integration.harness import REPO_ROOT, TEST_REDIS_URL
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-QUICK_LOADS = ("5", "100")
+QUICK_LOADS = ("1", "100")
 
 
 @pytest.mark.timeout(60)
@@ -42,7 +42,7 @@ def test_a_quick_sweep_of_the_project_prints_a_row_of_numbers_per_load(clean_red
         assert all(math.isfinite(n) and n > 0 for n in measured), row
         assert math.isfinite(load_avg), row
     checks = [line[2:] for line in proc.stdout.splitlines() if line.startswith("- ")]
-    for target in ("idle (5 % load) p50", "texts per call at 100 %+ load"):
+    for target in ("idle (1 % load", "texts per call at 100 %+ load"):
         assert any(c.startswith(("PASS: " + target, "FAIL: " + target)) for c in checks), target
     assert "SKIP: celery-batches did not run; no per-load comparison" in checks
     assert (tmp_path / "sweep.md").read_text() in proc.stdout

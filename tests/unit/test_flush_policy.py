@@ -9,16 +9,18 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 
 import httpx
 import pytest
 
 from tests.unit.test_microbatcher import Recorder as _Recorder
 from worker.embeddings import EmbeddingBatcher, EmbeddingConfig
-from worker.flush_policy import FlushPolicy, batch_is_due
+from worker.flush_policy import ArrivalGaps, FlushPolicy, batch_is_due
 from worker.microbatcher import MicroBatcher
 
 NAGLE, CONTINUOUS, INTERVAL = FlushPolicy.NAGLE, FlushPolicy.CONTINUOUS, FlushPolicy.INTERVAL
+PREDICTIVE = FlushPolicy.PREDICTIVE
 
 
 class Recorder(_Recorder):
@@ -65,6 +67,57 @@ def test_continuous_sends_whenever_a_slot_is_free() -> None:
 
 def test_interval_waits_out_the_interval_even_when_idle() -> None:
     assert not _due(INTERVAL, in_flight=0, waited_s=0.099)
+
+
+def test_predictive_sends_at_once_when_no_text_is_expected() -> None:
+    assert _due(PREDICTIVE, in_flight=3, next_arrival_in_s=None)
+
+
+def test_predictive_waits_only_for_a_text_expected_before_the_deadline() -> None:
+    # The deadline is 0.1 s after the oldest text began to wait.
+    assert not _due(PREDICTIVE, waited_s=0.05, next_arrival_in_s=0.049, in_flight=0)
+    assert _due(PREDICTIVE, waited_s=0.05, next_arrival_in_s=0.05, in_flight=0)
+    assert _due(PREDICTIVE, waited_s=0.0, next_arrival_in_s=0.2, in_flight=3)
+
+
+class TestArrivalGaps:
+    def test_nothing_is_expected_before_two_arrivals(self) -> None:
+        gaps = ArrivalGaps(quiet_after_s=0.1)
+        assert gaps.next_in_s(0.0) is None
+        gaps.observe(0.0)
+        assert gaps.next_in_s(0.0) is None
+
+    def test_the_next_text_is_expected_one_mean_gap_after_the_last(self) -> None:
+        gaps = ArrivalGaps(quiet_after_s=0.1, weight=0.5)
+        for now in (0.0, 0.02, 0.04):
+            gaps.observe(now)
+        assert gaps.mean_gap_s == pytest.approx(0.02)
+        assert gaps.next_in_s(0.045) == pytest.approx(0.015)
+        assert gaps.next_in_s(0.07) == 0.0  # late: expected any moment
+        gaps.observe(0.08)  # a gap of 0.04 moves the mean half way
+        assert gaps.mean_gap_s == pytest.approx(0.03)
+
+    def test_a_quiet_spell_drops_the_estimate(self) -> None:
+        gaps = ArrivalGaps(quiet_after_s=0.1)
+        for now in (0.0, 0.01, 0.02):
+            gaps.observe(now)
+        gaps.observe(5.0)
+        assert gaps.next_in_s(5.0) is None
+        gaps.observe(5.03)  # the first gap after a quiet spell is the estimate
+        assert gaps.mean_gap_s == pytest.approx(0.03)
+
+    def test_quiet_means_nothing_arrived_for_the_quiet_spell(self) -> None:
+        gaps = ArrivalGaps(quiet_after_s=0.1)
+        assert gaps.is_quiet(0.0)
+        gaps.observe(1.0)
+        assert not gaps.is_quiet(1.05)
+        assert gaps.is_quiet(1.1)
+
+    def test_bad_parameters_are_refused(self) -> None:
+        with pytest.raises(ValueError):
+            ArrivalGaps(quiet_after_s=0)
+        with pytest.raises(ValueError):
+            ArrivalGaps(quiet_after_s=0.1, weight=0)
 
 
 @pytest.fixture
@@ -158,3 +211,101 @@ def test_interval_keeps_a_lone_text_waiting_until_the_interval(make_microbatcher
     assert recorder.calls == []
     microbatcher.close(timeout_s=5)  # closing sends what waits
     assert future.result(timeout=5)
+
+
+class ManualClock:
+    """Monotonic seconds that move only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def make_predictive() -> Iterator[Callable[..., tuple[MicroBatcher, ManualClock]]]:
+    made: list[MicroBatcher] = []
+
+    def make(recorder: Recorder) -> tuple[MicroBatcher, ManualClock]:
+        cfg = EmbeddingConfig(
+            base_url="http://stub.test/v1",
+            api_key="sk-test",
+            encoding_format="float",
+            max_retries=0,
+        )
+        batcher = EmbeddingBatcher(cfg, transport=httpx.MockTransport(recorder))
+        clock = ManualClock()
+        microbatcher = MicroBatcher(
+            batcher, flush_interval_s=0.1, flush_policy=PREDICTIVE, clock=clock
+        )
+        made.append(microbatcher)
+        return microbatcher, clock
+
+    yield make
+    for microbatcher in made:
+        microbatcher.close(timeout_s=5)
+
+
+def _submit_at(
+    microbatcher: MicroBatcher, clock: ManualClock, times: list[float], prefix: str
+) -> list[Future[list[float]]]:
+    futures = []
+    for i, now in enumerate(times):
+        clock.now = now
+        futures.append(microbatcher.submit(f"{prefix}{i}"))
+    return futures
+
+
+def test_predictive_idle_a_lone_text_is_sent_at_once(make_predictive) -> None:
+    recorder = Recorder()
+    microbatcher, _clock = make_predictive(recorder)
+    assert microbatcher.submit("alone").result(timeout=5)
+    assert [texts for _, texts in recorder.calls] == [["alone"]]
+
+
+def test_predictive_texts_expected_before_the_deadline_join_one_call(make_predictive) -> None:
+    """A text every 20 ms: the batch leaves with the text after which none fits the 100 ms."""
+    recorder = Recorder()
+    microbatcher, clock = make_predictive(recorder)
+    first = microbatcher.submit("first")  # nothing expected yet: leaves at once
+    _wait_for_calls(recorder, 1)
+    # 20 ms gaps: a batch opened at 0.02 has its deadline at 0.12. Each text expects the
+    # next 20 ms later; the one of 0.10 expects it at 0.12, too late to join, so the
+    # batch leaves with it, five texts, without waiting for the deadline.
+    waiting = _submit_at(microbatcher, clock, [0.02, 0.04, 0.06, 0.08], "t")
+    assert microbatcher.pending == 4  # the clock stands still: only the policy can send
+    waiting += _submit_at(microbatcher, clock, [0.10], "last")
+    _wait_for_calls(recorder, 2)
+    assert first.result(timeout=5) and all(f.result(timeout=5) for f in waiting)
+    assert [texts for _, texts in recorder.calls] == [
+        ["first"],
+        ["t0", "t1", "t2", "t3", "last0"],
+    ]
+
+
+def test_predictive_forgets_quiet_models_so_model_names_cannot_grow_memory(
+    make_predictive,
+) -> None:
+    recorder = Recorder()
+    microbatcher, clock = make_predictive(recorder)
+    for i in range(200):
+        clock.now = i * 1.0  # each model quiet by the time the next arrives
+        microbatcher.submit("text", model=f"model-{i}")
+    assert len(microbatcher._arrivals) <= 64
+    microbatcher.close(timeout_s=5)
+    assert len(recorder.calls) == 200
+
+
+def test_predictive_a_full_batch_leaves_at_eight(make_predictive) -> None:
+    recorder = Recorder()
+    microbatcher, clock = make_predictive(recorder)
+    microbatcher.submit("first")
+    _wait_for_calls(recorder, 1)
+    # 1 ms gaps: the deadline is far off, so the batch leaves only because it is full.
+    batch = _submit_at(microbatcher, clock, [0.001 * (i + 1) for i in range(9)], "t")
+    _wait_for_calls(recorder, 2)
+    assert microbatcher.pending == 1
+    microbatcher.close(timeout_s=5)  # closing sends the ninth
+    assert all(f.result(timeout=5) for f in batch)
+    assert [len(texts) for _, texts in recorder.calls] == [1, 8, 1]
