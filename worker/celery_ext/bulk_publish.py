@@ -45,6 +45,7 @@ from kombu import serialization as kombu_serialization
 from kombu.utils.uuid import uuid
 
 from worker.celery_ext import compat
+from worker.celery_ext.subscriptions import subscribe_results
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -190,8 +191,9 @@ def publish_chunks(
     """Send one ``name`` task per ``(args, kwargs)`` of ``calls``, a chunk per transaction.
 
     Yields each chunk's ``AsyncResult``\\s, in order, once Redis has committed the chunk.
-    Each result is subscribed to before its message is sent, and joins the current task's
-    trail, as ``send_task`` does, so ``AsyncResult.get()`` works as usual. An exception
+    Each result is subscribed to before its message is sent (a chunk's results in one
+    ``SUBSCRIBE``: ``worker.celery_ext.subscriptions``), and joins the current task's trail,
+    as ``send_task`` does, so ``AsyncResult.get()`` and ``join_native`` work as usual. An exception
     (kombu's ``OperationalError``, redis-py's ``RedisError``, or the result consumer's
     ``RuntimeError``) means the chunk being sent was not enqueued, nor any after it; the
     chunks yielded before it were. Raises ``BulkPublishUnsupported``, before sending
@@ -313,9 +315,10 @@ def _publish(
                             **sent_event,
                         )
                     )
-                if subscribe:
-                    app.backend.on_task_call(producer, task_id)
                 chunk_ids.append(task_id)
+            if subscribe:
+                # Before the chunk is sent, as send_task does: one SUBSCRIBE for the chunk.
+                subscribe_results(app.backend, producer, chunk_ids)
             if events:
                 _send_events(settings, channel, collector, event_exchange, origin, events)
             with client.pipeline(transaction=True) as pipe:
