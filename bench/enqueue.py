@@ -44,7 +44,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--texts", type=int, default=5000, help="texts per enqueue run (5000)")
     parser.add_argument("--file-texts", type=int, default=2400, help="texts per fleet run")
     parser.add_argument("--latency-ms", type=float, default=300.0, help="stub latency (300)")
-    parser.add_argument("--window", type=int, default=500, help="embed-file window (500)")
+    parser.add_argument(
+        "--window", type=int, default=2000, help="embed-file window (2000, its default)"
+    )
     parser.add_argument("--workers", type=int, default=4, help="the fleet's size (4)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of part 1 (median)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/5")

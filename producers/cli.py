@@ -101,7 +101,10 @@ __all__ = [
 ]
 
 FORMATS = ("lines", "jsonl", "csv")
-DEFAULT_WINDOW = 500
+DEFAULT_WINDOW = 2000
+"""Texts in flight. At least what the fleet reserves (workers × prefetch × concurrency: 4 ×
+8 × 32 = 1,024): 500 kept four workers at 0.83 × four times one, 2,000 at 0.90 ×
+(docs/benchmark.md, issue 16)."""
 DEFAULT_WINDOW_TIMEOUT_S = 600.0
 # Past this many, bad lines are only counted on stderr; every one is still in the output.
 _MAX_REPORTED = 20

@@ -287,7 +287,7 @@ def test_help_shows_the_defaults_and_the_exit_codes(capsys):
         cli.main(["--help"])
     assert exited.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 500)" in text and "(default: 600.0)" in text and "(default: 30.0)" in text
+    assert "(default: 2000)" in text and "(default: 600.0)" in text and "(default: 30.0)" in text
     assert "0 every record embedded" in text
     assert "1 some records failed" in text
     assert "130 interrupted (Ctrl-C)" in text
