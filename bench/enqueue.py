@@ -3,9 +3,12 @@
 Part 1, no workers: N texts enqueued from this thread by each path, against the bare rate
 of one redis-py ``LPUSH`` per message-sized value (one round trip each): ``enqueue_text``
 one at a time (``send_task``, what ``enqueue_texts`` did before), ``enqueue_texts`` (500
-per ``MULTI``/``EXEC``, each result subscribed as ``send_task`` does) and ``enqueue_ids``
-(the same without subscriptions: what ``embed_texts`` and ``embed-file`` use). Wall rate
-and this process's CPU-seconds per 1,000 texts.
+per ``MULTI``/``EXEC``, each chunk's results subscribed in one ``SUBSCRIBE``) and
+``enqueue_ids`` (the same without subscriptions: what ``embed_texts`` and ``embed-file``
+use). Wall rate and this process's CPU-seconds per 1,000 texts, the median of
+``--repeats`` interleaved rounds. ``enqueue_texts`` is timed up to its return, while the
+caller holds its results; dropping them unwaited (Celery unsubscribes each one) is timed
+on its own row.
 
 Part 2: ``embed-file``'s path (``celery_window_embedder``) with 1 and then 4 workers
 against the stub at ``--latency-ms`` (300: API-bound), against four times one worker.
@@ -15,6 +18,7 @@ Empties the Redis database it is given (default 5).
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import os
 import sys
@@ -40,8 +44,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--texts", type=int, default=5000, help="texts per enqueue run (5000)")
     parser.add_argument("--file-texts", type=int, default=2400, help="texts per fleet run")
     parser.add_argument("--latency-ms", type=float, default=300.0, help="stub latency (300)")
-    parser.add_argument("--window", type=int, default=500, help="embed-file window (500)")
+    parser.add_argument(
+        "--window", type=int, default=2000, help="embed-file window (2000, its default)"
+    )
     parser.add_argument("--workers", type=int, default=4, help="the fleet's size (4)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of part 1 (median)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/5")
     return parser.parse_args(argv)
 
@@ -50,15 +57,39 @@ def _texts(n: int, tag: str) -> list[str]:
     return [f"{tag} {i}: the quick brown fox jumps over the lazy dog {i % 97}" for i in range(n)]
 
 
-def _timed(run: Callable[[], object], n: int) -> tuple[float, float]:
-    """(texts/s, CPU-seconds per 1,000 texts) of this process for ``run``."""
+def _timed(run: Callable[[], object], n: int) -> tuple[float, float, object]:
+    """(texts/s, CPU-seconds per 1,000 texts, what ``run`` returned) of this process.
+
+    What ``run`` returns is handed back, so releasing it (say, 5,000 ``AsyncResult``\\s,
+    each unsubscribing as it goes) is not counted here: ``_released`` times that.
+    """
     wall, cpu = time.perf_counter(), time.process_time()
-    run()
+    returned = run()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return n / wall, cpu * 1000 / n, returned
+
+
+def _released(returned: list[object], n: int) -> tuple[float, float]:
+    """(texts/s, CPU-seconds per 1,000 texts) of dropping ``returned``'s items unwaited."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    returned.clear()
+    gc.collect()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     return n / wall, cpu * 1000 / n
 
 
+def _median(rows: list[tuple[float, float]]) -> tuple[float, float]:
+    rates = sorted(rate for rate, _cpu in rows)
+    cpus = sorted(cpu for _rate, cpu in rows)
+    return rates[len(rates) // 2], cpus[len(cpus) // 2]
+
+
 def _enqueue_rows(args: argparse.Namespace, client: redis.Redis) -> list[tuple[str, float, float]]:
+    """Each path's median over ``--repeats`` rounds, the paths interleaved in every round.
+
+    A shared machine's load changes from second to second; interleaving puts each path's
+    runs next to the bare ``LPUSH`` runs they are compared with.
+    """
     from producers import enqueue_text, enqueue_texts
     from producers.client import enqueue_ids
     from worker import app
@@ -67,37 +98,38 @@ def _enqueue_rows(args: argparse.Namespace, client: redis.Redis) -> list[tuple[s
     enqueue_texts(texts[:10], app=app)  # connections, declarations, imports
     sample = client.lindex(QUEUE, 0)
     client.delete(QUEUE)
-    rows = []
+    one_by_one = texts[: max(1, len(texts) // 5)]  # 1.3 ms each: a fifth is enough
+    labels = [
+        "bare redis-py LPUSH, one round trip each",
+        f"enqueue_text one at a time ({len(one_by_one)} texts; before)",
+        "enqueue_texts (AsyncResults, one SUBSCRIBE per chunk)",
+        f"… then dropping those {len(texts)} AsyncResults unwaited (one UNSUBSCRIBE each)",
+        "enqueue_ids (embed_texts, embed-file)",
+    ]
+    runs: list[list[tuple[float, float]]] = [[] for _ in labels]
 
     def bare() -> None:
         for _ in texts:
             client.lpush("bench-bare-lpush", sample)
 
-    rows.append(("bare redis-py LPUSH, one round trip each", *_timed(bare, len(texts))))
-    client.delete("bench-bare-lpush")
-    one_by_one = texts[: max(1, len(texts) // 5)]  # 1.3 ms each: a fifth is enough
-    rows.append(
-        (
-            f"enqueue_text one at a time ({len(one_by_one)} texts; before)",
-            *_timed(lambda: [enqueue_text(t, app=app) for t in one_by_one], len(one_by_one)),
+    for _ in range(args.repeats):
+        rate, cpu, _ = _timed(bare, len(texts))
+        runs[0].append((rate, cpu))
+        client.delete("bench-bare-lpush")
+        rate, cpu, _ = _timed(
+            lambda: [enqueue_text(t, app=app) for t in one_by_one], len(one_by_one)
         )
-    )
-    client.delete(QUEUE)
-    rows.append(
-        (
-            "enqueue_texts (AsyncResults, subscribed)",
-            *_timed(lambda: enqueue_texts(texts, app=app), len(texts)),
-        )
-    )
-    client.delete(QUEUE)
-    rows.append(
-        (
-            "enqueue_ids (embed_texts, embed-file)",
-            *_timed(lambda: enqueue_ids(texts, app=app), len(texts)),
-        )
-    )
-    client.delete(QUEUE)
-    return rows
+        runs[1].append((rate, cpu))
+        client.delete(QUEUE)
+        rate, cpu, results = _timed(lambda: enqueue_texts(texts, app=app), len(texts))
+        runs[2].append((rate, cpu))
+        assert isinstance(results, list)
+        runs[3].append(_released(results, len(texts)))
+        client.delete(QUEUE)
+        rate, cpu, _ = _timed(lambda: enqueue_ids(texts, app=app), len(texts))
+        runs[4].append((rate, cpu))
+        client.delete(QUEUE)
+    return [(label, *_median(rows)) for label, rows in zip(labels, runs, strict=True)]
 
 
 def _worker_env(args: argparse.Namespace, base_url: str) -> dict[str, str]:
@@ -168,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         client.flushdb()
     bare = rows[0][1]
     print(
-        f"One producer thread, Redis {args.redis_url}; {args.texts} texts per enqueue run; "
+        f"One producer thread, Redis {args.redis_url}; {args.texts} texts per enqueue run, "
+        f"median of {args.repeats} interleaved rounds; "
         f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f} at the end. "
         f"Logs in {log_dir}.\n"
     )

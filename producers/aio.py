@@ -18,11 +18,16 @@ Celery decodes them (``backend.decode_result``), so a failed text re-raises its 
 ``EmbeddingResultTimeoutError``.
 
 **Publishing** runs in a small, bounded thread pool, because kombu has no asyncio path: at
-most ``DEFAULT_PUBLISH_THREADS`` threads per process, each publishing up to
-``PUBLISH_CHUNK`` texts per job. It builds and sends the message with Celery's own
-``app.amqp`` (as ``app.send_task`` does) but skips ``send_task``'s call to
-``backend.on_task_call``, which would also subscribe Celery's synchronous result consumer to
-every text: a second subscription per text that nothing here ever reads.
+most ``DEFAULT_PUBLISH_THREADS`` threads per process. On a Redis broker it is the
+synchronous producers' bulk path (``worker.celery_ext.bulk_publish.publish_chunk_ids``):
+``ENQUEUE_CHUNK_SIZE`` texts per ``MULTI``/``EXEC``, one job per chunk, the chunks of one
+call sent in order, so one call holds at most one thread at a time. If Redis fails
+midway, ``EmbeddingPartialEnqueueError`` holds the ``AsyncEmbeddingResult``\\s of the texts
+that were enqueued and the index of the first that was not. Another broker (or a route
+the bulk path cannot send) gets one message per text, ``PUBLISH_CHUNK`` texts per job,
+built and sent with Celery's own ``app.amqp`` as ``app.send_task`` does. Neither path calls
+``backend.on_task_call``, which would also subscribe Celery's synchronous result consumer
+to every text: a second subscription per text that nothing here ever reads.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ from redis.exceptions import RedisError
 from producers.client import (
     DEFAULT_WAIT_TIMEOUT_S,
     EMBED_TEXT_TASK,
+    ENQUEUE_CHUNK_SIZE,
+    _calls,
+    _reprs,
     _retry_policy,
     _show_texts,
     queue_error,
@@ -50,7 +58,12 @@ from producers.client import (
 from producers.client import _max_chars as _configured_max_chars
 from producers.waiter import ResultWaiter
 from worker.celery_app import app as default_app
-from worker.errors import EmbeddingConfigError
+from worker.celery_ext import bulk_publish
+from worker.errors import (
+    EmbeddingConfigError,
+    EmbeddingPartialEnqueueError,
+    EmbeddingQueueUnavailableError,
+)
 from worker.redaction import task_reprs
 from worker.validation import validate_text, validate_texts
 
@@ -198,12 +211,69 @@ class AsyncProducer:
     async def _publish(self, texts: Sequence[str], model: str | None) -> list[AsyncEmbeddingResult]:
         task_ids = [str(uuid.uuid4()) for _ in texts]
         messages = list(zip(task_ids, texts, strict=True))
-        jobs = [messages[i : i + PUBLISH_CHUNK] for i in range(0, len(messages), PUBLISH_CHUNK)]
         loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(self._executor, _publish, self.app, job, model) for job in jobs)
-        )
+        if bulk_publish.supports_bulk_publish(self.app):
+            await self._publish_chunks(messages, model)
+        else:
+            jobs = [messages[i : i + PUBLISH_CHUNK] for i in range(0, len(messages), PUBLISH_CHUNK)]
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._executor, _publish, self.app, job, model)
+                    for job in jobs
+                )
+            )
         return [AsyncEmbeddingResult(task_id, self) for task_id in task_ids]
+
+    async def _publish_chunks(self, messages: list[tuple[str, str]], model: str | None) -> None:
+        """One transaction per ``ENQUEUE_CHUNK_SIZE`` messages, in order, one at a time."""
+        loop = asyncio.get_running_loop()
+        done = 0
+        try:
+            for start in range(0, len(messages), ENQUEUE_CHUNK_SIZE):
+                chunk = messages[start : start + ENQUEUE_CHUNK_SIZE]
+                await loop.run_in_executor(self._executor, _publish_chunk, self.app, chunk, model)
+                done = start + len(chunk)
+        except EmbeddingQueueUnavailableError as exc:
+            if isinstance(exc, EmbeddingPartialEnqueueError):
+                done += exc.not_enqueued_from  # the per-text fallback stopped inside a chunk
+            cause = exc.__cause__ or exc
+            raise EmbeddingPartialEnqueueError(
+                f"{queue_error(cause, 'enqueue the text')}; the first {done} of "
+                f"{len(messages)} texts were enqueued, none from index {done} on",
+                enqueued=[AsyncEmbeddingResult(task_id, self) for task_id, _ in messages[:done]],
+                not_enqueued_from=done,
+            ) from exc
+
+
+def _publish_chunk(app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
+    """Send ``messages`` (``(task_id, text)``) in one ``MULTI``/``EXEC`` (a worker thread).
+
+    The bulk path of ``producers.client.enqueue_ids``, without its per-text fallback:
+    a route it cannot send goes through ``_publish``, which never subscribes.
+    """
+    task_ids = [task_id for task_id, _ in messages]
+    calls = _calls([text for _, text in messages], model)
+    try:
+        for _ in bulk_publish.publish_chunk_ids(
+            app,
+            EMBED_TEXT_TASK,
+            calls,
+            chunk_size=max(1, len(calls)),
+            reprs=_reprs,
+            task_ids=task_ids,
+        ):
+            pass
+    except bulk_publish.BulkPublishUnsupported:
+        for sent, message in enumerate(messages):
+            try:
+                _publish(app, [message], model)
+            except EmbeddingQueueUnavailableError as exc:
+                # Says exactly where the chunk stopped; the caller adds the chunks before.
+                raise EmbeddingPartialEnqueueError(
+                    str(exc), not_enqueued_from=sent
+                ) from exc.__cause__
+    except (OperationalError, RedisError, OSError) as exc:
+        raise queue_error(exc, "enqueue the text") from exc
 
 
 def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:

@@ -30,25 +30,19 @@ error, 130 interrupted (see ``--help``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import hashlib
 import json
 import os
-import signal
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from celery import Celery
-from celery.exceptions import TimeoutError as CeleryTimeoutError
-from celery.result import ResultSet
 from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 from rich.console import Console
@@ -63,14 +57,21 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from producers.client import enqueue_ids
-from worker.celery_ext.bulk_publish import ResultWaiter, supports_bulk_wait
+from producers.sliding import (
+    DEFAULT_STALL_WARNING_S,
+    Outcome,
+    OutcomeSink,
+    PendingIds,
+    QueueStats,
+    QueueStream,
+    TextStream,
+    refill_size,
+)
 from worker.celery_ext.config import apply_config, with_redis_url
 from worker.errors import (
     EmbeddingConfigError,
     EmbeddingError,
     EmbeddingInputError,
-    EmbeddingPartialEnqueueError,
 )
 from worker.settings import Settings
 from worker.validation import validate_text
@@ -81,9 +82,11 @@ __all__ = [
     "DEFAULT_WINDOW_TIMEOUT_S",
     "FORMATS",
     "Item",
+    "Outcome",
     "PendingIds",
     "QueueStats",
     "Summary",
+    "TextStream",
     "UsageError",
     "celery_window_embedder",
     "compact_output",
@@ -98,14 +101,13 @@ __all__ = [
 ]
 
 FORMATS = ("lines", "jsonl", "csv")
-DEFAULT_WINDOW = 500
+DEFAULT_WINDOW = 2000
+"""Texts in flight. At least what the fleet reserves (workers × prefetch × concurrency: 4 ×
+8 × 32 = 1,024): 500 kept four workers at 0.83 × four times one, 2,000 at 0.90 ×
+(docs/benchmark.md, issue 16)."""
 DEFAULT_WINDOW_TIMEOUT_S = 600.0
-DEFAULT_STALL_WARNING_S = 30.0
 # Past this many, bad lines are only counted on stderr; every one is still in the output.
 _MAX_REPORTED = 20
-
-Outcome = list[float] | str
-"""A text's vector, or the message of why it has none."""
 
 
 class WindowEmbedder(Protocol):
@@ -143,48 +145,6 @@ def task_id_for(source: Path, line: int, text: str, model: str | None) -> str:
     return str(uuid.uuid5(_TASK_ID_NAMESPACE, name))
 
 
-class PendingIds:
-    """Task ids enqueued but not yet collected, kept in a sidecar file (``<output>.pending``).
-
-    Written before a publish, so an interrupted run's re-run waits for those tasks instead
-    of enqueueing them again; an id leaves the file once its result is collected.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.ids: set[str] = set()
-        if path.exists():
-            self.ids = {line.strip() for line in path.read_text().splitlines() if line.strip()}
-
-    def __contains__(self, task_id: object) -> bool:
-        return task_id in self.ids
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def add(self, task_ids: Iterable[str]) -> None:
-        new = [task_id for task_id in task_ids if task_id not in self.ids]
-        if not new:
-            return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write("".join(f"{task_id}\n" for task_id in new))
-            f.flush()
-            os.fsync(f.fileno())
-        self.ids.update(new)
-
-    def discard(self, task_ids: Iterable[str]) -> None:
-        before = len(self.ids)
-        self.ids.difference_update(task_ids)
-        if len(self.ids) == before:
-            return
-        if not self.ids:
-            self.path.unlink(missing_ok=True)
-            return
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(f"{task_id}\n" for task_id in sorted(self.ids)))
-        os.replace(tmp, self.path)
-
-
 class UsageError(Exception):
     """The command cannot start (bad arguments, a missing CSV column): exit status 2."""
 
@@ -197,27 +157,6 @@ class Item:
     id: Any
     text: str | None = None
     error: str | None = None
-
-
-@dataclass
-class QueueStats:
-    """What the queue did for one run: texts enqueued and collected, and the seconds each took.
-
-    Collecting includes waiting for the workers, so its rate is the fleet's, seen from here.
-    """
-
-    enqueued: int = 0
-    enqueue_s: float = 0.0
-    collected: int = 0
-    collect_s: float = 0.0
-
-    @property
-    def enqueue_per_s(self) -> float:
-        return self.enqueued / self.enqueue_s if self.enqueue_s > 0 else 0.0
-
-    @property
-    def collect_per_s(self) -> float:
-        return self.collected / self.collect_s if self.collect_s > 0 else 0.0
 
 
 @dataclass
@@ -405,19 +344,8 @@ def compact_output(path: Path) -> int:
     return len(lines) - len(kept)
 
 
-def _batches(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
-
-
-def _batches_of(values: Sequence[str], size: int) -> Iterator[Sequence[str]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
 class _Once:
-    """Hands each window position's outcome to ``finish`` once, however often it is told."""
+    """Hands each position's outcome to ``finish`` once, however often it is told."""
 
     def __init__(self, items: list[Item], finish: Callable[[Item, Outcome], None]) -> None:
         self.items = items
@@ -430,10 +358,39 @@ class _Once:
             self.finish(self.items[position], outcome)
 
 
+class _WindowStream:
+    """A ``WindowEmbedder`` seen as a ``TextStream``: each send runs to its end at once."""
+
+    in_flight = 0
+
+    def __init__(self, embed: WindowEmbedder) -> None:
+        self.embed = embed
+
+    def send(
+        self,
+        texts: Sequence[str],
+        timeout_s: float,
+        on_outcome: OutcomeSink,
+        *,
+        task_ids: Sequence[str] | None = None,
+    ) -> None:
+        outcomes = self.embed(
+            texts, timeout_s, lambda: None, task_ids=task_ids, on_outcome=on_outcome
+        )
+        for position, outcome in enumerate(outcomes):
+            on_outcome(position, outcome)  # those not reported as they finished
+
+    def wait(self, max_wait_s: float = 1.0) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
 def embed_items(
     items: Iterable[Item],
     out: TextIO,
-    embed: WindowEmbedder,
+    embed: TextStream | WindowEmbedder,
     *,
     skip: set[str],
     window: int = DEFAULT_WINDOW,
@@ -443,23 +400,31 @@ def embed_items(
     task_id_of: Callable[[Item], str] | None = None,
     summary: Summary | None = None,
 ) -> Summary:
-    """Embed ``items`` ``window`` at a time; write one JSON line each, as each finishes.
+    """Embed ``items`` with up to ``window`` texts in flight; write one JSON line each.
 
-    Ids whose key is in ``skip`` are counted and left alone. A record is written and
-    flushed as soon as its outcome is known (``embed``'s ``on_outcome``), so the output's
-    order is not the input's: each line carries its id and line number. An interrupted run
-    loses nothing that finished. ``task_id_of`` gives each text's task id, handed to
-    ``embed``; ``summary``, when given, is filled in as the run goes (read it after an
-    interrupt).
+    With a ``TextStream`` (the queue: ``celery_window_embedder``) the window slides: texts
+    go out ``refill_size(window)`` at a time, as soon as that many have finished, so the
+    fleet never waits for a window's slowest text. A plain ``WindowEmbedder`` gets
+    ``window`` texts per call, one call at a time.
+
+    Ids whose key is in ``skip`` are counted and left alone; a bad record gets its error
+    line as it is read. A record is written and flushed as soon as its outcome is known,
+    so the output's order is not the input's: each line carries its id and line number.
+    An interrupted run loses nothing that finished. ``task_id_of`` gives each text's task
+    id; ``summary``, when given, is filled in as the run goes (read it after an interrupt).
+    Each text waits up to ``timeout_s`` seconds for its result once sent.
     """
     summary = summary if summary is not None else Summary()
     started = time.monotonic()
+    stream: TextStream = embed if isinstance(embed, TextStream) else _WindowStream(embed)
+    refill = refill_size(window) if stream is embed else window
 
     def write(record: dict[str, Any]) -> None:
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
         out.flush()
 
     def finish(item: Item, outcome: Outcome) -> None:
+        on_progress(1)
         if isinstance(outcome, str):
             error = f"line {item.line}: {outcome}"
             write({"id": item.id, "line": item.line, "error": error})
@@ -469,33 +434,40 @@ def embed_items(
             write({"id": item.id, "line": item.line, "embedding": outcome})
             summary.ok += 1
 
+    batch: list[Item] = []
+
+    def send_batch() -> None:
+        while stream.in_flight and stream.in_flight + len(batch) > window:
+            stream.wait()
+        texts = [item.text or "" for item in batch]
+        ids = None if task_id_of is None else [task_id_of(item) for item in batch]
+        stream.send(texts, timeout_s, _Once(list(batch), finish), task_ids=ids)
+        batch.clear()
+
     try:
-        for chunk in _batches(items, window):
-            pending: list[int] = []
-            for i, item in enumerate(chunk):
-                summary.texts += 1
-                if record_key(item.id) in skip:
-                    summary.skipped += 1
-                    on_progress(1)
-                elif item.text is None:
-                    write({"id": item.id, "line": item.line, "error": item.error})
-                    summary.failed += 1
-                    on_failed(item, item.error or "")
-                    on_progress(1)
-                else:
-                    pending.append(i)
-            if not pending:
-                continue
-            outcome_of = _Once([chunk[i] for i in pending], finish)
-            texts = [chunk[i].text or "" for i in pending]
-            ids = None if task_id_of is None else [task_id_of(chunk[i]) for i in pending]
-            outcomes = embed(
-                texts, timeout_s, lambda: on_progress(1), task_ids=ids, on_outcome=outcome_of
-            )
-            for position, outcome in enumerate(outcomes):
-                outcome_of(position, outcome)  # those not reported as they finished
+        for item in items:
+            summary.texts += 1
+            if record_key(item.id) in skip:
+                summary.skipped += 1
+                on_progress(1)
+            elif item.text is None:
+                write({"id": item.id, "line": item.line, "error": item.error})
+                summary.failed += 1
+                on_failed(item, item.error or "")
+                on_progress(1)
+            else:
+                batch.append(item)
+                if len(batch) >= refill:
+                    send_batch()
+        if batch:
+            send_batch()
+        while stream.in_flight:
+            stream.wait()
     finally:
-        summary.elapsed_s = time.monotonic() - started
+        try:
+            stream.close()
+        finally:
+            summary.elapsed_s = time.monotonic() - started
     return summary
 
 
@@ -510,233 +482,36 @@ def celery_window_embedder(
     on_stall: Callable[[float], None] | None = None,
     stall_s: float = DEFAULT_STALL_WARNING_S,
     on_no_worker: Callable[[str], None] | None = None,
-) -> WindowEmbedder:
-    """Embed a window through the queue: enqueue every text, then wait for all of them.
+) -> QueueStream:
+    """The queue as a sliding window (``producers.sliding.QueueStream``) for ``embed_items``.
 
-    On Redis a window is enqueued in round trips of ``ENQUEUE_CHUNK_SIZE`` texts and its
-    results are read with one subscription, then deleted once read (they are in the output
-    file next). With the workers' vector ``cache``, texts embedded before are read from it
-    instead of enqueued (``on_cached`` hears how many per window): a re-run pays for nothing
-    twice. ``stats`` adds up the enqueue and collect times.
+    On Redis a send is enqueued in round trips of ``ENQUEUE_CHUNK_SIZE`` texts and results
+    are read as they are published, on one subscription, then deleted once written. With
+    the workers' vector ``cache``, texts embedded before are read from it instead of
+    enqueued (``on_cached`` hears how many per send): a re-run pays for nothing twice.
+    ``stats`` adds up the enqueue and collect times.
 
-    Given ``task_ids`` (derived from the input), a text whose task already has a stored
+    Given task ids (derived from the input), a text whose task already has a stored
     result, or is in ``pending`` (enqueued by an earlier run, not yet collected), is waited
     for, not enqueued again; the ids enqueued are added to ``pending`` before the publish and
     leave it once collected. ``on_stall(seconds)`` hears, every ``stall_s`` seconds, that no
     result has come in for that long while waiting (no worker consuming the queue?);
-    ``on_no_worker(message)`` hears, before the first window, that no worker answered a ping.
+    ``on_no_worker(message)`` hears, before the first send, that no worker answered a ping.
+    Also callable as a ``WindowEmbedder`` (one list, waited for whole).
     """
     from worker.celery_app import app as default_app
 
-    target = app or default_app
-    pinged = [on_no_worker is None]
-
-    def embed(
-        texts: Sequence[str],
-        timeout_s: float,
-        on_one_done: Callable[[], None],
-        /,
-        *,
-        task_ids: Sequence[str] | None = None,
-        on_outcome: Callable[[int, Outcome], None] | None = None,
-    ) -> list[Outcome]:
-        report = on_outcome or (lambda _position, _outcome: None)
-        if not pinged[0] and on_no_worker is not None:
-            pinged[0] = True
-            _warn_if_no_worker(target, on_no_worker)
-        cached: list[list[float] | None] = [None] * len(texts)
-        if cache is not None:
-            cached = cache.get_many(model or Settings.from_env().model, texts)
-            hits = sum(vector is not None for vector in cached)
-            on_cached(hits)
-            for i, vector in enumerate(cached):
-                if vector is not None:
-                    on_one_done()
-                    report(i, vector)
-        missing = [i for i, vector in enumerate(cached) if vector is None]
-
-        def done(j: int, outcome: Outcome) -> None:
-            on_one_done()
-            report(missing[j], outcome)
-
-        fresh = iter(
-            _through_queue(
-                [texts[i] for i in missing],
-                None if task_ids is None else [task_ids[i] for i in missing],
-                timeout_s,
-                done,
-            )
-        )
-        return [next(fresh) if vector is None else vector for vector in cached]
-
-    def _already_sent(task_ids: Sequence[str]) -> set[str]:
-        """Ids with a stored result (or state) in the backend, or pending from a past run."""
-        found = {task_id for task_id in task_ids if pending is not None and task_id in pending}
-        if supports_bulk_wait(target):
-            backend = target.backend
-            for chunk in _batches_of(list(task_ids), 500):
-                keys = [backend.get_key_for_task(task_id) for task_id in chunk]
-                for task_id, payload in zip(chunk, backend.client.mget(keys), strict=True):
-                    if payload is not None:
-                        found.add(task_id)
-        return found
-
-    def _enqueue(texts: Sequence[str], task_ids: Sequence[str] | None) -> tuple[list[str], int]:
-        """The window's task ids, and how many of them were enqueued now."""
-        if task_ids is None:
-            return enqueue_ids(texts, model=model, app=target), len(texts)
-        sent = _already_sent(task_ids)
-        todo = [i for i, task_id in enumerate(task_ids) if task_id not in sent]
-        new_ids = [task_ids[i] for i in todo]
-        if pending is not None:
-            pending.add(new_ids)  # before the publish: a re-run must not send these again
-        try:
-            if todo:
-                with _interrupt_deferred():
-                    enqueue_ids([texts[i] for i in todo], model=model, app=target, task_ids=new_ids)
-        except EmbeddingPartialEnqueueError as exc:
-            if pending is not None:
-                pending.discard(new_ids[exc.not_enqueued_from :])
-            raise
-        return list(task_ids), len(todo)
-
-    def _through_queue(
-        texts: Sequence[str],
-        given_ids: Sequence[str] | None,
-        timeout_s: float,
-        on_done: Callable[[int, Outcome], None],
-    ) -> list[Outcome]:
-        if not texts:
-            return []  # Celery's join_native cannot wait for nothing
-        started = time.monotonic()
-        task_ids, sent_now = _enqueue(texts, given_ids)
-        enqueued = time.monotonic()
-        collected: list[str] = []
-        watch = _StallWatch(on_stall, stall_s)
-
-        def ready(position: int, value: Any) -> None:
-            watch.moved()
-            collected.append(task_ids[position])
-            on_done(position, _outcome(value))
-
-        try:
-            with watch:
-                values = _collect(task_ids, timeout_s, ready)
-        finally:
-            # Collected ids leave the sidecar and Redis (even on Ctrl-C: their lines are
-            # written, and a stale stored error must not answer a --retry-failed); ids
-            # without a result yet may still finish, and a re-run waits for them.
-            if pending is not None:
-                pending.discard(collected)
-            if collected and supports_bulk_wait(target):
-                with contextlib.suppress(RedisError, OperationalError):
-                    ResultWaiter(target).forget(collected)
-        if stats is not None:
-            stats.enqueued += sent_now
-            stats.enqueue_s += enqueued - started
-            stats.collected += len(values)
-            stats.collect_s += time.monotonic() - enqueued
-        missed = f"no result within {timeout_s:g}s (the task may still finish)"
-        return [_outcome(values[i]) if i in values else missed for i in range(len(task_ids))]
-
-    def _collect(
-        task_ids: list[str], timeout_s: float, on_ready: Callable[[int, Any], None]
-    ) -> dict[int, Any]:
-        """Outcomes by position; results read are deleted from Redis (the output has them)."""
-        if supports_bulk_wait(target):
-            waiter = ResultWaiter(target)
-            return waiter.wait(task_ids, timeout_s, on_ready)  # the caller forgets them
-        results = [target.AsyncResult(task_id) for task_id in task_ids]
-        positions = {task_id: i for i, task_id in enumerate(task_ids)}
-        by_id: dict[str, Any] = {}
-
-        def collected(task_id: str, value: Any) -> None:
-            by_id[task_id] = value
-            on_ready(positions[task_id], value)
-
-        # Texts still missing at the deadline get an error line; the rest are kept.
-        with contextlib.suppress(CeleryTimeoutError):
-            ResultSet(results, app=target).join_native(
-                timeout=timeout_s, propagate=False, callback=collected
-            )
-        for result in results:
-            if result.id in by_id:
-                result.forget()
-        return {i: by_id[t] for i, t in enumerate(task_ids) if t in by_id}
-
-    return embed
-
-
-class _StallWatch:
-    """Calls ``on_stall(seconds)`` every ``stall_s`` seconds without progress, from a thread."""
-
-    def __init__(self, on_stall: Callable[[float], None] | None, stall_s: float) -> None:
-        self.on_stall = on_stall
-        self.stall_s = stall_s
-        self.last = time.monotonic()
-        self.stop = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def moved(self) -> None:
-        self.last = time.monotonic()
-
-    def _run(self) -> None:
-        warned = self.last
-        while not self.stop.wait(min(1.0, self.stall_s)):
-            now = time.monotonic()
-            idle = now - self.last
-            if idle >= self.stall_s and now - max(warned, self.last) >= self.stall_s:
-                warned = now
-                if self.on_stall is not None:
-                    self.on_stall(idle)
-
-    def __enter__(self) -> _StallWatch:
-        if self.on_stall is not None:
-            self.last = time.monotonic()
-            self.thread = threading.Thread(target=self._run, name="embed-file-stall", daemon=True)
-            self.thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop.set()
-        if self.thread is not None:
-            self.thread.join()
-
-
-def _warn_if_no_worker(app: Celery, warn: Callable[[str], None]) -> None:
-    """Warn when no worker answers a ping within a second (nothing would consume the queue)."""
-    try:
-        answers = app.control.ping(timeout=1.0, limit=1)
-    except (RedisError, OperationalError, OSError):
-        return  # the run itself reports a broker that cannot be reached
-    if not answers:
-        warn(
-            "warning: no worker answered a ping within 1s; texts wait in the queue until "
-            "a worker consumes it"
-        )
-
-
-@contextlib.contextmanager
-def _interrupt_deferred() -> Iterator[None]:
-    """Hold a Ctrl-C until the block ends: a publish is then known to be whole or not made."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        restore = previous if previous is not None else signal.default_int_handler
-        signal.signal(signal.SIGINT, restore)
-    if caught:
-        raise KeyboardInterrupt
-
-
-def _outcome(value: Any) -> Outcome:
-    if isinstance(value, BaseException):
-        return f"{type(value).__name__}: {value}"
-    return [float(x) for x in value]
+    return QueueStream(
+        app or default_app,
+        model,
+        cache=cache,
+        on_cached=on_cached,
+        stats=stats,
+        pending=pending,
+        on_stall=on_stall,
+        stall_s=stall_s,
+        on_no_worker=on_no_worker,
+    )
 
 
 def _project_app() -> Celery:
@@ -785,7 +560,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="embedding model (default: the worker's)")
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="texts in flight")
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_WINDOW_TIMEOUT_S, help="seconds per window"
+        "--timeout",
+        type=float,
+        default=DEFAULT_WINDOW_TIMEOUT_S,
+        help="seconds each text waits for its result once enqueued",
     )
     parser.add_argument(
         "--stall-warning",

@@ -162,3 +162,55 @@ def test_cancelling_a_waiting_coroutine_unsubscribes_and_empties_the_registry(cl
 
     _with_producer(app, scenario)
     assert clean_redis.llen("embeddings") == 2  # enqueued before the cancel; a worker runs them
+
+
+def test_a_list_goes_through_the_bulk_chunk_publish_without_blocking_the_event_loop(
+    start_worker, stub, app, clean_redis, monkeypatch
+):
+    from worker.celery_ext import bulk_publish
+
+    order: list[str] = []
+    original = bulk_publish.publish_chunk_ids
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        order.append("chunk")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(bulk_publish, "publish_chunk_ids", spy)
+    start_worker(stub.base_url)
+    texts = [f"async bulk text {i}" for i in range(1100)]
+
+    async def scenario(producer: AsyncProducer) -> list[list[float]]:
+        publishing = asyncio.ensure_future(producer.embed_texts(texts, timeout=120))
+        while not publishing.done():
+            order.append("tick")  # the loop runs while a chunk is published in a thread
+            await asyncio.sleep(0.001)
+        return await publishing
+
+    assert _with_producer(app, scenario) == [_expected(text) for text in texts]
+    assert order.count("chunk") == 3  # 500 + 500 + 100, one transaction each
+    first, last = order.index("chunk"), len(order) - 1 - order[::-1].index("chunk")
+    assert "tick" in order[first:last]
+
+
+def test_a_redis_failure_midway_names_exactly_the_texts_enqueued(app, clean_redis, monkeypatch):
+    from producers.client import ENQUEUE_CHUNK_SIZE
+    from tests.integration.test_bulk_enqueue import FailNthTransaction, _raw_messages
+    from worker.errors import EmbeddingPartialEnqueueError
+
+    texts = [f"async partial {i}" for i in range(ENQUEUE_CHUNK_SIZE * 2 + 10)]
+    original = redis.connection.AbstractConnection.send_packed_command
+    fault = FailNthTransaction(2)
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", fault(original))
+
+    async def scenario(producer: AsyncProducer) -> EmbeddingPartialEnqueueError:
+        with pytest.raises(EmbeddingPartialEnqueueError) as info:
+            await producer.enqueue_texts(texts)
+        return info.value
+
+    error = _with_producer(app, scenario)
+    monkeypatch.undo()
+    assert error.not_enqueued_from == ENQUEUE_CHUNK_SIZE
+    assert f"the first {ENQUEUE_CHUNK_SIZE} of {len(texts)} texts were enqueued" in str(error)
+    queued = [m["headers"]["id"] for m in _raw_messages(clean_redis)]
+    assert queued == [r.id for r in error.enqueued]

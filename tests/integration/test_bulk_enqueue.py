@@ -217,3 +217,50 @@ def test_a_chunk_that_fails_midway_is_reported_with_exactly_the_texts_enqueued(
     assert len(rest) == 600
     argsreprs = [m["headers"]["argsrepr"] for m in _raw_messages(clean_redis)]
     assert argsreprs == [task_reprs(t, None)[0] for t in texts]
+
+
+class SubscribeSpy:
+    """Counts the ``SUBSCRIBE`` commands this process sends on redis-py pub/sub connections."""
+
+    def __init__(self) -> None:
+        self.commands: list[int] = []  # how many channels each SUBSCRIBE named
+
+    def __call__(self, original: Any) -> Any:
+        def execute_command(pubsub: Any, *args: Any) -> Any:
+            if args and str(args[0]).upper() == "SUBSCRIBE":
+                self.commands.append(len(args) - 1)
+            return original(pubsub, *args)
+
+        return execute_command
+
+
+def test_a_bulk_chunks_results_are_subscribed_in_one_command_and_get_and_join_native_work(
+    app: Celery, clean_redis: redis.Redis, monkeypatch: pytest.MonkeyPatch, start_worker, stub
+):
+    from celery.result import ResultSet
+
+    spy = SubscribeSpy()
+    original = redis.client.PubSub.execute_command
+    monkeypatch.setattr(redis.client.PubSub, "execute_command", spy(original))
+    texts = [f"subscribed text {i}" for i in range(1100)]
+    results = producers.enqueue_texts(texts, app=app, chunk_size=500)
+    monkeypatch.undo()
+    # One SUBSCRIBE per chunk (500 + 500 + 100), naming each of the chunk's result channels.
+    assert spy.commands == [500, 500, 100]
+    consumer = app.backend.result_consumer
+    keys = {app.backend.get_key_for_task(r.id) for r in results}
+    assert keys <= consumer.subscribed_to
+    assert not any(r.ready() for r in results)  # nothing runs them yet
+
+    start_worker(stub.base_url)
+    joined = ResultSet(results, app=app).join_native(timeout=60)
+    assert joined == [expected(t) for t in texts]
+    assert all(r.ready() and r.successful() for r in results)
+    # Celery's consumer let go of every channel once its result came in.
+    assert not keys & consumer.subscribed_to
+
+    # get() on each result of a chunk sent while the worker runs: woken by its channel.
+    more = [f"got text {i}" for i in range(20)]
+    assert [r.get(timeout=60) for r in producers.enqueue_texts(more, app=app)] == [
+        expected(t) for t in more
+    ]

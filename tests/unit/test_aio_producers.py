@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from celery.signals import before_task_publish
+from kombu.exceptions import OperationalError
 
 import producers.aio as aio
 from devstack import free_port
@@ -19,6 +20,7 @@ from worker.errors import (
     EmbeddingConfigError,
     EmbeddingInputError,
     EmbeddingInputTypeError,
+    EmbeddingPartialEnqueueError,
     EmbeddingQueueUnavailableError,
 )
 from worker.redaction import task_reprs
@@ -33,6 +35,7 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
         sent.extend(messages)
 
     monkeypatch.setattr(aio, "_publish", record)
+    monkeypatch.setattr(aio, "_publish_chunk", record)  # a Redis broker's bulk path
     return sent
 
 
@@ -159,3 +162,52 @@ def test_the_redis_url_is_read_after_a_backend_class_prefix() -> None:
     assert (kwargs["host"], kwargs["port"], kwargs["db"]) == ("127.0.0.1", 6, 3)
     assert kwargs["client_name"] == "embedding-producer"
     asyncio.run(client.aclose())
+
+
+class ChunkPublisher:
+    """Stands in for ``aio._publish_chunk``: records each chunk; fails one on request."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at = fail_at
+        self.chunks: list[list[tuple[str, str]]] = []
+
+    def __call__(self, app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
+        if len(self.chunks) == self.fail_at:
+            try:
+                raise OperationalError("Error 111 connecting to 127.0.0.1:6379")
+            except OperationalError as exc:
+                raise aio.queue_error(exc, "enqueue the text") from exc
+        self.chunks.append(messages)
+
+
+def test_a_list_goes_out_in_chunks_of_the_bulk_size_in_order(monkeypatch) -> None:
+    chunks = ChunkPublisher()
+    monkeypatch.setattr(aio, "_publish_chunk", chunks)
+    texts = [f"bulk {i}" for i in range(1201)]
+
+    async def scenario(producer: AsyncProducer) -> list[str]:
+        return [p.id for p in await producer.enqueue_texts(texts)]
+
+    monkeypatch.setattr(aio.bulk_publish, "supports_bulk_publish", lambda app: True)
+    ids = _run(scenario)
+    assert [len(chunk) for chunk in chunks.chunks] == [500, 500, 201]
+    assert [m for chunk in chunks.chunks for m in chunk] == list(zip(ids, texts, strict=True))
+
+
+def test_a_broker_failure_midway_names_exactly_the_texts_enqueued(monkeypatch) -> None:
+    chunks = ChunkPublisher(fail_at=1)
+    monkeypatch.setattr(aio, "_publish_chunk", chunks)
+    monkeypatch.setattr(aio.bulk_publish, "supports_bulk_publish", lambda app: True)
+    texts = [f"partial {i}" for i in range(1200)]
+
+    async def scenario(producer: AsyncProducer) -> EmbeddingPartialEnqueueError:
+        with pytest.raises(EmbeddingPartialEnqueueError) as info:
+            await producer.enqueue_texts(texts)
+        return info.value
+
+    error = _run(scenario)
+    assert error.not_enqueued_from == 500
+    assert [r.id for r in error.enqueued] == [task_id for task_id, _ in chunks.chunks[0]]
+    assert "the first 500 of 1200 texts were enqueued, none from index 500 on" in str(error)
+    assert "the broker is unreachable" in str(error)
+    assert len(chunks.chunks) == 1  # nothing after the failed chunk was sent

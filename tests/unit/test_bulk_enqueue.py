@@ -171,3 +171,54 @@ def test_embed_file_reports_its_enqueue_and_collect_rates():
 def test_embed_file_without_a_queue_shows_no_rates():
     table = cli._summary_table(cli.Summary(texts=1, ok=1, elapsed_s=1.0), cli.Path("o"))
     assert [next(iter(column.cells)) for column in table.columns][-2:] == ["—", "—"]
+
+
+class RecordingBackend:
+    """A result backend that is not Redis: ``send_task`` would call its ``on_task_call``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, str]] = []
+
+    def on_task_call(self, producer: Any, task_id: str) -> None:
+        self.calls.append((producer, task_id))
+
+
+def test_a_backend_other_than_redis_hears_on_task_call_per_task_as_send_task_does():
+    from worker.celery_ext.subscriptions import subscribe_results
+
+    backend = RecordingBackend()
+    assert subscribe_results(backend, "producer", ["a", "b", "c"]) == 3
+    assert backend.calls == [("producer", "a"), ("producer", "b"), ("producer", "c")]
+
+
+class FakePubSub:
+    def __init__(self) -> None:
+        self.subscribed: list[tuple[str, ...]] = []
+
+    def subscribe(self, *channels: str) -> None:
+        self.subscribed.append(channels)
+
+
+def test_redis_results_are_subscribed_in_one_command_and_never_twice(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from worker.celery_ext.subscriptions import subscribe_results
+
+    app = Celery("subscriptions-test", backend="redis://127.0.0.1:1/0", set_as_current=False)
+    try:
+        backend = app.backend
+        pubsub = FakePubSub()
+        monkeypatch.setattr(backend.client, "pubsub", lambda **_options: pubsub)
+        consumer = backend.result_consumer
+        key = backend.get_key_for_task
+        consumer._pending_unsubscribe.add(key("b"))  # a cancel still queued for "b"
+        assert subscribe_results(backend, None, ["a", "b", "c"]) == 1
+        assert pubsub.subscribed == [(key("a"), key("b"), key("c"))]
+        assert consumer.subscribed_to == {key("a"), key("b"), key("c")}
+        assert key("b") not in consumer._pending_unsubscribe  # the new result wins
+        assert subscribe_results(backend, None, ["c", "d"]) == 1
+        assert pubsub.subscribed[-1] == (key("d"),)  # "c" is already listened to
+        assert subscribe_results(backend, None, ["a", "d"]) == 0
+        assert len(pubsub.subscribed) == 2
+    finally:
+        app.close()

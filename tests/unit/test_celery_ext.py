@@ -231,3 +231,9 @@ def test_the_lua_scripts_are_package_data() -> None:
     scripts = sorted(path.name for path in EXT_DIR.glob("*.lua"))
     assert scripts == ["fetch.lua", "store_result.lua"]
     assert all(any(Path(name).match(pattern) for pattern in patterns) for name in scripts)
+
+
+def test_an_attribute_a_helper_method_sets_counts_as_present() -> None:
+    # ResultConsumer._reset_sync, not __init__, sets _pending_unsubscribe.
+    set_in_helper = Internal("celery.backends.redis", "ResultConsumer", "_pending_unsubscribe", "t")
+    assert missing_internals((set_in_helper,)) == []

@@ -189,7 +189,8 @@ def test_every_record_is_written_once_per_window_with_bad_lines_first():
     assert by_line[1] == {"id": 1, "line": 1, "embedding": [6.0]}
     assert by_line[3] == {"id": 3, "line": 3, "error": "line 3: text is empty"}
     assert by_line[5] == {"id": 5, "line": 5, "error": "line 5: EmbeddingAPIError: rejected"}
-    assert [len(w) for w in embedder.windows] == [2, 3, 1]  # line 3 never reaches the queue
+    # A window counts texts sent, not lines read; line 3 never reaches the queue.
+    assert embedder.windows == [["text 1", "text 2", "text 4"], ["please FAIL", "text 6", "text 7"]]
     assert failed == [(3, "line 3: text is empty"), (5, "line 5: EmbeddingAPIError: rejected")]
     assert (summary.texts, summary.ok, summary.failed, summary.skipped) == (7, 5, 2, 0)
 
@@ -286,7 +287,7 @@ def test_help_shows_the_defaults_and_the_exit_codes(capsys):
         cli.main(["--help"])
     assert exited.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
-    assert "(default: 500)" in text and "(default: 600.0)" in text and "(default: 30.0)" in text
+    assert "(default: 2000)" in text and "(default: 600.0)" in text and "(default: 30.0)" in text
     assert "0 every record embedded" in text
     assert "1 some records failed" in text
     assert "130 interrupted (Ctrl-C)" in text

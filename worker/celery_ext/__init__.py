@@ -54,6 +54,10 @@ module              replaces                                why
                     (kombu's own ``LPUSH``es through its    one producer thread fed fewer than two
                     publish batch) with their ``task-sent`` workers
                     events; results read by ``MGET``
+``subscriptions``   ``RedisBackend.on_task_call`` per      one ``SUBSCRIBE`` per task (~60 µs)
+                    task, for ``bulk_publish``: a chunk's   kept a bulk ``enqueue_texts`` below one
+                    result channels in one ``SUBSCRIBE``,   ``LPUSH`` per round trip
+                    registered in Celery's result consumer
 ``pinned_conf``     Celery's ``Settings`` (``install``,     Celery reads ``CELERY_RESULT_BACKEND``
                     ``apply_config``): broker and result    and ``CELERY_BROKER_URL`` again, over
                     URLs from the configuration only        the configuration: stock backend, or

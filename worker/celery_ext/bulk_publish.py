@@ -14,11 +14,9 @@ lost after Redis ran ``EXEC`` (the connection cut at that instant): the chunk is
 enqueued but reported as failed. It is never re-sent automatically, so nothing is
 enqueued twice by this module.
 
-**Wait.** ``ResultWaiter`` waits for many results of Celery's Redis result backend with one
-subscription per window (one ``SUBSCRIBE`` naming every result key) instead of Celery's
-per-result promise, and reads results that were stored before it subscribed with ``MGET``
-in chunks. Values are decoded with the backend's own ``decode_result``, so a failure comes
-back as the same typed exception ``AsyncResult.get()`` raises.
+**Wait.** ``ResultWaiter`` and ``ResultFeed`` (``worker.celery_ext.result_feed``, re-exported
+here) wait for many results with one subscription and ``MGET``\\s instead of Celery's
+per-result promise.
 
 Needs kombu's Redis channel to accept a publish collector (``_publish_batch``, kombu 5.7):
 checked at import by ``worker.celery_ext.compat``. Written against Celery 5.7 and kombu 5.7.
@@ -27,11 +25,10 @@ checked at import by ``worker.celery_ext.compat``. Written against Celery 5.7 an
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from celery import Celery, signals, states
+from celery import Celery, signals
 from celery.events import Event
 from celery.events.event import get_exchange
 from celery.result import AsyncResult
@@ -45,11 +42,19 @@ from kombu import serialization as kombu_serialization
 from kombu.utils.uuid import uuid
 
 from worker.celery_ext import compat
+from worker.celery_ext.result_feed import (
+    DEFAULT_READ_CHUNK,
+    ResultFeed,
+    ResultWaiter,
+    supports_bulk_wait,
+)
+from worker.celery_ext.subscriptions import subscribe_results
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "DEFAULT_READ_CHUNK",
     "BulkPublishUnsupported",
+    "ResultFeed",
     "ResultWaiter",
     "chunked",
     "publish_chunk_ids",
@@ -62,16 +67,12 @@ __all__ = [
 DEFAULT_CHUNK_SIZE = 500
 """Messages per ``MULTI``/``EXEC``: about 0.5 MB for texts of 1,000 characters."""
 
-DEFAULT_READ_CHUNK = 500
-"""Result keys per ``MGET`` (a 1,536-dimension result is about 8 KB)."""
-
 # kombu is untyped; these are its public helpers, used as kombu itself uses them.
 _maybe_declare: Any = kombu_common.maybe_declare
 _compress: Any = kombu_compression.compress
 _maybe_delivery_mode: Any = kombu_entity.maybe_delivery_mode
 _dumps: Any = kombu_serialization.dumps
 
-_SWEEP_INTERVAL_S = 1.0  # re-read pending results this often, in case a publish was missed
 _REDIS_SCHEMES = ("redis", "rediss")
 
 
@@ -106,13 +107,6 @@ def _replay_safe(connection_kwargs: dict[str, Any]) -> bool:
 def supports_bulk_publish(app: Celery) -> bool:
     """True when ``app``'s broker is Redis, where ``publish_chunks`` can be used."""
     return _scheme(app.conf.broker_url) in _REDIS_SCHEMES
-
-
-def supports_bulk_wait(app: Celery) -> bool:
-    """True when ``app``'s result backend is Celery's Redis backend (or a subclass)."""
-    from celery.backends.redis import RedisBackend
-
-    return isinstance(app.backend, RedisBackend)
 
 
 class _Collector:
@@ -190,8 +184,9 @@ def publish_chunks(
     """Send one ``name`` task per ``(args, kwargs)`` of ``calls``, a chunk per transaction.
 
     Yields each chunk's ``AsyncResult``\\s, in order, once Redis has committed the chunk.
-    Each result is subscribed to before its message is sent, and joins the current task's
-    trail, as ``send_task`` does, so ``AsyncResult.get()`` works as usual. An exception
+    Each result is subscribed to before its message is sent (a chunk's results in one
+    ``SUBSCRIBE``: ``worker.celery_ext.subscriptions``), and joins the current task's trail,
+    as ``send_task`` does, so ``AsyncResult.get()`` and ``join_native`` work as usual. An exception
     (kombu's ``OperationalError``, redis-py's ``RedisError``, or the result consumer's
     ``RuntimeError``) means the chunk being sent was not enqueued, nor any after it; the
     chunks yielded before it were. Raises ``BulkPublishUnsupported``, before sending
@@ -313,9 +308,10 @@ def _publish(
                             **sent_event,
                         )
                     )
-                if subscribe:
-                    app.backend.on_task_call(producer, task_id)
                 chunk_ids.append(task_id)
+            if subscribe:
+                # Before the chunk is sent, as send_task does: one SUBSCRIBE for the chunk.
+                subscribe_results(app.backend, producer, chunk_ids)
             if events:
                 _send_events(settings, channel, collector, event_exchange, origin, events)
             with client.pipeline(transaction=True) as pipe:
@@ -394,81 +390,3 @@ def _send_events(
         data, 0, content_type, content_encoding, {"hostname": hostname}, {"delivery_mode": 1}
     )
     channel.basic_publish(message, exchange.name, "task.multi", _publish_batch=collector)
-
-
-class ResultWaiter:
-    """Waits for many results of ``app``'s Redis result backend at once.
-
-    ``read_chunk`` keys go in one ``MGET``. One window at a time: nothing is kept between
-    calls to ``wait``.
-    """
-
-    def __init__(self, app: Celery, *, read_chunk: int = DEFAULT_READ_CHUNK) -> None:
-        if not supports_bulk_wait(app):
-            raise ValueError("ResultWaiter needs Celery's Redis result backend")
-        self.backend = app.backend
-        self.read_chunk = read_chunk
-
-    def wait(
-        self,
-        task_ids: Sequence[str],
-        timeout_s: float,
-        on_ready: Callable[[int, Any], None] = lambda _i, _value: None,
-    ) -> dict[int, Any]:
-        """Outcomes by position in ``task_ids``: the result, or the task's exception.
-
-        Waits up to ``timeout_s`` seconds; positions still pending then are absent.
-        ``on_ready(position, outcome)`` hears of each as it is read.
-        """
-        backend = self.backend
-        keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
-        pending = {key: i for i, key in enumerate(keys)}
-        outcomes: dict[int, Any] = {}
-
-        def take(key: bytes, payload: Any) -> None:
-            if payload is None or key not in pending:
-                return
-            meta = backend.decode_result(payload)
-            if meta["status"] not in states.READY_STATES:
-                return  # a RETRY: the task runs again
-            position = pending.pop(key)
-            outcomes[position] = meta["result"]
-            on_ready(position, meta["result"])
-
-        def sweep() -> None:
-            for chunk in chunked(list(pending), self.read_chunk):
-                for key, payload in zip(chunk, backend.client.mget(chunk), strict=True):
-                    take(key, payload)
-
-        deadline = time.monotonic() + timeout_s
-        pubsub = backend.client.pubsub(ignore_subscribe_messages=True)
-        try:
-            for chunk in chunked(keys, self.read_chunk):
-                pubsub.subscribe(*chunk)
-            # Results stored before the subscription took effect are read, not awaited.
-            sweep()
-            last_sweep = time.monotonic()
-            while pending:
-                now = time.monotonic()
-                if now >= deadline:
-                    break
-                if now - last_sweep >= _SWEEP_INTERVAL_S:
-                    sweep()
-                    last_sweep = now
-                    continue
-                wait_s = min(deadline - now, _SWEEP_INTERVAL_S - (now - last_sweep))
-                message = pubsub.get_message(timeout=wait_s)
-                while message is not None:
-                    if message.get("type") == "message":
-                        take(message["channel"], message["data"])
-                    message = pubsub.get_message(timeout=0.0)
-        finally:
-            pubsub.close()  # drops the whole window's subscription with its connection
-        return outcomes
-
-    def forget(self, task_ids: Sequence[str]) -> None:
-        """Delete the stored results of ``task_ids``, ``read_chunk`` keys per ``DEL``."""
-        backend = self.backend
-        keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
-        for chunk in chunked(keys, self.read_chunk):
-            backend.client.delete(*chunk)

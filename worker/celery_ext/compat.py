@@ -6,8 +6,9 @@ API: a name below may be renamed or dropped in any release. ``pyproject.toml`` p
 install --no-deps``) at start-up, with the versions in the message, instead of with an
 ``AttributeError`` in the middle of a fetch or a result write.
 
-An attribute that only instances carry counts as present when an ``__init__`` of its class
-or of a base class assigns it (``self.name = …``).
+An attribute that only instances carry counts as present when a method of its class or of
+a base class assigns it (``self.name = …``): its ``__init__``, or a helper such as Celery's
+``ResultConsumer._reset_sync``.
 """
 
 from __future__ import annotations
@@ -109,6 +110,14 @@ USED_INTERNALS: tuple[Internal, ...] = (
     # Channel._put hands its final Redis commands to a publish batch when given one.
     *_uses(_KOMBU_REDIS, "PublishBatch", "add", "worker.celery_ext.bulk_publish"),
     *_uses(_KOMBU_REDIS, "Channel", "create_publish_batch", "worker.celery_ext.bulk_publish"),
+    # A chunk's result channels go to Celery's result consumer in one SUBSCRIBE.
+    *_uses(
+        "celery.backends.redis",
+        "ResultConsumer",
+        "_pubsub _locked _pending_unsubscribe subscribed_to _get_key_for_task reconnect_on_error",
+        "worker.celery_ext.subscriptions",
+    ),
+    *_uses("celery._state", "", "task_join_will_block", "worker.celery_ext.subscriptions"),
     *_uses("celery.app.trace", "", "saferepr logger", "worker.celery_ext.serialization"),
     *_uses(
         "celery.app.utils",
@@ -131,11 +140,12 @@ def _has(owner: Any, name: str) -> bool:
     if hasattr(owner, name):
         return True
     for cls in getattr(owner, "__mro__", ()):
-        code = getattr(vars(cls).get("__init__"), "__code__", None)
-        if code is not None and any(
-            op.opname == "STORE_ATTR" and op.argval == name for op in dis.get_instructions(code)
-        ):
-            return True
+        for member in vars(cls).values():
+            code = getattr(member, "__code__", None)
+            if code is not None and any(
+                op.opname == "STORE_ATTR" and op.argval == name for op in dis.get_instructions(code)
+            ):
+                return True
     return False
 
 
