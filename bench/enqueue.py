@@ -42,7 +42,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--texts", type=int, default=5000, help="texts per enqueue run (5000)")
-    parser.add_argument("--file-texts", type=int, default=2400, help="texts per fleet run")
+    parser.add_argument("--file-texts", type=int, default=6000, help="texts per fleet run (6000)")
     parser.add_argument("--latency-ms", type=float, default=300.0, help="stub latency (300)")
     parser.add_argument(
         "--window", type=int, default=2000, help="embed-file window (2000, its default)"
