@@ -1,6 +1,6 @@
 """``scripts/bench flush-model``: the flush policies against celery-batches, in a model.
 
-The load sweep (``scripts/bench sweep``) measures one arrival pattern per 8-minute run. This
+The load sweep (``scripts/bench sweep``) measures one arrival pattern per 10-minute run. This
 is a discrete-event model of one worker that answers in a second which policy makes fewer
 calls and which answers sooner, for evenly spaced and for Poisson arrivals, at any load:
 

@@ -69,7 +69,7 @@ ARRIVAL_WORDS = {
     "poisson": "sends with Poisson arrivals (one seeded sequence per load, the same for every "
     "system)",
 }
-# Sized so that a full sweep of the three systems takes about 8 minutes on 2 cores.
+# Sized so that a full sweep of the three systems takes about 10 minutes on 2 cores.
 FULL = {"loads": DEFAULT_LOADS, "step_s": 15.0, "warmup_s": 3.0, "capacity_texts": 2000}
 QUICK = {"loads": "1,100", "step_s": 1.0, "warmup_s": 0.3, "capacity_texts": 300}
 
