@@ -313,6 +313,10 @@ def enqueue_texts(
     ``chunk_size`` per round trip, each chunk all or nothing. If the broker fails midway,
     ``EmbeddingPartialEnqueueError`` (an ``EmbeddingQueueUnavailableError``) holds the
     ``AsyncResult``\\s of the texts that were enqueued and the index of the first that was not.
+
+    To wait for many, prefer ``wait_all([r.id for r in results], ...)``: Celery 5.7's
+    ``ResultSet.join_native`` leaves the last result None once any of them was waited for
+    with ``get()`` (docs/reliability.md, "Known upstream issues").
     """
     checked = validate_texts(texts, max_chars=_max_chars())
     checked_model = validate_model(model)

@@ -264,3 +264,22 @@ def test_a_bulk_chunks_results_are_subscribed_in_one_command_and_get_and_join_na
     assert [r.get(timeout=60) for r in producers.enqueue_texts(more, app=app)] == [
         expected(t) for t in more
     ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="Celery 5.7: after get() on one result, ResultSet.join_native leaves the last "
+    "result None (stock send_task too); strict, so a fixed Celery turns this red and the "
+    "caveat in docs/reliability.md can go",
+)
+def test_join_native_after_a_get_returns_every_result(
+    app: Celery, clean_redis: redis.Redis, start_worker, stub
+):
+    from celery.result import ResultSet
+
+    start_worker(stub.base_url)
+    texts = [f"joined after a get {i}" for i in range(100)]
+    results = [producers.enqueue_text(t, app=app) for t in texts]  # Celery's own send_task
+    assert results[5].get(timeout=60) == expected(texts[5])
+    assert ResultSet(results, app=app).join_native(timeout=60) == [expected(t) for t in texts]
