@@ -25,7 +25,9 @@ call sent in order, so one call holds at most one thread at a time. If Redis fai
 midway, ``EmbeddingPartialEnqueueError`` holds the ``AsyncEmbeddingResult``\\s of the texts
 that were enqueued and the index of the first that was not. Another broker (or a route
 the bulk path cannot send) gets one message per text, ``PUBLISH_CHUNK`` texts per job,
-built and sent with Celery's own ``app.amqp`` as ``app.send_task`` does. Neither path calls
+built and sent with Celery's own ``app.amqp`` as ``app.send_task`` does; behind Sentinel
+(which the bulk path does not serve) it sends the rest again through a failover, for up to
+``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``, as the synchronous producers do. Neither path calls
 ``backend.on_task_call``, which would also subscribe Celery's synchronous result consumer
 to every text: a second subscription per text that nothing here ever reads.
 """
@@ -35,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,9 +52,11 @@ from producers.client import (
     EMBED_TEXT_TASK,
     ENQUEUE_CHUNK_SIZE,
     _calls,
+    _producer_settings,
     _reprs,
     _retry_policy,
     _show_texts,
+    _waits_before_retries,
     queue_error,
 )
 from producers.client import _max_chars as _configured_max_chars
@@ -62,9 +66,11 @@ from worker.celery_ext import bulk_publish
 from worker.errors import (
     EmbeddingConfigError,
     EmbeddingPartialEnqueueError,
+    EmbeddingQueueFullError,
     EmbeddingQueueUnavailableError,
 )
 from worker.redaction import task_reprs
+from worker.redis_client import REDIS_SCHEMES, async_redis_from_url
 from worker.validation import validate_text, validate_texts
 
 __all__ = [
@@ -90,6 +96,9 @@ PUBLISH_CHUNK = 64
 CLIENT_NAME = "embedding-producer"
 
 _shared_executor: ThreadPoolExecutor | None = None
+
+# Injectable for tests; a publish waits here, on the loop, through a Sentinel failover.
+_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
 
 def _publish_executor() -> ThreadPoolExecutor:
@@ -150,6 +159,7 @@ class AsyncProducer:
             redis if redis is not None else result_redis(self.app),
             key_for=lambda task_id: _text(backend.get_key_for_task(task_id)),
             decode=backend.decode_result,
+            subscribe_waits=_waits_before_retries(self.app),
         )
 
     @property
@@ -211,18 +221,34 @@ class AsyncProducer:
     async def _publish(self, texts: Sequence[str], model: str | None) -> list[AsyncEmbeddingResult]:
         task_ids = [str(uuid.uuid4()) for _ in texts]
         messages = list(zip(task_ids, texts, strict=True))
-        loop = asyncio.get_running_loop()
         if bulk_publish.supports_bulk_publish(self.app):
             await self._publish_chunks(messages, model)
         else:
             jobs = [messages[i : i + PUBLISH_CHUNK] for i in range(0, len(messages), PUBLISH_CHUNK)]
-            await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._executor, _publish, self.app, job, model)
-                    for job in jobs
-                )
-            )
+            await asyncio.gather(*(self._publish_each(job, model) for job in jobs))
         return [AsyncEmbeddingResult(task_id, self) for task_id in task_ids]
+
+    async def _publish_each(self, messages: list[tuple[str, str]], model: str | None) -> None:
+        """One message per text in a worker thread; behind Sentinel, through a failover.
+
+        As the synchronous producers do, a master that does not answer may be being
+        replaced: the texts not sent yet are sent again, with the same task ids, until the
+        waits add up to ``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``. The pauses are spent on
+        the loop, not in a publishing thread. A plain Redis gets one attempt.
+        """
+        loop = asyncio.get_running_loop()
+        sent: list[str] = []
+        for wait in [*_waits_before_retries(self.app), None]:
+            rest = messages[len(sent) :]
+            try:
+                await loop.run_in_executor(self._executor, _publish, self.app, rest, model, sent)
+                return
+            except EmbeddingQueueFullError:
+                raise  # a full master stays full through a retry
+            except EmbeddingQueueUnavailableError:
+                if wait is None:
+                    raise
+                await _sleep(wait)
 
     async def _publish_chunks(self, messages: list[tuple[str, str]], model: str | None) -> None:
         """One transaction per ``ENQUEUE_CHUNK_SIZE`` messages, in order, one at a time."""
@@ -276,8 +302,16 @@ def _publish_chunk(app: Celery, messages: list[tuple[str, str]], model: str | No
         raise queue_error(exc, "enqueue the text") from exc
 
 
-def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
-    """Send one task message per ``(task_id, text)`` on one pooled producer (a worker thread)."""
+def _publish(
+    app: Celery,
+    messages: list[tuple[str, str]],
+    model: str | None,
+    sent: list[str] | None = None,
+) -> None:
+    """Send one task message per ``(task_id, text)`` on one pooled producer (a worker thread).
+
+    Appends each task id to ``sent`` once Redis took its message, so a retry resumes there.
+    """
     kwargs = {"model": model} if model else {}
     show_texts = _show_texts()
     amqp = app.amqp
@@ -310,6 +344,8 @@ def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None) ->
                     kwargsrepr=kwargsrepr,
                     **options,
                 )
+                if sent is not None:
+                    sent.append(task_id)
     except (OperationalError, RedisError, OSError) as exc:
         raise queue_error(exc, "enqueue the text") from exc
 
@@ -324,18 +360,22 @@ def redis_for_url(url: str, app: Celery) -> Redis:
 
     Named ``embedding-producer`` in ``CLIENT LIST``. ``module:Class+redis://…`` (a backend
     class before the URL, as ``celeryconfig`` writes it) is read as the URL after the ``+``.
+    A ``sentinel://…;…`` URL gives a client of the master the Sentinels name
+    ``REDIS_SENTINEL_MASTER`` (``worker.redis_client``), which reconnects to the new master
+    after a failover.
     """
     scheme, _, _ = url.partition("://")
     if "+" in scheme:  # as celery.app.backends.by_url reads it
         url = url.split("+", 1)[1]
-    if urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+    if urlsplit(url).scheme not in REDIS_SCHEMES:
         raise EmbeddingConfigError(
             "async producers need Redis: CELERY_BROKER_URL and CELERY_RESULT_BACKEND must be "
-            "redis://, rediss:// or unix:// URLs"
+            "redis://, rediss://, unix:// or sentinel:// URLs"
         )
     conf = app.conf
-    return Redis.from_url(
+    return async_redis_from_url(
         url,
+        _producer_settings(),
         socket_connect_timeout=conf.get("redis_socket_connect_timeout"),
         socket_timeout=conf.get("redis_socket_timeout"),
         health_check_interval=conf.get("redis_backend_health_check_interval") or 0,

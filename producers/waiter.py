@@ -10,7 +10,11 @@ it: a thousand waiting texts cost one socket, one reader task and a dict entry e
 ``MGET`` of the confirmed keys. A result stored before the subscription took effect is read
 from its key; one stored after is delivered on the channel. redis-py re-subscribes on its own
 after a reconnect, and the confirmations of that re-subscription trigger the same ``MGET``,
-so results published while the connection was down are read too.
+so results published while the connection was down are read too. Behind Sentinel
+(``worker.redis_client.async_redis_from_url``) that reconnect asks the Sentinels for the
+master, so after a failover the subscription moves to the new master the same way: a
+result published on the old master just before it died is read from its key if a replica
+had it, and is otherwise written again by the worker that reruns the unacked text.
 
 **Clean cancellation.** A waiting coroutine that is cancelled or times out removes its
 futures from the registry and unsubscribes from every channel nobody else waits on.
@@ -59,7 +63,9 @@ class ResultWaiter:
     maps a task id to its result key (and channel); ``decode`` turns stored bytes into
     Celery's result meta, with a failure's exception already rebuilt (Celery's
     ``backend.decode_result``). The waiter owns ``client`` and closes it. Use it from one
-    event loop only.
+    event loop only. ``subscribe_waits`` are the pauses, in seconds, before each new attempt
+    at a SUBSCRIBE Redis did not answer (behind Sentinel, enough to outlast a failover; by
+    default none: the first failure raises).
     """
 
     def __init__(
@@ -70,8 +76,10 @@ class ResultWaiter:
         decode: Decode,
         poll_s: float = DEFAULT_POLL_S,
         retry_s: float = DEFAULT_RETRY_S,
+        subscribe_waits: Sequence[float] = (),
     ) -> None:
         self._client = client
+        self._subscribe_waits = tuple(subscribe_waits)
         self._key_for = key_for
         self._decode = decode
         self._poll_s = poll_s
@@ -208,16 +216,21 @@ class ResultWaiter:
     # -- Redis --------------------------------------------------------------------------
 
     async def _subscribe(self, keys: list[str]) -> None:
-        try:
-            async with self._command_lock:
-                if self._pubsub is None:
-                    self._pubsub = self._client.pubsub()
-                await self._pubsub.subscribe(*keys)
-        except RedisError as exc:
-            raise EmbeddingResultStoreUnavailableError(
-                f"could not subscribe to the results of {len(keys)} texts: Redis is "
-                f"unreachable ({type(exc).__name__})"
-            ) from exc
+        for wait in [*self._subscribe_waits, None]:
+            try:
+                async with self._command_lock:
+                    if self._pubsub is None:
+                        self._pubsub = self._client.pubsub()
+                    await self._pubsub.subscribe(*keys)
+                break
+            except RedisError as exc:
+                if wait is None:
+                    raise EmbeddingResultStoreUnavailableError(
+                        f"could not subscribe to the results of {len(keys)} texts: Redis is "
+                        f"unreachable ({type(exc).__name__})"
+                    ) from exc
+                # redis-py records channels only once SUBSCRIBE went out: send it again.
+                await asyncio.sleep(wait)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(), name="embedding-result-reader")
 

@@ -31,7 +31,9 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Every (task_id, text) the producers hand to the publishing threads."""
     sent: list[tuple[str, str]] = []
 
-    def record(app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
+    def record(
+        app: Celery, messages: list[tuple[str, str]], model: str | None, *_progress: Any
+    ) -> None:
         sent.extend(messages)
 
     monkeypatch.setattr(aio, "_publish", record)

@@ -22,7 +22,8 @@ from worker.celery_ext.config import apply_config, celery_config
 from worker.celery_ext.result_backend import ResultBackend
 from worker.celery_ext.sentinel import SentinelAtomicFetchTransport, SentinelResultBackend
 from worker.celery_ext.transport import AtomicFetchTransport
-from worker.redis_client import redis_from_url
+from worker.errors import EmbeddingConfigError
+from worker.redis_client import async_redis_from_url, redis_from_url
 from worker.settings import Settings
 
 TLS = "rediss://:pw@tls.example.com:6380/2"
@@ -206,3 +207,17 @@ def test_a_sentinel_url_gives_a_client_of_the_named_master_through_every_sentine
     ]
     assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26379]
     assert sentinels[0].connection_pool.connection_kwargs["password"] == "s3nt"
+
+
+@pytest.mark.parametrize("build", [redis_from_url, async_redis_from_url], ids=["sync", "asyncio"])
+def test_the_sync_and_async_clients_read_a_sentinel_url_the_same_way(build: Any) -> None:
+    settings = Settings(redis_sentinel_master="queue-master", redis_sentinel_password="s3nt")
+    url = "sentinel://:p%40ss@10.0.0.1:26379/3;sentinel://10.0.0.2:26380"
+    pool = build(url, settings, socket_timeout=0.5).connection_pool
+    assert pool.service_name == "queue-master"
+    assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (3, "p@ss")
+    sentinels = [s.connection_pool.connection_kwargs for s in pool.sentinel_manager.sentinels]
+    assert [(s["host"], s["port"]) for s in sentinels] == [("10.0.0.1", 26379), ("10.0.0.2", 26380)]
+    assert {(s["password"], s["socket_timeout"]) for s in sentinels} == {("s3nt", 0.5)}
+    with pytest.raises(EmbeddingConfigError, match="part 2 of 2"):
+        build("sentinel://:pw@h1/0;sentinel://h2:port", settings)
