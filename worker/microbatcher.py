@@ -132,15 +132,9 @@ class MicroBatcher:
             if self._closing:
                 raise MicroBatcherClosed("the worker is shutting down")
             now = self._clock()
-            arrivals = self._arrivals.get(key)
-            if arrivals is None:
-                # Model names come from task arguments: forget quiet ones (losing nothing,
-                # see ArrivalGaps.is_quiet) so that many names cannot grow this without end.
-                if len(self._arrivals) >= _ARRIVALS_KEPT:
-                    for model in [m for m, a in self._arrivals.items() if a.is_quiet(now)]:
-                        del self._arrivals[model]
-                arrivals = self._arrivals[key] = ArrivalGaps(self.flush_interval_s)
-            arrivals.observe(now)
+            predictive = self.flush_policy is FlushPolicy.PREDICTIVE
+            if predictive:  # only that policy reads arrival gaps: no per-text cost otherwise
+                self._observe_arrival(key, now)
             queued = self._waiting.add(key, Waiting(text, future, now, task_id))
             metrics.PENDING_TEXTS.set(self._waiting.pending)
             # Wake the dispatcher only when this text changes what it waits for: a first text
@@ -149,12 +143,22 @@ class MicroBatcher:
             # batch_size. A wake-up per text cost a thread hand-off per text
             # (docs/benchmark.md).
             if queued and (
-                queued == 1
-                or queued == self.batch_size
-                or (self.flush_policy is FlushPolicy.PREDICTIVE and self._is_due(key, now))
+                queued == 1 or queued == self.batch_size or (predictive and self._is_due(key, now))
             ):
                 self._cond.notify()
         return future
+
+    def _observe_arrival(self, model: str, now: float) -> None:
+        # Callers hold self._cond.
+        arrivals = self._arrivals.get(model)
+        if arrivals is None:
+            # Model names come from task arguments: forget quiet ones (losing nothing, see
+            # ArrivalGaps.is_quiet) so that many names cannot grow this without end.
+            if len(self._arrivals) >= _ARRIVALS_KEPT:
+                for quiet in [m for m, a in self._arrivals.items() if a.is_quiet(now)]:
+                    del self._arrivals[quiet]
+            arrivals = self._arrivals[model] = ArrivalGaps(self.flush_interval_s)
+        arrivals.observe(now)
 
     def close(self, timeout_s: float | None = None) -> None:
         """Send what waits, let calls in flight finish, then stop threads and pools."""
