@@ -71,8 +71,13 @@ class SentinelCluster:
         return next(port for port in self.ports if port != self.master_port)
 
     def _redis(self, port: int) -> _Server:
+        # No diskless-sync delay (Redis waits 5 s by default for more replicas to join a full
+        # sync): a server restarted after a kill would stay that long an empty, unsynced
+        # replica, and a Sentinel that misses the new master's pings on a loaded machine
+        # (down-after 1 s) can promote it, discarding the queue.
         argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir)]  # fmt: skip
+                "--appendonly", "no", "--dir", str(self.workdir),
+                "--repl-diskless-sync-delay", "0"]  # fmt: skip
         return _Server(self.workdir, f"redis-{port}", argv)
 
     def _sentinel(self, port: int) -> _Server:
@@ -131,8 +136,8 @@ class SentinelCluster:
         """SIGKILL the master; return seconds until every Sentinel names the replica instead.
 
         ``on_killed`` runs right after the kill. Then restarts the killed server as the new
-        master's replica and waits for its sync and for the Sentinels to count it again, so
-        another kill has somewhere to go.
+        master's replica and waits until the cluster settles (``_settled``), so another kill
+        has somewhere to go.
         """
         old, new = self.master_port, self.replica_port
         started = time.monotonic()
@@ -142,9 +147,32 @@ class SentinelCluster:
         switched_s = time.monotonic() - started
         self.master_port = new
         self.servers[old].start(["--replicaof", "127.0.0.1", str(new)])
-        self._wait_replica_synced(old)
-        wait_for(self._sentinels_agree, 30, "the Sentinels to see the new replica")
+        wait_for(self._settled, 60, "the Sentinels to settle on a master with a synced replica")
         return switched_s
+
+    def _settled(self) -> bool:
+        """Every Sentinel names one master, the other server is its synced replica, and the
+        Sentinels count that replica.
+
+        Either server may end up master: on a loaded machine a Sentinel can miss the new
+        master's pings for ``down-after-milliseconds`` right after a switch and fail over
+        again, to the server just restarted. The cluster is as usable with the roles swapped,
+        so ``master_port`` follows what the Sentinels report.
+        """
+        masters = self.reported_master()
+        if len(masters) != 1 or not masters <= set(self.ports):
+            return False
+        (master,) = masters
+        replica = next(port for port in self.ports if port != master)
+        info = self._answers(replica, "INFO", "replication")
+        if not (
+            isinstance(info, dict)
+            and info.get("master_link_status") == "up"
+            and str(info.get("master_port")) == str(master)  # redis-py may parse it to int
+        ):
+            return False
+        self.master_port = master
+        return self._sentinels_agree()
 
     def kill_every_redis(self) -> None:
         """SIGKILL master and replica: the Sentinels are left with nothing to promote."""
