@@ -11,6 +11,9 @@ calls and which answers sooner, for evenly spaced and for Poisson arrivals, at a
 - celery-batches 0.11: a flush timer every ``flush_interval`` from the first buffered text
   until a tick finds the buffer empty, and a flush at the 8th text; ``pool_size`` children.
 
+Under the table, for evenly spaced arrivals, it prints the lowest p50 any first-in-first-out
+policy could reach with no more calls than celery-batches (``bench.fifo_bound``).
+
 Latency is the wait for a call, plus the call, plus ``--overhead-ms`` (the queue, the task
 hand-off, the result write), the same for both. The defaults are calibrated on this
 machine: a call took 52.6 ms at p50 against the stub's 50 ms, and the rest 5.5 ms
@@ -27,9 +30,17 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from bench.fifo_bound import fastest_p50_ms
 from worker.flush_policy import ArrivalGaps, FlushPolicy, batch_is_due
 
-__all__ = ["ModelResult", "arrival_times", "celery_batches", "main", "project"]
+__all__ = [
+    "ModelResult",
+    "arrival_times",
+    "bound_rows",
+    "celery_batches",
+    "main",
+    "project",
+]
 
 PEER = "celery-batches"
 
@@ -195,6 +206,37 @@ def run(
     return lines
 
 
+def bound_rows(loads: Sequence[float], capacity: float, texts: int, worker: Worker) -> list[str]:
+    """For evenly spaced arrivals: can any policy beat celery-batches on both counts?
+
+    Each row is celery-batches' texts per call and p50 in the model, and the lowest p50 any
+    first-in-first-out batcher could reach with at least those texts per call
+    (``bench.fifo_bound``), with the model's call and overhead. A margin of zero or less
+    means no policy can have a lower p50 there without making more calls. The bound ignores
+    queueing, so loads of 100 % and more, where a backlog builds, are left out.
+    """
+    lines = [
+        "| load % | celery-batches texts/call | its p50 ms | fastest p50 ms at no more calls "
+        "| margin ms |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for load in (x for x in loads if x < 100):
+        rate = capacity * load / 100.0
+        peer = celery_batches(arrival_times(rate, texts, "uniform", seed=0), worker)
+        bound = fastest_p50_ms(
+            gap_ms=1000.0 / rate,
+            base_ms=worker.call_ms + worker.overhead_ms,
+            min_texts_per_call=peer.texts_per_call,
+            batch_size=worker.batch_size,
+        )
+        margin = peer.p50_ms - bound
+        lines.append(
+            f"| {load:g} | {peer.texts_per_call:.2f} | {peer.p50_ms:.1f} | {bound:.1f} | "
+            f"{0.0 if abs(margin) < 0.05 else margin:.1f} |"
+        )
+    return lines
+
+
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench flush-model", description=__doc__)
     parser.add_argument("--loads", default="1,5,10,25,50,75", help="%% of --capacity")
@@ -232,6 +274,14 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
     )
     for line in run(loads, patterns, policies, args.capacity, args.texts, worker):
         echo(line)
+    if "uniform" in patterns:
+        echo("")
+        echo(
+            "Evenly spaced arrivals: the lowest p50 any first-in-first-out policy can reach "
+            "with no more calls per text than celery-batches (bench/fifo_bound.py)."
+        )
+        for line in bound_rows(loads, args.capacity, args.texts, worker):
+            echo(line)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from bench.fifo_bound import fastest_p50_ms
 from bench.flush_model import Worker, arrival_times, celery_batches, main, project
 from worker.flush_policy import FlushPolicy
 
@@ -57,3 +58,54 @@ def test_the_command_prints_a_row_per_system_and_load() -> None:
 def test_a_bad_policy_is_a_clear_error() -> None:
     with pytest.raises(SystemExit, match="flush-model"):
         main(["--policies", "fastest"], echo=lambda _: None)
+
+
+@pytest.mark.parametrize(
+    ("texts_per_call", "median_wait_gaps"),
+    [
+        (1.0, 0),  # every text alone
+        (2.0, 1),  # pairs put exactly half at no wait, so the p50 text waits a gap
+        (3.0, 1),  # waits 0, 1, 2 gaps
+        (5.23, 2),  # a mix of 5s and 6s
+        (7.0, 3),  # waits 0..6: four of seven at 3 gaps or less
+        (7.5, 3),  # 7s and 8s, just more 7s than 8s
+        (8.0, 4),  # waits 0..7: the n // 2-th waits 4 gaps
+    ],
+)
+def test_the_fifo_bound_is_the_median_wait_of_the_best_mix(
+    texts_per_call: float, median_wait_gaps: int
+) -> None:
+    bound = fastest_p50_ms(
+        gap_ms=10.0, base_ms=50.0, min_texts_per_call=texts_per_call, batch_size=8
+    )
+    assert bound == pytest.approx(50.0 + 10.0 * median_wait_gaps)
+
+
+def test_the_fifo_bound_refuses_more_texts_than_a_call_carries() -> None:
+    with pytest.raises(ValueError, match="8 texts"):
+        fastest_p50_ms(gap_ms=10.0, base_ms=50.0, min_texts_per_call=8.5, batch_size=8)
+
+
+@pytest.mark.parametrize("load", [5.0, 10.0, 15.0, 25.0, 40.0, 60.0])
+def test_no_modelled_policy_beats_the_fifo_bound(load: float) -> None:
+    # The bound is a lower bound: every policy the model runs, at least as full per call,
+    # answers no sooner than it.
+    rate = 418.0 * load / 100.0
+    arrivals = arrival_times(rate, 2000, "uniform", seed=1)
+    for policy in FlushPolicy:
+        result = project(policy, arrivals, WORKER)
+        bound = fastest_p50_ms(
+            gap_ms=1000.0 / rate,
+            base_ms=WORKER.call_ms + WORKER.overhead_ms,
+            min_texts_per_call=result.texts_per_call,
+            batch_size=WORKER.batch_size,
+        )
+        assert result.p50_ms >= bound - 1e-6, (policy, result.texts_per_call)
+
+
+def test_the_command_prints_the_bound_for_loads_below_capacity() -> None:
+    lines: list[str] = []
+    main(["--loads", "5,50,120", "--patterns", "uniform", "--texts", "300"], echo=lines.append)
+    header = lines.index(next(line for line in lines if line.startswith("| load % |")))
+    rows = [line for line in lines[header + 2 :] if line.startswith("|")]
+    assert [row.split("|")[1].strip() for row in rows] == ["5", "50"]
