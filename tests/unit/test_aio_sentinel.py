@@ -155,6 +155,8 @@ def test_behind_sentinel_a_publish_resends_only_the_unsent_texts_with_the_same_i
 ) -> None:
     flaky = FlakyPublish(2, 1, EmbeddingQueueUnavailableError("master gone"))
     monkeypatch.setattr(aio, "_publish", flaky)
+    # The per-text path (another broker's, or a route the bulk path cannot send).
+    monkeypatch.setattr(aio.bulk_publish, "supports_bulk_publish", lambda app: False)
     ids = _enqueue(_app(), ["a", "b", "c"])
     assert flaky.attempts == [ids, ids[1:], ids[2:]]
     assert waits == client.failover_waits(2.0)[:2]
@@ -165,6 +167,7 @@ def test_behind_sentinel_a_publish_gives_up_once_the_failover_timeout_is_spent(
 ) -> None:
     flaky = FlakyPublish(99, 0, EmbeddingQueueUnavailableError("no master"))
     monkeypatch.setattr(aio, "_publish", flaky)
+    monkeypatch.setattr(aio.bulk_publish, "supports_bulk_publish", lambda app: False)
     with pytest.raises(EmbeddingQueueUnavailableError, match="no master"):
         _enqueue(_app(), ["a"])
     assert waits == client.failover_waits(2.0)
@@ -189,7 +192,7 @@ def test_a_full_master_or_a_plain_redis_gets_one_attempt(
 ) -> None:
     flaky = FlakyPublish(99, 0, error)
     monkeypatch.setattr(aio, "_publish", flaky)
-    # The per-text path: the bulk path is Redis's own, and would not call _publish.
+    # The per-text path: the bulk path would not call _publish.
     monkeypatch.setattr(aio.bulk_publish, "supports_bulk_publish", lambda app: False)
     with pytest.raises(type(error)):
         _enqueue(_app(url), ["a"])
