@@ -26,9 +26,10 @@ midway, ``EmbeddingPartialEnqueueError`` holds the ``AsyncEmbeddingResult``\\s o
 that were enqueued and the index of the first that was not. Another broker (or a route
 the bulk path cannot send) gets one message per text, ``PUBLISH_CHUNK`` texts per job,
 built and sent with Celery's own ``app.amqp`` as ``app.send_task`` does. Behind Sentinel
-either path sends what a failover refused again, with the same task ids, for up to
-``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``, as the synchronous producers do; the waits are
-spent on the loop, not in a publishing thread. Neither path calls
+a chunk a failover refused is sent again, with the same task ids (one message per text
+resuming after those that went through), for up to ``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``,
+as the synchronous producers do; the waits are spent on the loop, not in a publishing
+thread. Neither path calls
 ``backend.on_task_call``, which would also subscribe Celery's synchronous result consumer
 to every text: a second subscription per text that nothing here ever reads.
 """
@@ -65,7 +66,6 @@ from worker.celery_ext import bulk_publish
 from worker.errors import (
     EmbeddingConfigError,
     EmbeddingPartialEnqueueError,
-    EmbeddingQueueFullError,
     EmbeddingQueueUnavailableError,
 )
 from worker.redaction import task_reprs
@@ -228,26 +228,15 @@ class AsyncProducer:
         return [AsyncEmbeddingResult(task_id, self) for task_id in task_ids]
 
     async def _publish_each(self, messages: list[tuple[str, str]], model: str | None) -> None:
-        """One message per text in a worker thread; behind Sentinel, through a failover.
+        """One message per text in a worker thread: a broker the bulk path does not serve.
 
-        As the synchronous producers do, a master that does not answer may be being
-        replaced: the texts not sent yet are sent again, with the same task ids, until the
-        waits add up to ``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``. The pauses are spent on
-        the loop, not in a publishing thread. A plain Redis gets one attempt.
+        Such a broker is neither plain Redis nor Sentinel, so there is no failover to wait
+        out here (``publish_waits`` is empty): one attempt. Behind Sentinel a route the bulk
+        path cannot send also goes one message per text, inside ``_publish_chunk``, and
+        ``_publish_chunk_through_failover`` retries it.
         """
         loop = asyncio.get_running_loop()
-        sent: list[str] = []
-        for wait in [*publish_waits(self.app), None]:
-            rest = messages[len(sent) :]
-            try:
-                await loop.run_in_executor(self._executor, _publish, self.app, rest, model, sent)
-                return
-            except EmbeddingQueueFullError:
-                raise  # a full master stays full through a retry
-            except EmbeddingQueueUnavailableError:
-                if wait is None:
-                    raise
-                await _sleep(wait)
+        await loop.run_in_executor(self._executor, _publish, self.app, messages, model)
 
     async def _publish_chunks(self, messages: list[tuple[str, str]], model: str | None) -> None:
         """One transaction per ``ENQUEUE_CHUNK_SIZE`` messages, in order, one at a time."""
