@@ -18,16 +18,18 @@ Celery decodes them (``backend.decode_result``), so a failed text re-raises its 
 ``EmbeddingResultTimeoutError``.
 
 **Publishing** runs in a small, bounded thread pool, because kombu has no asyncio path: at
-most ``DEFAULT_PUBLISH_THREADS`` threads per process. On a Redis broker it is the
-synchronous producers' bulk path (``worker.celery_ext.bulk_publish.publish_chunk_ids``):
+most ``DEFAULT_PUBLISH_THREADS`` threads per process. On a Redis broker, plain or behind
+Sentinel, it is the synchronous producers' bulk path (``producers.client.publish_id_chunks``):
 ``ENQUEUE_CHUNK_SIZE`` texts per ``MULTI``/``EXEC``, one job per chunk, the chunks of one
 call sent in order, so one call holds at most one thread at a time. If Redis fails
 midway, ``EmbeddingPartialEnqueueError`` holds the ``AsyncEmbeddingResult``\\s of the texts
 that were enqueued and the index of the first that was not. Another broker (or a route
 the bulk path cannot send) gets one message per text, ``PUBLISH_CHUNK`` texts per job,
-built and sent with Celery's own ``app.amqp`` as ``app.send_task`` does; behind Sentinel
-(which the bulk path does not serve) it sends the rest again through a failover, for up to
-``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``, as the synchronous producers do. Neither path calls
+built and sent with Celery's own ``app.amqp`` as ``app.send_task`` does. Behind Sentinel
+a chunk a failover refused is sent again, with the same task ids (one message per text
+resuming after those that went through), for up to ``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``,
+as the synchronous producers do; the waits are spent on the loop, not in a publishing
+thread. Neither path calls
 ``backend.on_task_call``, which would also subscribe Celery's synchronous result consumer
 to every text: a second subscription per text that nothing here ever reads.
 """
@@ -51,22 +53,19 @@ from producers.client import (
     DEFAULT_WAIT_TIMEOUT_S,
     EMBED_TEXT_TASK,
     ENQUEUE_CHUNK_SIZE,
-    _calls,
-    _producer_settings,
-    _reprs,
-    _retry_policy,
-    _show_texts,
-    _waits_before_retries,
+    is_failover_error,
+    producer_settings,
+    publish_id_chunks,
+    publish_retry_policy,
+    publish_waits,
     queue_error,
 )
-from producers.client import _max_chars as _configured_max_chars
 from producers.waiter import ResultWaiter
 from worker.celery_app import app as default_app
 from worker.celery_ext import bulk_publish
 from worker.errors import (
     EmbeddingConfigError,
     EmbeddingPartialEnqueueError,
-    EmbeddingQueueFullError,
     EmbeddingQueueUnavailableError,
 )
 from worker.redaction import task_reprs
@@ -159,14 +158,14 @@ class AsyncProducer:
             redis if redis is not None else result_redis(self.app),
             key_for=lambda task_id: _text(backend.get_key_for_task(task_id)),
             decode=backend.decode_result,
-            subscribe_waits=_waits_before_retries(self.app),
+            subscribe_waits=publish_waits(self.app),
         )
 
     @property
     def max_text_chars(self) -> int:
         """The longest text accepted, in characters (``EMBEDDINGS_MAX_TEXT_CHARS``)."""
         if self._max_chars is None:
-            self._max_chars = _configured_max_chars()
+            self._max_chars = producer_settings().max_text_chars
         return self._max_chars
 
     async def enqueue_text(self, text: str, *, model: str | None = None) -> AsyncEmbeddingResult:
@@ -229,35 +228,23 @@ class AsyncProducer:
         return [AsyncEmbeddingResult(task_id, self) for task_id in task_ids]
 
     async def _publish_each(self, messages: list[tuple[str, str]], model: str | None) -> None:
-        """One message per text in a worker thread; behind Sentinel, through a failover.
+        """One message per text in a worker thread: a broker the bulk path does not serve.
 
-        As the synchronous producers do, a master that does not answer may be being
-        replaced: the texts not sent yet are sent again, with the same task ids, until the
-        waits add up to ``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``. The pauses are spent on
-        the loop, not in a publishing thread. A plain Redis gets one attempt.
+        Such a broker is neither plain Redis nor Sentinel, so there is no failover to wait
+        out here (``publish_waits`` is empty): one attempt. Behind Sentinel a route the bulk
+        path cannot send also goes one message per text, inside ``_publish_chunk``, and
+        ``_publish_chunk_through_failover`` retries it.
         """
         loop = asyncio.get_running_loop()
-        sent: list[str] = []
-        for wait in [*_waits_before_retries(self.app), None]:
-            rest = messages[len(sent) :]
-            try:
-                await loop.run_in_executor(self._executor, _publish, self.app, rest, model, sent)
-                return
-            except EmbeddingQueueFullError:
-                raise  # a full master stays full through a retry
-            except EmbeddingQueueUnavailableError:
-                if wait is None:
-                    raise
-                await _sleep(wait)
+        await loop.run_in_executor(self._executor, _publish, self.app, messages, model)
 
     async def _publish_chunks(self, messages: list[tuple[str, str]], model: str | None) -> None:
         """One transaction per ``ENQUEUE_CHUNK_SIZE`` messages, in order, one at a time."""
-        loop = asyncio.get_running_loop()
         done = 0
         try:
             for start in range(0, len(messages), ENQUEUE_CHUNK_SIZE):
                 chunk = messages[start : start + ENQUEUE_CHUNK_SIZE]
-                await loop.run_in_executor(self._executor, _publish_chunk, self.app, chunk, model)
+                await self._publish_chunk_through_failover(chunk, model)
                 done = start + len(chunk)
         except EmbeddingQueueUnavailableError as exc:
             if isinstance(exc, EmbeddingPartialEnqueueError):
@@ -270,6 +257,37 @@ class AsyncProducer:
                 not_enqueued_from=done,
             ) from exc
 
+    async def _publish_chunk_through_failover(
+        self, chunk: list[tuple[str, str]], model: str | None
+    ) -> None:
+        """Send ``chunk`` in a worker thread; behind Sentinel, again through a failover.
+
+        A chunk refused by a master that died or was demoted (``is_failover_error``) is sent
+        again with the same task ids after each of ``publish_waits``, the pauses spent on
+        the loop. A chunk that fell back to one message per text resumes after the texts
+        that went through. Raises the last error once the waits are spent, or at once for
+        a full master, another error, or a plain Redis.
+        """
+        loop = asyncio.get_running_loop()
+        sent = 0
+        for wait in [*publish_waits(self.app), None]:
+            try:
+                rest = chunk[sent:]
+                await loop.run_in_executor(self._executor, _publish_chunk, self.app, rest, model)
+                return
+            except EmbeddingQueueUnavailableError as exc:
+                if isinstance(exc, EmbeddingPartialEnqueueError):
+                    sent += exc.not_enqueued_from
+                if wait is not None and is_failover_error(exc):
+                    await _sleep(wait)
+                    continue
+                if sent:
+                    # The caller counts the texts sent by this chunk's earlier attempts too.
+                    raise EmbeddingPartialEnqueueError(str(exc), not_enqueued_from=sent) from (
+                        exc.__cause__ or exc
+                    )
+                raise
+
 
 def _publish_chunk(app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
     """Send ``messages`` (``(task_id, text)``) in one ``MULTI``/``EXEC`` (a worker thread).
@@ -278,15 +296,10 @@ def _publish_chunk(app: Celery, messages: list[tuple[str, str]], model: str | No
     a route it cannot send goes through ``_publish``, which never subscribes.
     """
     task_ids = [task_id for task_id, _ in messages]
-    calls = _calls([text for _, text in messages], model)
+    texts = [text for _, text in messages]
     try:
-        for _ in bulk_publish.publish_chunk_ids(
-            app,
-            EMBED_TEXT_TASK,
-            calls,
-            chunk_size=max(1, len(calls)),
-            reprs=_reprs,
-            task_ids=task_ids,
+        for _ in publish_id_chunks(
+            texts, model=model, task_ids=task_ids, app=app, chunk_size=max(1, len(texts))
         ):
             pass
     except bulk_publish.BulkPublishUnsupported:
@@ -313,7 +326,7 @@ def _publish(
     Appends each task id to ``sent`` once Redis took its message, so a retry resumes there.
     """
     kwargs = {"model": model} if model else {}
-    show_texts = _show_texts()
+    show_texts = bool(producer_settings().show_texts)
     amqp = app.amqp
     try:
         with app.producer_or_acquire() as producer:
@@ -338,7 +351,7 @@ def _publish(
                     EMBED_TEXT_TASK,
                     message,
                     retry=True,
-                    retry_policy=_retry_policy(app),
+                    retry_policy=publish_retry_policy(app),
                     # send_task passes them on too (as message properties): same message.
                     argsrepr=argsrepr,
                     kwargsrepr=kwargsrepr,
@@ -375,7 +388,7 @@ def redis_for_url(url: str, app: Celery) -> Redis:
     conf = app.conf
     return async_redis_from_url(
         url,
-        _producer_settings(),
+        producer_settings(),
         socket_connect_timeout=conf.get("redis_socket_connect_timeout"),
         socket_timeout=conf.get("redis_socket_timeout"),
         health_check_interval=conf.get("redis_backend_health_check_interval") or 0,

@@ -1,22 +1,27 @@
 """Enqueue texts as ``embeddings.embed_text`` tasks and wait for their vectors.
 
-Lists go to a Redis broker ``ENQUEUE_CHUNK_SIZE`` messages per round trip and their results
-are read back with one subscription (``worker.celery_ext.bulk_publish``); other brokers and
-result backends get one ``send_task`` and one ``AsyncResult`` per text.
+Lists go to a Redis broker, plain or behind Sentinel, ``ENQUEUE_CHUNK_SIZE`` messages per
+round trip and their results are read back with one subscription
+(``worker.celery_ext.bulk_publish``); other brokers and result backends get one
+``send_task`` and one ``AsyncResult`` per text. Behind Sentinel a publish that meets a
+failover is sent again, with the same task ids, until ``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``
+is spent (``publish_waits``).
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, ResultSet
 from kombu.exceptions import OperationalError
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.celery_app import app as default_app
 from worker.celery_ext import bulk_publish
@@ -43,6 +48,11 @@ __all__ = [
     "enqueue_text",
     "enqueue_texts",
     "failover_waits",
+    "is_failover_error",
+    "producer_settings",
+    "publish_id_chunks",
+    "publish_retry_policy",
+    "publish_waits",
     "queue_error",
     "revoke",
     "wait_all",
@@ -82,7 +92,12 @@ def failover_waits(failover_timeout_s: float) -> list[float]:
 _settings: Settings | None = None
 
 
-def _producer_settings() -> Settings:
+def producer_settings() -> Settings:
+    """The producers' settings, read from the environment once per process.
+
+    What the producers (sync, asyncio, the gateway) read from them: the longest text, whether
+    task renderings show texts, the Sentinel master and password, the failover timeout.
+    """
     global _settings
     if _settings is None:
         _settings = Settings.from_env()
@@ -90,18 +105,54 @@ def _producer_settings() -> Settings:
 
 
 def _max_chars() -> int:
-    return _producer_settings().max_text_chars
+    return producer_settings().max_text_chars
 
 
-def _retry_policy(app: Celery) -> dict[str, float]:
+def publish_retry_policy(app: Celery) -> dict[str, float]:
+    """kombu's retry policy for one ``send_task``: an unreachable Redis fails within seconds."""
     return dict(_PUBLISH_RETRY_POLICY)
 
 
-def _waits_before_retries(app: Celery) -> list[float]:
-    # A plain Redis that does not answer is down: fail now. Behind Sentinel it may be switching.
+def publish_waits(app: Celery) -> list[float]:
+    """Seconds to wait before each new attempt at a publish to ``app``'s broker.
+
+    Behind Sentinel, ``failover_waits(EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S)``: a master that
+    does not answer may be being replaced. For a plain Redis none: one that does not answer
+    is down, and the publish fails at once.
+    """
     if not str(app.conf.broker_url or "").startswith("sentinel://"):
         return []
-    return failover_waits(_producer_settings().redis_failover_timeout_s)
+    return failover_waits(producer_settings().redis_failover_timeout_s)
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    cause: BaseException | None = exc
+    while cause is not None:
+        yield cause
+        cause = cause.__cause__ or cause.__context__
+
+
+# What a master that died or was demoted answers: no connection, no reply in time, READONLY
+# (redis-py's Sentinel connections turn that into a ConnectionError), or kombu's wrapping.
+_FAILOVER_ERRORS = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OperationalError,
+    OSError,
+)
+
+
+def is_failover_error(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error behind it, says the master is gone, unreachable or demoted.
+
+    Such a publish is worth another attempt behind Sentinel. A full master
+    (``OutOfMemoryError``, however wrapped) is not: it stays full through a retry.
+    """
+    causes = list(_causes(exc))
+    if any(isinstance(cause, OutOfMemoryError) for cause in causes):
+        return False
+    return any(isinstance(cause, _FAILOVER_ERRORS) for cause in causes)
 
 
 # Injectable for tests; a producer's thread waits here through a Sentinel failover.
@@ -126,14 +177,14 @@ def queue_error(exc: BaseException, doing: str) -> EmbeddingQueueUnavailableErro
 
 
 def _show_texts() -> bool:
-    return bool(_producer_settings().show_texts)
+    return bool(producer_settings().show_texts)
 
 
 def _send(text: str, model: str | None, app: Celery, task_id: str | None = None) -> AsyncResult:
     # One task id for every attempt: a publish that reached Redis but whose answer was lost
     # is the same task when sent again, not a second one.
     task_id = task_id or str(uuid.uuid4())
-    for wait in [*_waits_before_retries(app), None]:
+    for wait in [*publish_waits(app), None]:
         try:
             return _send_once(text, model, app, task_id)
         except EmbeddingQueueFullError:
@@ -158,7 +209,7 @@ def _send_once(text: str, model: str | None, app: Celery, task_id: str) -> Async
             kwargsrepr=kwargsrepr,
             task_id=task_id,
             retry=True,
-            retry_policy=_retry_policy(app),
+            retry_policy=publish_retry_policy(app),
         )
     except OperationalError as exc:
         raise queue_error(exc, "enqueue the text") from exc
@@ -213,16 +264,25 @@ def enqueue_many(
     """Enqueue already-checked ``texts``, in order, ``chunk_size`` per Redis round trip.
 
     Raises ``EmbeddingPartialEnqueueError`` naming what was enqueued when the broker fails
-    midway.
+    midway (behind Sentinel: once a chunk's failover retries are spent).
     """
     target = app or default_app
     calls = _calls(texts, model)
+    task_ids = _fresh_ids(len(texts))
     done: list[AsyncResult] = []
+
+    def send_from(start: int) -> Iterator[list[AsyncResult]]:
+        return bulk_publish.publish_chunks(
+            target,
+            EMBED_TEXT_TASK,
+            calls[start:],
+            chunk_size=chunk_size,
+            reprs=_reprs,
+            task_ids=task_ids[start:],
+        )
+
     try:
-        for results in bulk_publish.publish_chunks(
-            target, EMBED_TEXT_TASK, calls, chunk_size=chunk_size, reprs=_reprs
-        ):
-            done.extend(results)
+        _through_failover(target, send_from, done)
     except bulk_publish.BulkPublishUnsupported:
         return _send_each(texts, model, target)
     except Exception as exc:
@@ -248,18 +308,16 @@ def enqueue_ids(
     target = app or default_app
     if task_ids is not None and len(task_ids) != len(texts):
         raise ValueError(f"{len(task_ids)} task ids for {len(texts)} texts")
-    calls = _calls(texts, model)
+    ids = list(task_ids) if task_ids is not None else _fresh_ids(len(texts))
     done: list[str] = []
+
+    def send_from(start: int) -> Iterator[list[str]]:
+        return publish_id_chunks(
+            texts[start:], model=model, task_ids=ids[start:], app=target, chunk_size=chunk_size
+        )
+
     try:
-        for chunk_ids in bulk_publish.publish_chunk_ids(
-            target,
-            EMBED_TEXT_TASK,
-            calls,
-            chunk_size=chunk_size,
-            reprs=_reprs,
-            task_ids=task_ids,
-        ):
-            done.extend(chunk_ids)
+        _through_failover(target, send_from, done)
     except bulk_publish.BulkPublishUnsupported:
         return [result.id for result in _send_each(texts, model, target, task_ids)]
     except Exception as exc:
@@ -268,6 +326,67 @@ def enqueue_ids(
             raise
         raise error from exc
     return done
+
+
+def publish_id_chunks(
+    texts: Sequence[str],
+    *,
+    model: str | None,
+    task_ids: Sequence[str],
+    app: Celery,
+    chunk_size: int = ENQUEUE_CHUNK_SIZE,
+) -> Iterator[list[str]]:
+    """Send already-checked ``texts`` as tasks ``task_ids``, one transaction per chunk.
+
+    The bulk path alone (``bulk_publish.publish_chunk_ids``, with the texts shown redacted):
+    no per-text fallback, no failover retry, no subscription. Yields each chunk's ids once
+    Redis committed it; raises ``bulk_publish.BulkPublishUnsupported`` before sending
+    anything when the broker or a route needs ``send_task``.
+    """
+    return bulk_publish.publish_chunk_ids(
+        app,
+        EMBED_TEXT_TASK,
+        _calls(texts, model),
+        chunk_size=chunk_size,
+        reprs=_reprs,
+        task_ids=task_ids,
+    )
+
+
+def _fresh_ids(count: int) -> list[str]:
+    # Chosen before the first attempt, so a chunk sent again is the same tasks.
+    return [str(uuid.uuid4()) for _ in range(count)]
+
+
+def _through_failover(
+    app: Celery, send_from: Callable[[int], Iterator[list[Any]]], done: list[Any]
+) -> None:
+    """Extend ``done`` with every chunk ``send_from(len(done))`` commits, through a failover.
+
+    ``send_from(start)`` sends the calls from index ``start`` on, with their fixed task ids.
+    Behind Sentinel a chunk that fails with ``is_failover_error`` is sent again from its
+    first text after each of ``publish_waits``; a chunk that goes through gives the next
+    failing one the whole schedule again, as each text sent singly has it. Re-raises the
+    error once the waits are spent, or at once for any other error and on plain Redis;
+    ``done`` then holds exactly the chunks committed. ``MULTI``/``EXEC`` makes a failed
+    chunk all or nothing, so sending it again cannot enqueue a text twice, except when
+    the reply to an ``EXEC`` that ran was lost (docs/reliability.md).
+    """
+    waits = publish_waits(app)
+    left = waits
+    while True:
+        try:
+            for chunk in send_from(len(done)):
+                done.extend(chunk)
+                left = waits
+            return
+        except bulk_publish.BulkPublishUnsupported:
+            raise
+        except Exception as exc:
+            if not left or not is_failover_error(exc):
+                raise
+            _sleep(left[0])
+            left = left[1:]
 
 
 def _reprs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | None, str | None]:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import gc
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import redis
 from celery.result import AsyncResult
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -152,3 +154,114 @@ def test_a_publish_with_no_master_to_promote_gives_up_after_the_failover_timeout
     elapsed_s = time.monotonic() - started
     print(f"\nno master to promote: the publish gave up after {elapsed_s:.1f}s")
     assert timeout_s <= elapsed_s < timeout_s + 10
+
+
+class TransactionSpy:
+    """Counts this process's ``MULTI``/``EXEC`` pipelines that carry ``LPUSH``\\es, and those.
+
+    ``before_nth`` runs once, just before the ``nth`` transaction is sent.
+    """
+
+    def __init__(self, nth: int = 0, before_nth: Callable[[], object] = lambda: None) -> None:
+        self.nth = nth
+        self.before_nth = before_nth
+        self.seen = 0
+        self.committed: list[int] = []  # LPUSHes of each transaction Redis answered
+        self.failed: list[int] = []  # LPUSHes of each transaction that raised
+
+    def __call__(self, original: Any) -> Any:
+        def execute(pipe: Any, raise_on_error: bool = True) -> Any:
+            lpushes = sum(1 for args, _ in pipe.command_stack if str(args[0]).upper() == "LPUSH")
+            if not (pipe.transaction and lpushes):
+                return original(pipe, raise_on_error)  # kombu's own bookkeeping, say
+            self.seen += 1
+            if self.seen == self.nth:
+                self.before_nth()
+            try:
+                answer = original(pipe, raise_on_error)
+            except Exception:
+                self.failed.append(lpushes)
+                raise
+            self.committed.append(lpushes)
+            return answer
+
+        return execute
+
+
+BULK_TEXTS = 1500
+BULK_CHUNK = 250
+
+
+def test_a_bulk_enqueue_rides_out_a_master_kill_and_every_text_gets_its_vector(
+    cluster: SentinelCluster, stub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    env = worker_env(
+        stub.base_url,
+        {
+            "REDIS_URL": cluster.url,
+            "REDIS_SENTINEL_MASTER": MASTER_NAME,
+            "BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
+            "BROKER_UNACKED_RESTORE_INTERVAL": "1",
+        },
+    )
+    app = app_for(cluster.url)
+    # Room for a loaded machine's switch (about 2.3 s here) several times over.
+    monkeypatch.setattr(producers.client, "_settings", Settings(redis_failover_timeout_s=20.0))
+    worker = WorkerProcess(env, tmp_path / "worker.log", "sentinel-bulk")
+    killer: list[threading.Thread] = []
+    results: list[Any] = []
+    try:
+        worker.wait_ready(app, timeout_s=60)
+        # enqueue_texts (results subscribed per chunk) behind Sentinel, no kill: 3 chunks.
+        original = redis.client.Pipeline.execute
+        spy = TransactionSpy()
+        monkeypatch.setattr(redis.client.Pipeline, "execute", spy(original))
+        before = [f"bulk before the kill {i}" for i in range(3 * BULK_CHUNK)]
+        results.extend(producers.enqueue_texts(before, app=app, chunk_size=BULK_CHUNK))
+        ids = [r.id for r in results]
+        assert spy.committed == [BULK_CHUNK] * 3
+        assert producers.client.wait_all(ids, 60, app) == [expected(t) for t in before]
+        # Celery unsubscribes a collected result over the network: not once the master died.
+        results.clear()
+        gc.collect()
+
+        def kill() -> None:
+            # Every chunk committed so far is on the replica first: losing an acknowledged
+            # write to asynchronous replication is a separate, documented limit.
+            with cluster.client(cluster.master_port) as master:
+                master.execute_command("WAIT", 1, 5000)
+            killed = threading.Event()
+            thread = threading.Thread(target=cluster.kill_master, args=(killed.set,))
+            killer.append(thread)
+            thread.start()
+            assert killed.wait(30), "the master was not killed"
+
+        # enqueue_ids across the kill: the 3rd of 6 chunks meets a dead master.
+        spy = TransactionSpy(nth=3, before_nth=kill)
+        monkeypatch.setattr(redis.client.Pipeline, "execute", spy(original))
+        texts = [f"bulk across the kill {i}" for i in range(BULK_TEXTS)]
+        started = time.monotonic()
+        task_ids = producers.client.enqueue_ids(texts, app=app, chunk_size=BULK_CHUNK)
+        enqueued_s = time.monotonic() - started
+        monkeypatch.setattr(redis.client.Pipeline, "execute", original)
+        assert len(set(task_ids)) == BULK_TEXTS
+        # Bulk publishing was used: 6 transactions of 250 went through, and the refused
+        # attempts were whole chunks, never one message per text.
+        assert spy.committed == [BULK_CHUNK] * (BULK_TEXTS // BULK_CHUNK)
+        assert spy.failed and set(spy.failed) == {BULK_CHUNK}
+        vectors = producers.client.wait_all(task_ids, 120, app)
+        wrong = [t for t, v in zip(texts, vectors, strict=True) if v != expected(t)]
+        assert wrong == []
+        stats = stub.stats()
+        assert stats["texts_seen"] == len(before) + BULK_TEXTS  # none lost, none missing
+        print(f"\nbulk behind Sentinel: {BULK_TEXTS} texts in {len(spy.committed)} transactions "
+              f"({len(spy.failed)} refused during the switch) enqueued in {enqueued_s:.1f}s "
+              f"across a master kill; lost 0; "
+              f"{stats['total_inputs'] - stats['texts_seen']} extra embeddings")  # fmt: skip
+        assert worker.alive()
+    finally:
+        results.clear()
+        gc.collect()
+        for thread in killer:
+            thread.join(90)
+        worker.stop()

@@ -17,6 +17,7 @@ from producers import AsyncProducer, client
 from producers.waiter import ResultWaiter
 from worker.errors import (
     EmbeddingConfigError,
+    EmbeddingPartialEnqueueError,
     EmbeddingQueueFullError,
     EmbeddingQueueUnavailableError,
     EmbeddingResultStoreUnavailableError,
@@ -110,22 +111,40 @@ def test_an_empty_sentinel_list_is_a_config_error() -> None:
 
 
 class FlakyPublish:
-    """Stands in for ``aio._publish``: each failing attempt sends ``per_attempt`` texts first."""
+    """Stands in for ``aio._publish``, one text per call: the attempts in ``failing`` fail."""
 
-    def __init__(self, failures: int, per_attempt: int, error: Exception) -> None:
-        self.failures = failures
-        self.per_attempt = per_attempt
+    def __init__(self, failing: set[int], error: Exception) -> None:
+        self.failing = failing
         self.error = error
         self.attempts: list[list[str]] = []
 
     def __call__(
-        self, app: Celery, messages: list[tuple[str, str]], model: str | None, sent: list[str]
+        self,
+        app: Celery,
+        messages: list[tuple[str, str]],
+        model: str | None,
+        sent: list[str] | None = None,
     ) -> None:
         self.attempts.append([task_id for task_id, _ in messages])
-        if len(self.attempts) <= self.failures:
-            sent.extend(task_id for task_id, _ in messages[: self.per_attempt])
+        if len(self.attempts) in self.failing:
             raise self.error
-        sent.extend(task_id for task_id, _ in messages)
+        if sent is not None:
+            sent.extend(task_id for task_id, _ in messages)
+
+
+def _route_needs_send_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bulk path refuses the route, so each chunk goes one message per text."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise aio.bulk_publish.BulkPublishUnsupported("a route only send_task can follow")
+
+    monkeypatch.setattr(aio, "publish_id_chunks", refuse)
+
+
+def _master_gone(text: str) -> EmbeddingQueueUnavailableError:
+    error = EmbeddingQueueUnavailableError(text)
+    error.__cause__ = RedisConnectionError("Connection refused")
+    return error
 
 
 def _enqueue(app: Celery, texts: list[str]) -> list[str]:
@@ -150,32 +169,36 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return slept
 
 
-def test_behind_sentinel_a_publish_resends_only_the_unsent_texts_with_the_same_ids(
+def test_behind_sentinel_a_chunk_sent_per_text_resends_only_the_unsent_texts(
     monkeypatch: pytest.MonkeyPatch, settings: Settings, waits: list[float]
 ) -> None:
-    flaky = FlakyPublish(2, 1, EmbeddingQueueUnavailableError("master gone"))
+    # "a" goes through; "b" is refused twice while the master is replaced.
+    flaky = FlakyPublish({2, 3}, _master_gone("master gone"))
     monkeypatch.setattr(aio, "_publish", flaky)
+    _route_needs_send_task(monkeypatch)
     ids = _enqueue(_app(), ["a", "b", "c"])
-    assert flaky.attempts == [ids, ids[1:], ids[2:]]
+    assert flaky.attempts == [[ids[0]], [ids[1]], [ids[1]], [ids[1]], [ids[2]]]
     assert waits == client.failover_waits(2.0)[:2]
 
 
-def test_behind_sentinel_a_publish_gives_up_once_the_failover_timeout_is_spent(
+def test_behind_sentinel_a_chunk_sent_per_text_gives_up_once_the_failover_timeout_is_spent(
     monkeypatch: pytest.MonkeyPatch, settings: Settings, waits: list[float]
 ) -> None:
-    flaky = FlakyPublish(99, 0, EmbeddingQueueUnavailableError("no master"))
+    flaky = FlakyPublish(set(range(1, 100)), _master_gone("no master"))
     monkeypatch.setattr(aio, "_publish", flaky)
-    with pytest.raises(EmbeddingQueueUnavailableError, match="no master"):
+    _route_needs_send_task(monkeypatch)
+    with pytest.raises(EmbeddingPartialEnqueueError) as raised:
         _enqueue(_app(), ["a"])
+    assert raised.value.not_enqueued_from == 0
     assert waits == client.failover_waits(2.0)
     assert len(flaky.attempts) == len(waits) + 1
 
 
 @pytest.mark.parametrize(
-    ("url", "error", "attempts"),
+    ("url", "error"),
     [
-        (SENTINELS, EmbeddingQueueFullError("full"), 1),  # a full master stays full
-        ("redis://127.0.0.1:6/0", EmbeddingQueueUnavailableError("down"), 1),
+        (SENTINELS, EmbeddingQueueFullError("full")),  # a full master stays full
+        ("redis://127.0.0.1:6/0", _master_gone("down")),
     ],
     ids=["full master", "plain Redis"],
 )
@@ -185,15 +208,24 @@ def test_a_full_master_or_a_plain_redis_gets_one_attempt(
     waits: list[float],
     url: str,
     error: Exception,
-    attempts: int,
 ) -> None:
-    flaky = FlakyPublish(99, 0, error)
+    flaky = FlakyPublish(set(range(1, 100)), error)
     monkeypatch.setattr(aio, "_publish", flaky)
-    # The per-text path: the bulk path is Redis's own, and would not call _publish.
-    monkeypatch.setattr(aio.bulk_publish, "supports_bulk_publish", lambda app: False)
-    with pytest.raises(type(error)):
+    _route_needs_send_task(monkeypatch)
+    with pytest.raises(EmbeddingQueueUnavailableError):
         _enqueue(_app(url), ["a"])
-    assert len(flaky.attempts) == attempts
+    assert len(flaky.attempts) == 1
+    assert waits == []
+
+
+def test_a_broker_the_bulk_path_does_not_serve_gets_one_message_per_text_and_one_attempt(
+    monkeypatch: pytest.MonkeyPatch, settings: Settings, waits: list[float]
+) -> None:
+    flaky = FlakyPublish(set(), _master_gone("unused"))
+    monkeypatch.setattr(aio, "_publish", flaky)
+    monkeypatch.setattr(aio.bulk_publish, "supports_bulk_publish", lambda app: False)
+    ids = _enqueue(_app("redis://127.0.0.1:6/0"), ["a", "b"])
+    assert flaky.attempts == [ids]
     assert waits == []
 
 

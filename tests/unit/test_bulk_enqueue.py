@@ -32,15 +32,25 @@ class FakePublisher:
     def __init__(self, fail_at_chunk: int | None = None) -> None:
         self.fail_at_chunk = fail_at_chunk
         self.chunks: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = []
+        self.sent_ids: list[str] = []
 
     def __call__(
-        self, app: Celery, name: str, calls: Calls, *, chunk_size: int, reprs: Any = None
+        self,
+        app: Celery,
+        name: str,
+        calls: Calls,
+        *,
+        chunk_size: int,
+        reprs: Any = None,
+        task_ids: Sequence[str],
     ) -> Iterator[list[Any]]:
-        for number, chunk in enumerate(bulk_publish.chunked(calls, chunk_size)):
+        for number, start in enumerate(range(0, len(calls), chunk_size)):
             if number == self.fail_at_chunk:
                 raise OperationalError("Error 111 connecting to 127.0.0.1:6379")
-            self.chunks.append(list(chunk))
-            yield [app.AsyncResult(f"id-{args[0]}") for args, _ in chunk]
+            self.chunks.append(list(calls[start : start + chunk_size]))
+            ids = list(task_ids[start : start + chunk_size])
+            self.sent_ids.extend(ids)
+            yield [app.AsyncResult(task_id) for task_id in ids]
 
 
 @pytest.fixture
@@ -69,7 +79,8 @@ def test_enqueue_texts_sends_chunks_of_the_given_size_in_input_order(publisher: 
     assert [len(chunk) for chunk in publisher.chunks] == [3, 3, 1]
     assert [args for chunk in publisher.chunks for args, _ in chunk] == [(t,) for t in texts]
     assert all(kwargs == {"model": "m"} for chunk in publisher.chunks for _, kwargs in chunk)
-    assert [r.id for r in results] == [f"id-{t}" for t in texts]
+    assert [r.id for r in results] == publisher.sent_ids
+    assert len(set(publisher.sent_ids)) == len(texts)
 
 
 def test_the_default_chunk_is_the_documented_constant(publisher: FakePublisher):
@@ -92,7 +103,8 @@ def test_a_broker_failure_midway_names_the_texts_that_were_enqueued(publisher: F
     error = info.value
     assert isinstance(error, EmbeddingQueueUnavailableError)
     assert error.not_enqueued_from == 6
-    assert [r.id for r in error.enqueued] == [f"id-{t}" for t in texts[:6]]
+    assert [r.id for r in error.enqueued] == publisher.sent_ids
+    assert len(publisher.sent_ids) == 6
     assert "the first 6 of 10 texts were enqueued, none from index 6 on" in str(error)
     assert "could not enqueue the text: the broker is unreachable" in str(error)
     assert isinstance(error.__cause__, OperationalError)

@@ -52,8 +52,10 @@ module              replaces                                why
 ``bulk_publish``    ``send_task`` per text, for producers:  ~1.3 ms and two round trips per text,
                     500 tasks per ``MULTI``/``EXEC``        and one result subscription per text:
                     (kombu's own ``LPUSH``es through its    one producer thread fed fewer than two
-                    publish batch) with their ``task-sent`` workers
-                    events; results read by ``MGET``
+                    publish batch) with their ``task-sent`` workers (behind Sentinel too, where
+                    events, on Redis and behind Sentinel    the producers send a chunk a failover
+                    (the master's client); results read by  refused again, with the same ids)
+                    ``MGET``
 ``subscriptions``   ``RedisBackend.on_task_call`` per      one ``SUBSCRIBE`` per task (~60 µs)
                     task, for ``bulk_publish``: a chunk's   kept a bulk ``enqueue_texts`` below one
                     result channels in one ``SUBSCRIBE``,   ``LPUSH`` per round trip

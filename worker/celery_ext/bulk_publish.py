@@ -1,5 +1,11 @@
 """Bulk enqueue and bulk wait on Redis: one transaction per chunk of tasks, one subscription.
 
+Serves ``redis://``, ``rediss://`` and ``sentinel://`` brokers. kombu's ``SentinelChannel``
+(and the project's ``SentinelAtomicFetchChannel`` on it) is kombu's Redis ``Channel`` with a
+pool that asks the Sentinels for the master: it inherits ``basic_publish``, ``_put`` and
+``_put_fanout`` unchanged, so the collector below gets the same commands, and the chunk's
+``MULTI``/``EXEC`` goes to the current master through the channel's client.
+
 **Publish.** ``send_task`` costs a producer ~1.3 ms per text: two Redis round trips (the
 message, then its ``task-sent`` event) and kombu's and Celery's per-publish machinery
 (connection ``ensure`` wrappers, pool acquisition, declarations). ``publish_chunks`` builds
@@ -11,8 +17,9 @@ A chunk's ``LPUSH``\\es and one ``task.multi`` event message carrying every ``ta
 event of the chunk (the batch form Celery's own worker uses) then go to Redis in one
 ``MULTI``/``EXEC``: a chunk is enqueued whole or not at all. The one exception is a reply
 lost after Redis ran ``EXEC`` (the connection cut at that instant): the chunk is then
-enqueued but reported as failed. It is never re-sent automatically, so nothing is
-enqueued twice by this module.
+enqueued but reported as failed. This module never re-sends a chunk; behind Sentinel the
+producers do (``producers.client``, through a failover, with the same task ids), and a
+lost reply is then the one case where a chunk is enqueued twice (docs/reliability.md).
 
 **Wait.** ``ResultWaiter`` and ``ResultFeed`` (``worker.celery_ext.result_feed``, re-exported
 here) wait for many results with one subscription and ``MGET``\\s instead of Celery's
@@ -73,7 +80,8 @@ _compress: Any = kombu_compression.compress
 _maybe_delivery_mode: Any = kombu_entity.maybe_delivery_mode
 _dumps: Any = kombu_serialization.dumps
 
-_REDIS_SCHEMES = ("redis", "rediss")
+# Brokers reached through a kombu Redis channel: plain, TLS, or the master Sentinels name.
+_REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 
 
 # The private names used here are listed, and checked at import, in worker/celery_ext/compat.py.
@@ -105,7 +113,7 @@ def _replay_safe(connection_kwargs: dict[str, Any]) -> bool:
 
 
 def supports_bulk_publish(app: Celery) -> bool:
-    """True when ``app``'s broker is Redis, where ``publish_chunks`` can be used."""
+    """True when ``app``'s broker is Redis or Sentinel, where ``publish_chunks`` can be used."""
     return _scheme(app.conf.broker_url) in _REDIS_SCHEMES
 
 
@@ -180,6 +188,7 @@ def publish_chunks(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     reprs: Reprs | None = None,
+    task_ids: Sequence[str] | None = None,
 ) -> Iterator[list[AsyncResult]]:
     """Send one ``name`` task per ``(args, kwargs)`` of ``calls``, a chunk per transaction.
 
@@ -192,12 +201,14 @@ def publish_chunks(
     chunks yielded before it were. Raises ``BulkPublishUnsupported``, before sending
     anything, when the broker is not Redis or a task routes where only ``send_task`` goes.
     ``reprs`` gives each task's displayed arguments (Flower, events, logs), as
-    ``send_task(argsrepr=…, kwargsrepr=…)`` does.
+    ``send_task(argsrepr=…, kwargsrepr=…)`` does. ``task_ids`` (one per call) replace
+    fresh ids, so a caller that sends a failed chunk again sends the same tasks.
     """
     parent = app.current_worker_task
-    for task_ids in _publish(app, name, calls, chunk_size, subscribe=True, reprs=reprs):
+    sent = _publish(app, name, calls, chunk_size, subscribe=True, reprs=reprs, task_ids=task_ids)
+    for chunk_ids in sent:
         results = []
-        for task_id in task_ids:
+        for task_id in chunk_ids:
             result = app.AsyncResult(task_id)
             result.ignored = None
             if parent is not None:
@@ -239,7 +250,7 @@ def _publish(
         raise ValueError(f"{len(task_ids)} task ids for {len(calls)} calls")
     if not supports_bulk_publish(app):
         scheme = _scheme(app.conf.broker_url)
-        raise BulkPublishUnsupported(f"bulk publish needs a Redis broker, not {scheme}")
+        raise BulkPublishUnsupported(f"bulk publish needs a Redis or Sentinel broker, not {scheme}")
     settings = _Settings(app)
     destinations = _destinations(app, settings, name, calls)
     parent = app.current_worker_task

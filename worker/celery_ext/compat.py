@@ -110,6 +110,10 @@ USED_INTERNALS: tuple[Internal, ...] = (
     # Channel._put hands its final Redis commands to a publish batch when given one.
     *_uses(_KOMBU_REDIS, "PublishBatch", "add", "worker.celery_ext.bulk_publish"),
     *_uses(_KOMBU_REDIS, "Channel", "create_publish_batch", "worker.celery_ext.bulk_publish"),
+    # Behind Sentinel the same collector path: SentinelChannel inherits it from Channel.
+    *_uses(
+        _KOMBU_REDIS, "SentinelChannel", "create_publish_batch", "worker.celery_ext.bulk_publish"
+    ),
     # A chunk's result channels go to Celery's result consumer in one SUBSCRIBE.
     *_uses(
         "celery.backends.redis",
