@@ -19,10 +19,9 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, ResultSet
 from kombu.exceptions import OperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import OutOfMemoryError, RedisError
 
+from producers.failover import failover_waits, is_failover_error
 from worker.celery_app import app as default_app
 from worker.celery_ext import bulk_publish
 from worker.errors import (
@@ -74,21 +73,6 @@ _PUBLISH_RETRY_POLICY = {
 }
 
 
-def failover_waits(failover_timeout_s: float) -> list[float]:
-    """Seconds to wait before each new attempt at a publish behind Sentinel.
-
-    A master that does not answer may be being replaced: attempts go on, 0.2 s apart and
-    doubling to at most 1 s, until the waits add up to ``failover_timeout_s`` seconds
-    (``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``); then the publish fails.
-    """
-    waits: list[float] = []
-    wait = 0.2
-    while sum(waits) < failover_timeout_s:
-        waits.append(wait)
-        wait = min(1.0, wait * 2)
-    return waits
-
-
 _settings: Settings | None = None
 
 
@@ -123,36 +107,6 @@ def publish_waits(app: Celery) -> list[float]:
     if not str(app.conf.broker_url or "").startswith("sentinel://"):
         return []
     return failover_waits(producer_settings().redis_failover_timeout_s)
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    cause: BaseException | None = exc
-    while cause is not None:
-        yield cause
-        cause = cause.__cause__ or cause.__context__
-
-
-# What a master that died or was demoted answers: no connection, no reply in time, READONLY
-# (redis-py's Sentinel connections turn that into a ConnectionError), or kombu's wrapping.
-_FAILOVER_ERRORS = (
-    RedisConnectionError,
-    RedisTimeoutError,
-    ReadOnlyError,
-    OperationalError,
-    OSError,
-)
-
-
-def is_failover_error(exc: BaseException) -> bool:
-    """Whether ``exc``, or an error behind it, says the master is gone, unreachable or demoted.
-
-    Such a publish is worth another attempt behind Sentinel. A full master
-    (``OutOfMemoryError``, however wrapped) is not: it stays full through a retry.
-    """
-    causes = list(_causes(exc))
-    if any(isinstance(cause, OutOfMemoryError) for cause in causes):
-        return False
-    return any(isinstance(cause, _FAILOVER_ERRORS) for cause in causes)
 
 
 # Injectable for tests; a producer's thread waits here through a Sentinel failover.

@@ -9,6 +9,7 @@ from celery import Celery
 
 import producers
 from producers import client
+from producers.failover import is_failover_error
 from worker.errors import EmbeddingQueueFullError, EmbeddingQueueUnavailableError
 from worker.settings import Settings
 
@@ -87,3 +88,11 @@ def test_a_down_plain_redis_or_a_full_master_fails_at_once(
     with pytest.raises(type(error)):
         producers.enqueue_text("refused", app=_app(url))
     assert waits == []
+
+
+def test_an_exception_chain_that_loops_back_is_read_once() -> None:
+    outer, inner = RuntimeError("outer"), ValueError("inner")
+    outer.__context__, inner.__context__ = inner, outer  # a cycle Python can build
+    assert not is_failover_error(outer)
+    inner.__cause__ = ConnectionRefusedError("master gone")  # an OSError behind the loop
+    assert is_failover_error(outer)
