@@ -33,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from worker import metrics
 from worker.budget import BudgetGate, estimate_tokens
+from worker.budget.split_calls import MeteredCalls
 from worker.embeddings.batcher import EmbeddingBatcher
 from worker.errors import EmbeddingBudgetWaitError, EmbeddingError, EmbeddingRateLimitError
 from worker.flush_policy import ArrivalGaps, FlushPolicy, batch_is_due
@@ -103,6 +104,15 @@ class MicroBatcher:
         # One thread per process waits for budget; the others would only ask Redis again.
         self._admitting = threading.Lock()
         self._stopping = threading.Event()
+        self._metered: MeteredCalls | None = None
+        if gate is not None:
+            self._metered = MeteredCalls(
+                batcher.client,
+                gate,
+                admitting=self._admitting,
+                stopping=self._stopping,
+                clock=clock,
+            )
         self._slots = threading.Semaphore(batcher.config.pool_size)
         self._calls = ThreadPoolExecutor(
             max_workers=batcher.config.pool_size, thread_name_prefix="embeddings-call"
@@ -436,8 +446,9 @@ class MicroBatcher:
             self._wait_again_after_429(batch, exc)
             return None
         except EmbeddingError as exc:
-            # Split calls that isolate a rejected text go out unmetered: they are rare.
-            return self.batcher.isolate(batch.texts, batch.model, exc)
+            # The split calls that isolate a rejected text count against the budget too.
+            assert self._metered is not None
+            return self.batcher.isolate(batch.texts, batch.model, exc, embed=self._metered.embed)
         self._gate.after_call(batch.model, batch.tokens, call)
         return list(call.embeddings)
 

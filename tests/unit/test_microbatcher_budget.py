@@ -12,7 +12,7 @@ import pytest
 
 from worker.budget import Admission, BudgetGate, SharedBudget
 from worker.embeddings import EmbeddingBatcher, EmbeddingConfig
-from worker.errors import EmbeddingBudgetWaitError, EmbeddingRateLimitError
+from worker.errors import EmbeddingAPIError, EmbeddingBudgetWaitError, EmbeddingRateLimitError
 from worker.microbatcher import MicroBatcher, MicroBatcherClosed
 from worker.settings import Settings
 
@@ -20,11 +20,14 @@ from worker.settings import Settings
 class API:
     """Answers like the API; ``rate_limit_next`` calls get a 429 first."""
 
-    def __init__(self, rate_limit_next: int = 0, retry_after_ms: str = "50") -> None:
+    def __init__(
+        self, rate_limit_next: int = 0, retry_after_ms: str = "50", reject: str | None = None
+    ) -> None:
         self.calls: list[list[str]] = []
         self.statuses: list[int] = []
         self.rate_limit_next = rate_limit_next
         self.retry_after_ms = retry_after_ms
+        self.reject = reject  # a call holding this text is refused whole, naming no input
         self.lock = threading.Lock()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -39,6 +42,12 @@ class API:
                     json={"error": {"message": "Slow down.", "code": "rate_limit_exceeded"}},
                     headers={"retry-after-ms": self.retry_after_ms},
                 )
+            if self.reject in texts:
+                self.statuses.append(400)
+                return httpx.Response(
+                    400,
+                    json={"error": {"message": "Invalid input.", "type": "invalid_request_error"}},
+                )
             self.statuses.append(200)
         data = [{"index": i, "embedding": [float(len(t)), 1.0]} for i, t in enumerate(texts)]
         usage = {"total_tokens": sum(len(t) // 4 for t in texts)}
@@ -46,13 +55,16 @@ class API:
 
 
 class ScriptedBudget:
-    """A budget that always answers ``answer``."""
+    """A budget that answers ``first`` answers in turn, then always ``answer``."""
 
-    def __init__(self, answer: Admission) -> None:
+    def __init__(self, answer: Admission, first: tuple[Admission, ...] = ()) -> None:
         self.answer = answer
+        self.first = list(first)
+        self.asked = 0
 
     def try_acquire(self, model: str, tokens: int) -> Admission:
-        return self.answer
+        self.asked += 1
+        return self.first.pop(0) if self.first else self.answer
 
     def report(self, model: str, **kwargs: object) -> bool:
         return False
@@ -173,3 +185,59 @@ def test_an_unreachable_budget_never_lets_a_call_through(make_microbatcher) -> N
     with pytest.raises(EmbeddingBudgetWaitError, match="unreachable"):
         future.result(timeout=10)
     assert api.calls == []
+
+
+class CountingBudget:
+    """A shared budget that counts the calls it admitted."""
+
+    def __init__(self, budget: SharedBudget) -> None:
+        self.budget = budget
+        self.admitted = 0
+
+    def try_acquire(self, model: str, tokens: int) -> Admission:
+        admission = self.budget.try_acquire(model, tokens)
+        self.admitted += admission.admitted
+        return admission
+
+    def report(self, model: str, **kwargs: object) -> bool:
+        return self.budget.report(model, **kwargs)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.budget.close()
+
+
+def test_the_split_calls_that_isolate_a_rejected_text_are_admitted_by_the_budget(
+    make_microbatcher,
+) -> None:
+    api = API(reject="bad")
+    budget = CountingBudget(_shared_budget(rpm_limit=6000))
+    microbatcher = make_microbatcher(api, budget, pool_size=1)
+    texts = ["a", "b", "c", "bad", "e", "f", "g", "h"]
+    futures = [microbatcher.submit(text) for text in texts]
+    outcomes = []
+    for future in futures:
+        try:
+            outcomes.append(future.result(timeout=10))
+        except EmbeddingAPIError as exc:
+            outcomes.append(exc.status_code)
+    assert outcomes == [[1.0, 1.0]] * 3 + [400] + [[1.0, 1.0]] * 4
+    # The whole call, then halves until "bad" failed alone: every one of them was admitted.
+    assert len(api.calls) > 2 and api.calls[0] == texts
+    assert budget.admitted == len(api.calls)
+
+
+def test_a_split_call_the_budget_keeps_waiting_becomes_a_retry_not_an_unmetered_call(
+    make_microbatcher,
+) -> None:
+    api = API(reject="bad")
+    # The whole call is admitted; the halves are asked to wait a minute.
+    budget = ScriptedBudget(Admission(False, 60.0), first=(Admission(True, 0.0),))
+    microbatcher = make_microbatcher(api, budget, max_wait_s=5.0, pool_size=1)
+    texts = ["a", "b", "c", "bad", "e", "f", "g", "h"]
+    futures = [microbatcher.submit(text) for text in texts]
+    for future in futures:
+        with pytest.raises(EmbeddingBudgetWaitError) as caught:
+            future.result(timeout=10)
+        assert caught.value.retry_after_s == 60.0
+    assert api.calls == [texts]
+    assert budget.asked == 3  # the whole call, then each half once

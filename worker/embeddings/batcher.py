@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +19,16 @@ from worker.errors import EmbeddingAPIError, EmbeddingError
 from worker.validation import validate_text, validate_texts
 
 __all__ = [
+    "EmbedCall",
     "EmbeddingBatcher",
     "EmbeddingResult",
     "embed_text",
     "embed_texts",
     "reset_default_batcher",
 ]
+
+EmbedCall = Callable[[Sequence[str], str | None], CallResult]
+"""One API call of already-validated texts, as ``EmbeddingClient.embed``."""
 
 # Statuses that reject the request's content: splitting the call finds the offending text.
 # 401/403/404 concern the key, the model or the URL, and would fail every half alike.
@@ -121,32 +125,39 @@ class EmbeddingBatcher:
         )
 
     def embed_isolated(
-        self, texts: Sequence[str], model: str | None = None
+        self, texts: Sequence[str], model: str | None = None, *, embed: EmbedCall | None = None
     ) -> list[list[float] | EmbeddingError]:
         """Embed one call's worth of texts; return a vector or an error for each text.
 
         When the API rejects the whole call with a 400/413/422 that names no single input,
-        the call is split in halves until the offending texts fail alone.
+        the call is split in halves until the offending texts fail alone. ``embed`` makes
+        each call instead of ``client.embed`` (the micro-batcher's budget-metered calls).
         """
         try:
-            return list(self.client.embed(texts, model).embeddings)
+            return list((embed or self.client.embed)(texts, model).embeddings)
         except EmbeddingError as exc:
-            return self.isolate(texts, model, exc)
+            return self.isolate(texts, model, exc, embed=embed)
 
     def isolate(
-        self, texts: Sequence[str], model: str | None, exc: EmbeddingError
+        self,
+        texts: Sequence[str],
+        model: str | None,
+        exc: EmbeddingError,
+        *,
+        embed: EmbedCall | None = None,
     ) -> list[list[float] | EmbeddingError]:
         """Outcomes of ``texts`` after their whole call failed with ``exc``.
 
-        A 400/413/422 that names no single input is narrowed down by splitting the call;
-        any other error is every text's outcome.
+        A 400/413/422 that names no single input is narrowed down by splitting the call,
+        each half made by ``embed`` (default ``client.embed``); any other error is every
+        text's outcome.
         """
         isolatable = isinstance(exc, EmbeddingAPIError) and exc.status_code in ISOLATABLE_STATUSES
         if not isolatable or len(texts) == 1:
             return [exc] * len(texts)
         middle = len(texts) // 2
-        return self.embed_isolated(texts[:middle], model) + self.embed_isolated(
-            texts[middle:], model
+        return self.embed_isolated(texts[:middle], model, embed=embed) + self.embed_isolated(
+            texts[middle:], model, embed=embed
         )
 
 
