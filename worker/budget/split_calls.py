@@ -1,8 +1,8 @@
 """The split calls that isolate a rejected text, admitted and settled by the shared budget.
 
 When the API rejects a whole call with a 400/413/422 that names no input, the batcher splits
-the call in halves until the offending texts fail alone (``EmbeddingBatcher.isolate``): up
-to ``2 × (batch_size - 1)`` more calls for one bad text of eight. Under a shared limit those
+the call in halves until the offending texts fail alone (``EmbeddingBatcher.isolate``): 6
+more calls for one bad text of eight, up to 14 when every text is bad. Under a shared limit those
 calls count against the account like any other, so each one waits for the budget's
 admission first, as a queued batch does, and settles its tokens after. A wait past
 ``EMBEDDINGS_LIMITER_MAX_WAIT_S``, or a shutdown during the wait, fails that half's texts
