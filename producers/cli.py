@@ -30,14 +30,12 @@ error, 130 interrupted (see ``--help``).
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
-import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -57,6 +55,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from producers.records import (
+    FORMATS,
+    Item,
+    UsageError,
+    compact_output,
+    count_records,
+    guess_format,
+    load_done,
+    read_items,
+    record_key,
+)
 from producers.sliding import (
     DEFAULT_STALL_WARNING_S,
     Outcome,
@@ -71,10 +80,8 @@ from worker.celery_ext.config import apply_config, with_redis_url
 from worker.errors import (
     EmbeddingConfigError,
     EmbeddingError,
-    EmbeddingInputError,
 )
 from worker.settings import Settings
-from worker.validation import validate_text
 from worker.vector_cache import VectorCache
 
 __all__ = [
@@ -100,7 +107,6 @@ __all__ = [
     "task_id_for",
 ]
 
-FORMATS = ("lines", "jsonl", "csv")
 DEFAULT_WINDOW = 2000
 """Texts in flight. At least what the fleet reserves (workers × prefetch × concurrency: 4 ×
 8 × 32 = 1,024): 500 kept four workers at 0.83 × four times one, 2,000 at 0.90 ×
@@ -145,20 +151,6 @@ def task_id_for(source: Path, line: int, text: str, model: str | None) -> str:
     return str(uuid.uuid5(_TASK_ID_NAMESPACE, name))
 
 
-class UsageError(Exception):
-    """The command cannot start (bad arguments, a missing CSV column): exit status 2."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One input record: its 1-based line, its id, and its text or why it has none."""
-
-    line: int
-    id: Any
-    text: str | None = None
-    error: str | None = None
-
-
 @dataclass
 class Summary:
     """What one run did; ``skipped`` counts records already in the output."""
@@ -174,174 +166,6 @@ class Summary:
     @property
     def texts_per_s(self) -> float:
         return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-
-def guess_format(path: Path) -> str:
-    """``jsonl`` for .jsonl/.ndjson, ``csv`` for .csv, else ``lines``."""
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    return "csv" if suffix == ".csv" else "lines"
-
-
-def record_key(record_id: Any) -> str:
-    """The id as compared on resume, so ``7`` and ``"7"`` stay different ids."""
-    return json.dumps(record_id, sort_keys=True, ensure_ascii=False)
-
-
-def _open(path: Path) -> TextIO:
-    # Undecodable bytes become lone surrogates, which validation reports as a bad line.
-    return open(path, encoding="utf-8", errors="surrogateescape", newline="")
-
-
-def _checked(line: int, record_id: Any, text: object, max_chars: int) -> Item:
-    try:
-        return Item(line, record_id, text=validate_text(text, max_chars=max_chars))
-    except (EmbeddingInputError, TypeError) as exc:
-        return Item(line, record_id, error=f"line {line}: {exc}")
-
-
-def _scalar_id(value: Any, line: int) -> Any:
-    return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else line
-
-
-def _read_lines(f: TextIO, max_chars: int) -> Iterator[Item]:
-    for n, raw in enumerate(f, start=1):
-        yield _checked(n, n, raw.rstrip("\r\n"), max_chars)
-
-
-def _read_jsonl(f: TextIO, field: str, id_field: str, max_chars: int) -> Iterator[Item]:
-    for n, raw in enumerate(f, start=1):
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            yield Item(n, n, error=f"line {n}: not valid JSON ({exc.msg})")
-            continue
-        if not isinstance(obj, dict):
-            yield Item(n, n, error=f"line {n}: not a JSON object")
-            continue
-        record_id = _scalar_id(obj.get(id_field), n)
-        if field not in obj:
-            yield Item(n, record_id, error=f"line {n}: no field {field!r}")
-            continue
-        yield _checked(n, record_id, obj[field], max_chars)
-
-
-def _read_csv(f: TextIO, column: str, id_column: str, max_chars: int) -> Iterator[Item]:
-    reader = csv.reader(f)
-    header = next(reader, None)
-    if header is None:
-        return
-    if column not in header:
-        raise UsageError(f"no column {column!r} in the CSV header {header!r}")
-    text_at = header.index(column)
-    id_at = header.index(id_column) if id_column in header else None
-    last = reader.line_num
-    for row in reader:
-        # A quoted field may span lines: a record starts on the line after the previous one.
-        start, last = last + 1, reader.line_num
-        if not row:
-            continue
-        record_id: Any = row[id_at] if id_at is not None and id_at < len(row) else start
-        if text_at >= len(row):
-            yield Item(start, record_id, error=f"line {start}: no value for column {column!r}")
-            continue
-        yield _checked(start, record_id, row[text_at], max_chars)
-
-
-def read_items(
-    path: Path,
-    fmt: str,
-    *,
-    field: str = "text",
-    id_field: str = "id",
-    max_chars: int,
-) -> Iterator[Item]:
-    """Yield ``path``'s records one at a time, each checked as the API would check it.
-
-    ``field`` is the JSONL field or CSV column holding the text; ``id_field`` the one holding
-    the id (the line number when absent).
-    """
-    with _open(path) as f:
-        if fmt == "lines":
-            yield from _read_lines(f, max_chars)
-        elif fmt == "jsonl":
-            yield from _read_jsonl(f, field, id_field, max_chars)
-        elif fmt == "csv":
-            yield from _read_csv(f, field, id_field, max_chars)
-        else:
-            raise UsageError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
-
-
-def count_records(path: Path, fmt: str) -> int:
-    """How many records ``read_items`` will yield, for the progress bar (one cheap pass)."""
-    with _open(path) as f:
-        if fmt != "csv":
-            return sum(1 for _ in f)
-        return max(sum(1 for row in csv.reader(f) if row) - 1, 0)
-
-
-def load_done(path: Path) -> tuple[set[str], set[str]]:
-    """Keys of the ids already in the output: ``(embedded, failed_only)``.
-
-    A last line cut short by a crash is removed, so appending starts on a fresh line and the
-    record is embedded again.
-    """
-    if not path.exists():
-        return set(), set()
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(cut)
-        data = data[:cut]
-    embedded: set[str] = set()
-    failed: set[str] = set()
-    for raw in data.splitlines():
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(record, dict) or "id" not in record:
-            continue
-        key = record_key(record["id"])
-        if "embedding" in record:
-            embedded.add(key)
-        else:
-            failed.add(key)
-    return embedded, failed - embedded
-
-
-def compact_output(path: Path) -> int:
-    """Keep only the last record of each id in ``path`` (rewritten atomically); how many went.
-
-    Used after ``--retry-failed``, so a retried line's earlier error record is replaced, not
-    kept beside its new record.
-    """
-    if not path.exists():
-        return 0
-    last: dict[str, bytes] = {}
-    other: list[bytes] = []
-    lines = path.read_bytes().splitlines()
-    for raw in lines:
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError:
-            other.append(raw)
-            continue
-        if not isinstance(record, dict) or "id" not in record:
-            other.append(raw)
-            continue
-        key = record_key(record["id"])
-        last.pop(key, None)  # re-inserted: the dict keeps the order of last occurrences
-        last[key] = raw
-    kept = [*other, *last.values()]
-    if len(kept) == len(lines):
-        return 0
-    tmp = path.with_name(path.name + ".compact")
-    tmp.write_bytes(b"".join(raw + b"\n" for raw in kept))
-    os.replace(tmp, path)
-    return len(lines) - len(kept)
 
 
 class _Once:
