@@ -259,6 +259,22 @@ def test_a_bulk_enqueue_rides_out_a_master_kill_and_every_text_gets_its_vector(
               f"across a master kill; lost 0; "
               f"{stats['total_inputs'] - stats['texts_seen']} extra embeddings")  # fmt: skip
         assert worker.alive()
+
+        # enqueue_texts across a second kill. The refused chunk's results were subscribed
+        # before its EXEC failed, on the dead master's connection; it is sent again with
+        # them marked subscribed, and Celery's reconnect (which re-subscribes subscribed_to
+        # and reads what was stored meanwhile) must still let get() hear every result.
+        for thread in killer:
+            thread.join(90)  # the first kill's cluster has settled: a replica to promote
+        spy = TransactionSpy(nth=2, before_nth=kill)
+        monkeypatch.setattr(redis.client.Pipeline, "execute", spy(original))
+        across = [f"bulk results across the kill {i}" for i in range(3 * BULK_CHUNK)]
+        results.extend(producers.enqueue_texts(across, app=app, chunk_size=BULK_CHUNK))
+        monkeypatch.setattr(redis.client.Pipeline, "execute", original)
+        assert spy.committed == [BULK_CHUNK] * 3
+        assert spy.failed and set(spy.failed) == {BULK_CHUNK}
+        assert [r.get(timeout=60) for r in results] == [expected(t) for t in across]
+        assert stub.stats()["texts_seen"] == len(before) + BULK_TEXTS + len(across)
     finally:
         results.clear()
         gc.collect()
