@@ -315,16 +315,8 @@ def _publish_chunk(app: Celery, messages: list[tuple[str, str]], model: str | No
         raise queue_error(exc, "enqueue the text") from exc
 
 
-def _publish(
-    app: Celery,
-    messages: list[tuple[str, str]],
-    model: str | None,
-    sent: list[str] | None = None,
-) -> None:
-    """Send one task message per ``(task_id, text)`` on one pooled producer (a worker thread).
-
-    Appends each task id to ``sent`` once Redis took its message, so a retry resumes there.
-    """
+def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
+    """Send one task message per ``(task_id, text)`` on one pooled producer (a worker thread)."""
     kwargs = {"model": model} if model else {}
     show_texts = bool(producer_settings().show_texts)
     amqp = app.amqp
@@ -357,8 +349,6 @@ def _publish(
                     kwargsrepr=kwargsrepr,
                     **options,
                 )
-                if sent is not None:
-                    sent.append(task_id)
     except (OperationalError, RedisError, OSError) as exc:
         raise queue_error(exc, "enqueue the text") from exc
 

@@ -118,18 +118,10 @@ class FlakyPublish:
         self.error = error
         self.attempts: list[list[str]] = []
 
-    def __call__(
-        self,
-        app: Celery,
-        messages: list[tuple[str, str]],
-        model: str | None,
-        sent: list[str] | None = None,
-    ) -> None:
+    def __call__(self, app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
         self.attempts.append([task_id for task_id, _ in messages])
         if len(self.attempts) in self.failing:
             raise self.error
-        if sent is not None:
-            sent.extend(task_id for task_id, _ in messages)
 
 
 def _route_needs_send_task(monkeypatch: pytest.MonkeyPatch) -> None:
