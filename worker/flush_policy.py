@@ -30,8 +30,8 @@ __all__ = ["ArrivalGaps", "FlushPolicy", "batch_is_due"]
 class FlushPolicy(StrEnum):
     """The rule for partial batches; see the module docstring."""
 
-    PREDICTIVE = "predictive"
     NAGLE = "nagle"
+    PREDICTIVE = "predictive"
     CONTINUOUS = "continuous"
     INTERVAL = "interval"
 

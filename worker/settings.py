@@ -20,6 +20,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from worker.errors import EmbeddingConfigError
+from worker.flush_policy import FlushPolicy
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -57,7 +58,7 @@ DEFAULT_MAX_TEXT_CHARS = 32_768
 DEFAULT_FLUSH_INTERVAL_S = 0.1
 # When a partial batch leaves before flush_interval_s; see worker/flush_policy.py.
 DEFAULT_FLUSH_POLICY = "nagle"
-FLUSH_POLICIES = ("nagle", "predictive", "continuous", "interval")
+FLUSH_POLICIES = tuple(policy.value for policy in FlushPolicy)
 DEFAULT_ENCODING_FORMAT = "base64"
 DEFAULT_TASK_MAX_RETRIES = 12
 DEFAULT_TASK_RETRY_BACKOFF_S = 2.0
