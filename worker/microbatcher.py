@@ -304,13 +304,7 @@ class MicroBatcher:
                     metrics.BUDGET_WAIT.observe(waited_s)
                 return batch
             if admission.wait_s > self._gate.max_wait_s:
-                error = EmbeddingBudgetWaitError(
-                    f"the shared rate-limit budget asks {model} calls to wait "
-                    f"{admission.wait_s:.1f}s, more than EMBEDDINGS_LIMITER_MAX_WAIT_S "
-                    f"({self._gate.max_wait_s:g}s)"
-                )
-                error.retry_after_s = admission.wait_s
-                self._fail_queued(model, error)
+                self._fail_queued(model, self._gate.wait_too_long(model, admission.wait_s))
                 continue
             self._fail_overdue(model)
             if self._stopping.wait(self._gate.sleep_s(admission)):

@@ -104,6 +104,18 @@ class BudgetGate:
             return admission.wait_s
         return admission.wait_s * (1.0 + self._jitter_factor * self._random())
 
+    def wait_too_long(self, model: str, wait_s: float) -> EmbeddingBudgetWaitError:
+        """The error for a call the budget asks to wait ``wait_s``, past ``max_wait_s``.
+
+        Its texts become Celery retries, no sooner than ``wait_s`` (``retry_after_s``).
+        """
+        error = EmbeddingBudgetWaitError(
+            f"the shared rate-limit budget asks {model} calls to wait {wait_s:.1f}s, more "
+            f"than EMBEDDINGS_LIMITER_MAX_WAIT_S ({self.max_wait_s:g}s)"
+        )
+        error.retry_after_s = wait_s
+        return error
+
     def after_call(self, model: str, tokens_charged: int, call: CallResult) -> None:
         """Settle a successful call's tokens, share the API's limits, pause if none remain."""
         used = call.usage.get("total_tokens", tokens_charged)

@@ -62,7 +62,7 @@ class MeteredCalls:
         while True:
             # Behind a queued batch that is waiting for budget itself, at most until deadline.
             if not self._admitting.acquire(timeout=max(0.0, deadline - self._clock())):
-                raise self._gave_up(model, self._gate.max_wait_s)
+                raise self._gate.wait_too_long(model, self._gate.max_wait_s)
             try:
                 admission = self._gate.try_admit(model, tokens)
             finally:
@@ -70,18 +70,8 @@ class MeteredCalls:
             if admission.admitted:
                 return
             if self._clock() + admission.wait_s > deadline:
-                raise self._gave_up(model, admission.wait_s)
+                raise self._gate.wait_too_long(model, admission.wait_s)
             if self._stopping.wait(self._gate.sleep_s(admission)):
-                raise self._gave_up(model, 0.0, "the worker is shutting down")
-
-    def _gave_up(
-        self, model: str, wait_s: float, why: str | None = None
-    ) -> EmbeddingBudgetWaitError:
-        error = EmbeddingBudgetWaitError(
-            why
-            or f"the shared rate-limit budget asks a {model} call that isolates a rejected "
-            f"text to wait {wait_s:.1f}s, past EMBEDDINGS_LIMITER_MAX_WAIT_S "
-            f"({self._gate.max_wait_s:g}s)"
-        )
-        error.retry_after_s = wait_s
-        return error
+                error = EmbeddingBudgetWaitError("the worker is shutting down")
+                error.retry_after_s = 0.0
+                raise error
