@@ -12,13 +12,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 import redis
 
 from devstack import free_port, wait_for
+from tests.integration.harness import worker_env
 
 __all__ = ["MASTER_NAME", "SentinelCluster"]
 
@@ -67,6 +68,22 @@ class SentinelCluster:
     def url(self) -> str:
         """The ``sentinel://…;…`` URL of the three Sentinels, database 0."""
         return ";".join(f"sentinel://127.0.0.1:{port}/0" for port in self.sentinel_ports)
+
+    def worker_env(
+        self, api_base_url: str, visibility_timeout_s: int, extra: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """A worker's environment on this cluster: its master through the Sentinels, unacked
+        texts back in the queue ``visibility_timeout_s`` after a worker lost its connection."""
+        return worker_env(
+            api_base_url,
+            {
+                "REDIS_URL": self.url,
+                "REDIS_SENTINEL_MASTER": MASTER_NAME,
+                "BROKER_VISIBILITY_TIMEOUT": str(visibility_timeout_s),
+                "BROKER_UNACKED_RESTORE_INTERVAL": "1",
+                **(extra or {}),
+            },
+        )
 
     @property
     def replica_port(self) -> int:

@@ -20,8 +20,7 @@ from devstack import GatewayProcess, WorkerProcess
 from producers import AsyncProducer
 from stubapi.vectors import vector_for
 from tests.integration.faultkit import DIMS, app_for
-from tests.integration.harness import worker_env
-from tests.integration.sentinelkit import MASTER_NAME, SentinelCluster
+from tests.integration.sentinelkit import SentinelCluster
 
 pytestmark = pytest.mark.integration
 
@@ -39,21 +38,6 @@ GATEWAY_KEY = "gw-sentinel-key-3b1f"
 def cluster(tmp_path: Path) -> Iterator[SentinelCluster]:
     with SentinelCluster(tmp_path / "sentinel") as running:
         yield running
-
-
-def _env(
-    cluster: SentinelCluster, stub: Any, extra: dict[str, str] | None = None
-) -> dict[str, str]:
-    return worker_env(
-        stub.base_url,
-        {
-            "REDIS_URL": cluster.url,
-            "REDIS_SENTINEL_MASTER": MASTER_NAME,
-            "BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
-            "BROKER_UNACKED_RESTORE_INTERVAL": "1",
-            **(extra or {}),
-        },
-    )
 
 
 def _right(text: str, outcome: object) -> bool:
@@ -127,7 +111,11 @@ def test_an_async_producer_behind_sentinel_awaits_every_vector_through_master_ki
     cluster: SentinelCluster, stub: Any, tmp_path: Path
 ) -> None:
     app = app_for(cluster.url)
-    worker = WorkerProcess(_env(cluster, stub), tmp_path / "worker.log", "aio-sentinel")
+    worker = WorkerProcess(
+        cluster.worker_env(stub.base_url, VISIBILITY_TIMEOUT_S),
+        tmp_path / "worker.log",
+        "aio-sentinel",
+    )
 
     async def main() -> list[str]:
         producer = AsyncProducer(app)
@@ -156,9 +144,17 @@ def test_the_gateway_behind_sentinel_serves_requests_before_and_after_a_failover
     cluster: SentinelCluster, stub: Any, tmp_path: Path
 ) -> None:
     app = app_for(cluster.url)
-    worker = WorkerProcess(_env(cluster, stub), tmp_path / "worker.log", "gw-sentinel")
+    worker = WorkerProcess(
+        cluster.worker_env(stub.base_url, VISIBILITY_TIMEOUT_S),
+        tmp_path / "worker.log",
+        "gw-sentinel",
+    )
     gateway = GatewayProcess(
-        _env(cluster, stub, {"GATEWAY_API_KEYS": GATEWAY_KEY, "GATEWAY_REQUEST_TIMEOUT_S": "60"}),
+        cluster.worker_env(
+            stub.base_url,
+            VISIBILITY_TIMEOUT_S,
+            {"GATEWAY_API_KEYS": GATEWAY_KEY, "GATEWAY_REQUEST_TIMEOUT_S": "60"},
+        ),
         tmp_path / "gateway.log",
     )
 

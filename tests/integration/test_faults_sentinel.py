@@ -23,8 +23,7 @@ import producers
 import producers.client
 from devstack import WorkerProcess, free_port, wait_for
 from tests.integration.faultkit import app_for, expected, outcomes
-from tests.integration.harness import worker_env
-from tests.integration.sentinelkit import MASTER_NAME, SentinelCluster
+from tests.integration.sentinelkit import SentinelCluster
 from worker.errors import EmbeddingQueueUnavailableError
 from worker.settings import Settings
 
@@ -54,15 +53,8 @@ def test_killing_the_master_mid_run_loses_no_text_and_shows_no_failure(
     cluster: SentinelCluster, stub, tmp_path: Path
 ):
     metrics_port = free_port()
-    env = worker_env(
-        stub.base_url,
-        {
-            "REDIS_URL": cluster.url,
-            "REDIS_SENTINEL_MASTER": MASTER_NAME,
-            "BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
-            "BROKER_UNACKED_RESTORE_INTERVAL": "1",
-            "EMBEDDINGS_METRICS_PORT": str(metrics_port),
-        },
+    env = cluster.worker_env(
+        stub.base_url, VISIBILITY_TIMEOUT_S, {"EMBEDDINGS_METRICS_PORT": str(metrics_port)}
     )
     app = app_for(cluster.url)
     worker = WorkerProcess(env, tmp_path / "worker.log", "sentinel")
@@ -195,15 +187,7 @@ BULK_CHUNK = 250
 def test_a_bulk_enqueue_rides_out_a_master_kill_and_every_text_gets_its_vector(
     cluster: SentinelCluster, stub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    env = worker_env(
-        stub.base_url,
-        {
-            "REDIS_URL": cluster.url,
-            "REDIS_SENTINEL_MASTER": MASTER_NAME,
-            "BROKER_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
-            "BROKER_UNACKED_RESTORE_INTERVAL": "1",
-        },
-    )
+    env = cluster.worker_env(stub.base_url, VISIBILITY_TIMEOUT_S)
     app = app_for(cluster.url)
     # Room for a loaded machine's switch (about 2.3 s here) several times over.
     monkeypatch.setattr(producers.client, "_settings", Settings(redis_failover_timeout_s=20.0))
