@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -104,3 +105,37 @@ def make_batcher(waits: list[float]) -> Iterator[Callable[..., EmbeddingBatcher]
     yield make
     for batcher in made:
         batcher.close()
+
+
+@pytest.fixture
+def aio_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses the asyncio producers took between publish attempts (none really taken)."""
+    import producers.aio as aio  # only the tests that ask for it pay for the import
+
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(aio, "_sleep", sleep)
+    return slept
+
+
+@pytest.fixture
+def aio_enqueue() -> Callable[[Any, list[str]], list[str]]:
+    """Enqueue texts with an ``AsyncProducer`` on ``app`` (results on fakeredis); their ids."""
+    import fakeredis
+
+    from producers import AsyncProducer
+
+    def enqueue(app: Any, texts: list[str]) -> list[str]:
+        async def main() -> list[str]:
+            producer = AsyncProducer(app, redis=fakeredis.FakeAsyncRedis())
+            try:
+                return [result.id for result in await producer.enqueue_texts(texts)]
+            finally:
+                await producer.aclose()
+
+        return asyncio.run(main())
+
+    return enqueue

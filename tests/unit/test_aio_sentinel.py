@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import fakeredis
@@ -13,7 +14,7 @@ from celery import Celery
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import producers.aio as aio
-from producers import AsyncProducer, client
+from producers import client
 from producers.waiter import ResultWaiter
 from worker.errors import (
     EmbeddingConfigError,
@@ -139,51 +140,35 @@ def _master_gone(text: str) -> EmbeddingQueueUnavailableError:
     return error
 
 
-def _enqueue(app: Celery, texts: list[str]) -> list[str]:
-    async def main() -> list[str]:
-        producer = AsyncProducer(app, redis=fakeredis.FakeAsyncRedis())
-        try:
-            return [result.id for result in await producer.enqueue_texts(texts)]
-        finally:
-            await producer.aclose()
-
-    return asyncio.run(main())
-
-
-@pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-
-    monkeypatch.setattr(aio, "_sleep", sleep)
-    return slept
-
-
 def test_behind_sentinel_a_chunk_sent_per_text_resends_only_the_unsent_texts(
-    monkeypatch: pytest.MonkeyPatch, settings: Settings, waits: list[float]
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    aio_waits: list[float],
+    aio_enqueue: Callable[[Any, list[str]], list[str]],
 ) -> None:
     # "a" goes through; "b" is refused twice while the master is replaced.
     flaky = FlakyPublish({2, 3}, _master_gone("master gone"))
     monkeypatch.setattr(aio, "_publish", flaky)
     _route_needs_send_task(monkeypatch)
-    ids = _enqueue(_app(), ["a", "b", "c"])
+    ids = aio_enqueue(_app(), ["a", "b", "c"])
     assert flaky.attempts == [[ids[0]], [ids[1]], [ids[1]], [ids[1]], [ids[2]]]
-    assert waits == client.failover_waits(2.0)[:2]
+    assert aio_waits == client.failover_waits(2.0)[:2]
 
 
 def test_behind_sentinel_a_chunk_sent_per_text_gives_up_once_the_failover_timeout_is_spent(
-    monkeypatch: pytest.MonkeyPatch, settings: Settings, waits: list[float]
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    aio_waits: list[float],
+    aio_enqueue: Callable[[Any, list[str]], list[str]],
 ) -> None:
     flaky = FlakyPublish(set(range(1, 100)), _master_gone("no master"))
     monkeypatch.setattr(aio, "_publish", flaky)
     _route_needs_send_task(monkeypatch)
     with pytest.raises(EmbeddingPartialEnqueueError) as raised:
-        _enqueue(_app(), ["a"])
+        aio_enqueue(_app(), ["a"])
     assert raised.value.not_enqueued_from == 0
-    assert waits == client.failover_waits(2.0)
-    assert len(flaky.attempts) == len(waits) + 1
+    assert aio_waits == client.failover_waits(2.0)
+    assert len(flaky.attempts) == len(aio_waits) + 1
 
 
 @pytest.mark.parametrize(
@@ -197,7 +182,8 @@ def test_behind_sentinel_a_chunk_sent_per_text_gives_up_once_the_failover_timeou
 def test_a_full_master_or_a_plain_redis_gets_one_attempt(
     monkeypatch: pytest.MonkeyPatch,
     settings: Settings,
-    waits: list[float],
+    aio_waits: list[float],
+    aio_enqueue: Callable[[Any, list[str]], list[str]],
     url: str,
     error: Exception,
 ) -> None:
@@ -205,20 +191,23 @@ def test_a_full_master_or_a_plain_redis_gets_one_attempt(
     monkeypatch.setattr(aio, "_publish", flaky)
     _route_needs_send_task(monkeypatch)
     with pytest.raises(EmbeddingQueueUnavailableError):
-        _enqueue(_app(url), ["a"])
+        aio_enqueue(_app(url), ["a"])
     assert len(flaky.attempts) == 1
-    assert waits == []
+    assert aio_waits == []
 
 
 def test_a_broker_the_bulk_path_does_not_serve_gets_one_message_per_text_and_one_attempt(
-    monkeypatch: pytest.MonkeyPatch, settings: Settings, waits: list[float]
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    aio_waits: list[float],
+    aio_enqueue: Callable[[Any, list[str]], list[str]],
 ) -> None:
     flaky = FlakyPublish(set(), _master_gone("unused"))
     monkeypatch.setattr(aio, "_publish", flaky)
     monkeypatch.setattr(aio.bulk_publish, "supports_bulk_publish", lambda app: False)
-    ids = _enqueue(_app("redis://127.0.0.1:6/0"), ["a", "b"])
+    ids = aio_enqueue(_app("redis://127.0.0.1:6/0"), ["a", "b"])
     assert flaky.attempts == [ids]
-    assert waits == []
+    assert aio_waits == []
 
 
 class FailingSubscribes(fakeredis.FakeAsyncRedis):

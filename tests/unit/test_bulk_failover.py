@@ -7,11 +7,9 @@ tests/integration/test_faults_sentinel.py.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import fakeredis
 import pytest
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -22,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 import producers
 import producers.aio as aio
-from producers import AsyncProducer, client
+from producers import client
 from worker.celery_ext import bulk_publish
 from worker.celery_ext.sentinel import SentinelAtomicFetchChannel
 from worker.errors import EmbeddingPartialEnqueueError
@@ -261,58 +259,45 @@ class ChunkScript:
                 raise client.queue_error(exc, "enqueue the text") from exc
 
 
-@pytest.fixture
-def aio_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    slept: list[float] = []
-
-    async def sleep(seconds: float) -> None:
-        slept.append(seconds)
-
-    monkeypatch.setattr(aio, "_sleep", sleep)
-    return slept
-
-
-def _aio_enqueue(app: Celery, texts: list[str]) -> list[str]:
-    async def main() -> list[str]:
-        producer = AsyncProducer(app, redis=fakeredis.FakeAsyncRedis())
-        try:
-            return [r.id for r in await producer.enqueue_texts(texts)]
-        finally:
-            await producer.aclose()
-
-    return asyncio.run(main())
-
-
 def test_the_async_producers_send_a_refused_chunk_again_with_the_same_ids(
-    monkeypatch: pytest.MonkeyPatch, waits: list[float], aio_waits: list[float]
+    monkeypatch: pytest.MonkeyPatch,
+    waits: list[float],
+    aio_waits: list[float],
+    aio_enqueue: Callable[[Any, list[str]], list[str]],
 ) -> None:
     chunks = ChunkScript([None, GONE, GONE])
     monkeypatch.setattr(aio, "_publish_chunk", chunks)
     monkeypatch.setattr(aio, "ENQUEUE_CHUNK_SIZE", 3)
-    ids = _aio_enqueue(_app(), TEXTS)
+    ids = aio_enqueue(_app(), TEXTS)
     assert aio_waits == client.failover_waits(TIMEOUT_S)[:2] and waits == []
     assert chunks.attempts == [ids[:3], ids[3:6], ids[3:6], ids[3:6], ids[6:]]
 
 
 def test_the_async_producers_raise_the_partial_error_once_the_budget_is_spent(
-    monkeypatch: pytest.MonkeyPatch, waits: list[float], aio_waits: list[float]
+    monkeypatch: pytest.MonkeyPatch,
+    waits: list[float],
+    aio_waits: list[float],
+    aio_enqueue: Callable[[Any, list[str]], list[str]],
 ) -> None:
     chunks = ChunkScript([None, *[GONE] * 99])
     monkeypatch.setattr(aio, "_publish_chunk", chunks)
     monkeypatch.setattr(aio, "ENQUEUE_CHUNK_SIZE", 3)
     with pytest.raises(EmbeddingPartialEnqueueError) as info:
-        _aio_enqueue(_app(), TEXTS)
+        aio_enqueue(_app(), TEXTS)
     assert aio_waits == client.failover_waits(TIMEOUT_S)
     assert info.value.not_enqueued_from == 3
     assert [r.id for r in info.value.enqueued] == chunks.attempts[0]
 
 
 def test_the_async_producers_on_plain_redis_fail_at_the_first_refusal(
-    monkeypatch: pytest.MonkeyPatch, waits: list[float], aio_waits: list[float]
+    monkeypatch: pytest.MonkeyPatch,
+    waits: list[float],
+    aio_waits: list[float],
+    aio_enqueue: Callable[[Any, list[str]], list[str]],
 ) -> None:
     chunks = ChunkScript([GONE])
     monkeypatch.setattr(aio, "_publish_chunk", chunks)
     with pytest.raises(EmbeddingPartialEnqueueError) as info:
-        _aio_enqueue(_app(PLAIN), TEXTS)
+        aio_enqueue(_app(PLAIN), TEXTS)
     assert aio_waits == [] and len(chunks.attempts) == 1
     assert info.value.not_enqueued_from == 0
