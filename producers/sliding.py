@@ -393,21 +393,24 @@ class QueueStream:
 
         Even on Ctrl-C (``close``): a stale stored error must not answer a --retry-failed.
         Ids without a result yet stay pending: they may still finish, and a re-run waits.
+        A Ctrl-C during a flush waits for its end: the ids have already left ``_collected``,
+        so a flush cut short would leave their results in Redis for good.
         """
         collected = self._collected
         due = time.monotonic() - self._flushed_at >= _FLUSH_EVERY_S
         if not collected or not (force or due or len(collected) >= _FLUSH_AT):
             return
-        self._collected = []
-        self._flushed_at = time.monotonic()
-        if self.pending is not None:
-            self.pending.discard(collected)
-        with contextlib.suppress(RedisError, OperationalError):
-            if self._feed is not None:
-                self._feed.forget(collected)
-            else:
-                for task_id in collected:
-                    self.app.AsyncResult(task_id).forget()
+        with _interrupt_deferred():
+            self._collected = []
+            self._flushed_at = time.monotonic()
+            if self.pending is not None:
+                self.pending.discard(collected)
+            with contextlib.suppress(RedisError, OperationalError):
+                if self._feed is not None:
+                    self._feed.forget(collected)
+                else:
+                    for task_id in collected:
+                        self.app.AsyncResult(task_id).forget()
 
 
 class _StallWatch:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,33 @@ def test_a_queue_stream_hands_out_results_as_they_come_and_keeps_pending_durable
     keys = [app.backend.get_key_for_task(t) for t in ("t1", "t2", "t4")]
     assert app.backend.client.exists(*keys) == 0
     assert (stats.enqueued, stats.collected) == (4, 3)
+
+
+def test_a_ctrl_c_during_a_flush_waits_for_it_so_collected_results_still_leave_redis(
+    app: Celery, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.setattr(sliding, "enqueue_ids", Enqueued())
+    pending = PendingIds(tmp_path / "out.jsonl.pending")
+    stream = QueueStream(app, pending=pending)
+    got: dict[int, Any] = {}
+    ids = [f"t{n}" for n in range(3)]
+    stream.send(["a", "b", "c"], 60, got.__setitem__, task_ids=ids)
+    for task_id in ids:
+        _finish(app, task_id, [1.0])
+    while len(got) < 3:
+        stream.wait(5)
+    # Ctrl-C lands in the middle of the flush, between the sidecar and the DEL.
+    discard = pending.discard
+
+    def discard_then_interrupt(task_ids: Any) -> None:
+        discard(task_ids)
+        signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(pending, "discard", discard_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        stream.close()
+    keys = [app.backend.get_key_for_task(t) for t in ids]
+    assert app.backend.client.exists(*keys) == 0
 
 
 def test_a_text_past_its_timeout_gets_an_error_and_stays_pending(
