@@ -15,13 +15,21 @@ RUN useradd --create-home --uid 10001 app \
     && mkdir /data \
     && chown app:app /data
 
-COPY pyproject.toml README.md celeryconfig.py flowerconfig.py ./
+# Exactly the versions of uv.lock (hash-checked), without the dev tools: uv, itself pinned by
+# hash, exports the lock as a requirements file, then pip installs it and the project alone.
+COPY scripts/uv-requirements.txt /tmp/uv-requirements.txt
+RUN pip install --require-hashes -r /tmp/uv-requirements.txt
+COPY pyproject.toml uv.lock README.md celeryconfig.py flowerconfig.py ./
+RUN uv export --frozen --no-emit-project --no-header --format requirements-txt \
+        --output-file /tmp/locked.txt \
+    && pip install --require-hashes --no-deps -r /tmp/locked.txt \
+    && pip uninstall --yes uv && rm /tmp/locked.txt /tmp/uv-requirements.txt
 COPY worker ./worker
 COPY producers ./producers
 COPY gateway ./gateway
 COPY stubapi ./stubapi
 COPY devstack ./devstack
-RUN pip install . && rm -rf build *.egg-info
+RUN pip install --no-deps . && rm -rf build *.egg-info
 
 USER app
 

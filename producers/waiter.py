@@ -317,7 +317,7 @@ class ResultWaiter:
         pubsub, self._pubsub = self._pubsub, None
         try:
             if pubsub is not None:
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
             await self._client.aclose()
         except (RedisError, OSError) as exc:
             log.warning("closing the result subscription failed: %s", exc)

@@ -1,30 +1,42 @@
 #!/usr/bin/env bash
-# Idempotent set-up for a fresh machine: a virtualenv with the project, and a running Redis.
-# Sourced by scripts/check and scripts/demo; safe to run on its own.
+# Idempotent set-up for a fresh machine: .venv with exactly the versions in uv.lock, and a
+# running Redis. Run by scripts/check, scripts/demo and scripts/bench; safe to run on its own.
+#
+#   bash scripts/setup.sh            # the project and its dev tools (tests, ruff, mypy)
+#   bash scripts/setup.sh bench      # the same, plus the benchmark's extras (matplotlib)
+#
+# The lock is never re-resolved here (uv sync --locked fails if pyproject.toml and uv.lock
+# disagree): a fresh clone installs the same versions on any day. scripts/upgrade is the one
+# deliberate way to move them.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON=${PYTHON:-python3}
-VENV=.venv
-STAMP=$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)
+TOOLS=.tools
+UV=$TOOLS/bin/uv
+UV_WANTED=$(sed -n 's/^uv==\([^ ]*\).*/\1/p' scripts/uv-requirements.txt)
 
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "setup: creating $VENV"
-  "$PYTHON" -m venv "$VENV"
-fi
-if [ ! -f "$STAMP" ]; then
-  echo "setup: installing the project and its dev dependencies"
-  if ! "$VENV/bin/python" -m pip install --quiet -e ".[dev]" >"$VENV/pip.log" 2>&1; then
-    cat "$VENV/pip.log" >&2
+# uv itself, at the exact version and hashes of scripts/uv-requirements.txt, in a venv of its
+# own so that syncing .venv never removes the uv that is running.
+if [ ! -x "$UV" ] || [ "$("$UV" --version | cut -d' ' -f2)" != "$UV_WANTED" ]; then
+  echo "setup: installing uv $UV_WANTED into $TOOLS"
+  rm -rf "$TOOLS"
+  "$PYTHON" -m venv "$TOOLS"
+  if ! "$TOOLS/bin/python" -m pip install --quiet --require-hashes \
+      -r scripts/uv-requirements.txt >"$TOOLS/pip.log" 2>&1; then
+    cat "$TOOLS/pip.log" >&2
     exit 1
   fi
-  rm -f "$VENV"/.installed-*
-  touch "$STAMP"
 fi
+
+extras=(--extra dev)
+for extra in "$@"; do extras+=(--extra "$extra"); done
+# The machine's own Python (never a download), exactly the lock, the project editable.
+UV_PYTHON_DOWNLOADS=never "$UV" sync --locked --quiet --python "$PYTHON" "${extras[@]}"
 
 redis_port=${REDIS_PORT:-6379}
 redis_up() {
-  "$VENV/bin/python" - "$redis_port" <<'PY'
+  .venv/bin/python - "$redis_port" <<'PY'
 import sys, redis
 try:
     redis.Redis(port=int(sys.argv[1]), socket_connect_timeout=1).ping()
