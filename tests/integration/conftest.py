@@ -6,6 +6,7 @@ Without Redis these tests are skipped locally but fail in CI (``CI=true``), as d
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -44,6 +45,13 @@ def clean_redis(redis_client: redis.Redis) -> redis.Redis:
 def app(redis_client: redis.Redis) -> Iterator[Celery]:
     """The project's Celery app, pointed at the test Redis database as ``--redis-url`` does."""
     apply_config(celery_app, with_redis_url(Settings.from_env(), TEST_REDIS_URL))
+    # Celery keeps a result backend and a broker pool once built. Under pytest-xdist a unit
+    # test run earlier in this process may have built them for the default URL: drop them,
+    # so that the integration tests publish and read where their workers are.
+    celery_app._backend_cache = None
+    celery_app._local = threading.local()
+    celery_app._pool = None
+    celery_app.amqp._producer_pool = None
     yield celery_app
 
 

@@ -4,12 +4,32 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
 
 from devstack import REPO_ROOT
 
 __all__ = ["REPO_ROOT", "TEST_API_KEY", "TEST_REDIS_URL", "worker_env"]
 
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+def _test_redis_url() -> str:
+    """``TEST_REDIS_URL`` (database 15 of the local Redis by default), one database per worker.
+
+    Under pytest-xdist, worker ``gw<n>`` takes the database ``n`` below it, so its queues,
+    results, budget and revoke list never meet another's (kombu scopes fanout channels per
+    database too), and ``flushdb`` in one never touches another's texts. The vector cache
+    tests take the database 8 below that (tests/integration/test_cache.py), so at most 8
+    workers fit, and two runs at once need bases 2 apart per worker (15 and 13 with ``-n 2``).
+    """
+    parts = urlsplit(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
+    base = int(parts.path.strip("/") or 0)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    database = base - int(worker.removeprefix("gw"))
+    if database < 8:
+        raise RuntimeError(f"xdist worker {worker} has no test database left below {base}")
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+TEST_REDIS_URL = _test_redis_url()
 TEST_API_KEY = "sk-integration-secret-0123456789"
 
 

@@ -16,10 +16,11 @@ DIMS = 16
 def test_two_workers_share_a_backlog_each_text_once_in_full_calls(start_worker, stub, app):
     stub.set_latency_ms(50)
     texts = [f"scaled text {i}: lorem ipsum {i % 53}" for i in range(TEXTS)]
-    # The backlog is queued before any worker starts, so both start under load.
-    results = producers.enqueue_texts(texts, app=app)
     # Default settings, 0.1 s flush interval included: with a backlog, calls fill by count.
+    # Both are ready before the backlog lands (one bulk enqueue), so both meet it from the
+    # start: a worker that started first on a busy machine could drain it alone.
     workers = [start_worker(stub.base_url, name=f"scale{i}") for i in range(2)]
+    results = producers.enqueue_texts(texts, app=app)
 
     vectors = [result.get(timeout=120) for result in results]
 
