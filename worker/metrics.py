@@ -19,6 +19,7 @@ __all__ = [
     "CACHE_MISSES",
     "FAILURE",
     "INPUTS_SAVED",
+    "LANE_WAIT",
     "LATENCY_MS",
     "LATENCY_SECONDS",
     "PENDING_TEXTS",
@@ -61,6 +62,14 @@ PENDING_TEXTS = Gauge(
 )
 BREAKER_STATE = Gauge(
     "embeddings_breaker_state", "This process's circuit breaker: 0 closed, 1 open, 2 half-open"
+)
+
+LANE_WAIT = Histogram(
+    "embeddings_lane_wait_seconds",
+    "Seconds a text waited in this worker process, from its task's start until its call left "
+    "(budget wait included), by lane",
+    ["lane"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
 RATE_LIMITED = Counter("embeddings_rate_limited", "429 answers received from the API")
