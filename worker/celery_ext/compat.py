@@ -59,7 +59,8 @@ USED_INTERNALS: tuple[Internal, ...] = (
         "Channel",
         "_brpop_start _brpop_read _flush_brpop_reauth _q_for_pri _queue_cycle _in_poll "
         "_brpop_sent_at _create_client _qos ack_emulation global_keyprefix priority_steps "
-        "brpop_timeout unacked_key unacked_index_key conn_or_acquire sep connection_errors",
+        "brpop_timeout unacked_key unacked_index_key conn_or_acquire sep connection_errors "
+        "from_transport_options active_queues",
         _TRANSPORT,
     ),
     *_uses(

@@ -17,11 +17,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
+from kombu.entity import Exchange, Queue
 
 from worker.celery_ext.pinned_conf import pin
 from worker.celery_ext.sentinel import SENTINEL_TRANSPORT_PATH, register_transport_alias
 from worker.celery_ext.serialization import SERIALIZER_NAME
-from worker.names import EMBED_TEXT_TASK, TASK_QUEUE
+from worker.names import BULK_QUEUE, EMBED_TEXT_TASK, INTERACTIVE_QUEUE, TASK_QUEUE
 from worker.settings import Settings
 
 __all__ = [
@@ -189,14 +190,29 @@ def _worker(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _lane_queue(name: str) -> Any:
+    # Each its own direct exchange and routing key, as Celery's lone default queue had: a bare
+    # Queue(name) would take the default queue's exchange and key, and a text sent to one
+    # lane would be routed to both.
+    queue: Any = Queue(name, Exchange(name, type="direct"), routing_key=name)  # type: ignore[no-untyped-call]
+    return queue
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Every Celery setting of the project, for ``settings``."""
     return {
         **_connection(settings),
-        "broker_transport_options": _transport_options(settings),
+        "broker_transport_options": {
+            **_transport_options(settings),
+            # Every poll tries the interactive lane's queue first (worker.celery_ext.transport).
+            "queues_first": [INTERACTIVE_QUEUE],
+        },
         # JSON only: a pickled message is refused before it is decoded.
         "task_serializer": "json",
         "accept_content": ["json"],
+        # Both lanes' queues, consumed by every worker (``-Q`` narrows it); a text sent by
+        # name without a queue is a single text: the interactive lane.
+        "task_queues": [_lane_queue(name) for name in (INTERACTIVE_QUEUE, BULK_QUEUE)],
         "task_default_queue": TASK_QUEUE,
         # At-least-once delivery: ack after the task ran, re-deliver when a worker dies.
         "task_acks_late": True,

@@ -39,6 +39,9 @@ _SentinelBackend: Any = celery_redis.SentinelBackend
 class SentinelAtomicFetchChannel(AtomicFetchChannel, _SentinelChannel):  # type: ignore[misc]
     """``AtomicFetchChannel`` on kombu's ``SentinelChannel`` (master found by the Sentinels)."""
 
+    # Both bases extend kombu's option names; the first base alone would drop the Sentinel's.
+    from_transport_options = (*_SentinelChannel.from_transport_options, "queues_first")
+
 
 class SentinelAtomicFetchTransport(AtomicFetchTransport, _SentinelTransport):  # type: ignore[misc]
     """``AtomicFetchTransport`` on kombu's ``SentinelTransport``."""

@@ -39,8 +39,14 @@ And three for a full Redis (``maxmemory`` reached, ``noeviction``), which refuse
   the message stays in ``unacked`` and the sweep redelivers it once Redis has room.
 
 Only the consuming side changes; messages, keys and acks are kombu's own, so stock and
-patched workers can share a broker. Needs Redis 6.2 or later (``BLMOVE``). Messages of other
-queues or priorities than the first polled one wait at most ``brpop_timeout`` (1 s) longer.
+patched workers can share a broker. Needs Redis 6.2 or later (``BLMOVE``).
+
+Lanes (docs/lanes.md): the queues named in the ``queues_first`` transport option (the
+interactive lane's) are polled before every other, whatever order the consumer added them in,
+and the fetch script takes from the first non-empty list. ``BLMOVE`` can wait on one list
+only, so it waits on the first; while fetches keep finding messages, the next poll skips the
+wait (a ``PING`` round trip, then the fetch), so a busy bulk lane is drained at full speed;
+an idle worker waits at most ``MULTI_QUEUE_WAIT_S`` before it looks at the other lists.
 Registered by ``register()`` (called by ``worker.celery_ext.install``) as kombu's ``redis``
 and ``rediss`` transports, so ``redis://`` and ``rediss://`` broker URLs keep their scheme for
 Flower, ``celery inspect`` and the worker's banner. Written against kombu 5.7.0;
@@ -96,6 +102,11 @@ TRANSPORT_PATH = f"{__name__}:AtomicFetchTransport"
 # consumer's Redis round trips and event-loop turns per text by this factor, few enough that
 # a worker does not go deaf to control messages while it hands them to the pool.
 MAX_FETCH = 16
+
+# An idle worker polling several lists blocks on the first only (BLMOVE takes one key): a
+# message in another list is seen within this many seconds. Short, because every wait ends
+# with a fetch of all lists; an idle worker pays two round trips per wait.
+MULTI_QUEUE_WAIT_S = 0.1
 
 
 class AtomicFetchQoS(_RedisQoS):  # type: ignore[misc]
@@ -167,6 +178,13 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
 
     _polled_keys: list[tuple[str, bool]]
     _cached_client: Any = None
+    # Queues polled before any other, in this order (the ``queues_first`` transport option).
+    queues_first: tuple[str, ...] = ()
+    from_transport_options = (*_RedisChannel.from_transport_options, "queues_first")
+    # The last fetch found messages: the next poll fetches without blocking first.
+    _hot = False
+    # The command the current poll sent, whose reply _brpop_read parses.
+    _poll_command = "BLMOVE"
     # Redis refuses BLMOVE for want of memory (until one succeeds); polls alternate between a
     # BRPOP wait that takes nothing and another BLMOVE.
     _redis_full = False
@@ -292,7 +310,7 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
             return
         if timeout is None:
             timeout = self.brpop_timeout
-        queues = self._queue_cycle.consume(len(self.active_queues))
+        queues = self._ordered(self._queue_cycle.consume(len(self.active_queues)))
         if not queues:
             return
         self._polled_keys = [
@@ -306,11 +324,27 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
         if self._redis_full and not self._waiting_full:
             # Waits brpop_timeout and takes nothing; then BLMOVE is tried again.
             self._waiting_full = True
+            self._poll_command = "BRPOP"
             self.client.connection.send_command("BRPOP", FULL_WAIT_KEY, timeout or 1)
             return
         self._waiting_full = False
+        if self._hot:
+            # Messages were there a moment ago: answer at once, then fetch from every list.
+            self._poll_command = "PING"
+            self.client.connection.send_command("PING")
+            return
+        if len(self._polled_keys) > 1:
+            timeout = min(timeout or MULTI_QUEUE_WAIT_S, MULTI_QUEUE_WAIT_S)
         # Blocks until the list has an element, and leaves it there.
+        self._poll_command = "BLMOVE"
         self.client.connection.send_command("BLMOVE", first, first, "RIGHT", "RIGHT", timeout or 0)
+
+    def _ordered(self, queues: list[str]) -> list[str]:
+        """``queues`` with those of ``queues_first`` ahead, in that order; the rest as given."""
+        if not self.queues_first:
+            return list(queues)
+        first = [q for q in self.queues_first if q in queues]
+        return first + [q for q in queues if q not in first]
 
     def _brpop_read(self, **options: Any) -> bool:
         """Adapted from kombu 5.7.0 kombu/transport/redis.py Channel._brpop_read."""
@@ -321,7 +355,7 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
                 self.client.parse_response(self.client.connection, "BRPOP", **options)
                 raise Empty()  # the next poll tries BLMOVE again
             try:
-                self.client.parse_response(self.client.connection, "BLMOVE", **options)
+                self.client.parse_response(self.client.connection, self._poll_command, **options)
             except OutOfMemoryError:
                 # The connection is fine, and Redis answers; it has no room.
                 if not self._redis_full:
@@ -337,6 +371,7 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
                 self._redis_full = False
             # Even after a timeout: another priority or queue may hold a message.
             fetched = self._fetch(self._polled_keys)
+            self._hot = fetched is not None
             if fetched is None:
                 raise Empty()
             key, items = fetched
