@@ -18,6 +18,10 @@ once the budget admits it. Its texts wait here meanwhile, not as Celery retries,
 batch keeps filling and calls stay full while the limit holds; a 429 pauses the cluster and
 puts the call's texts back at the head of the line.
 
+Lanes (docs/lanes.md): each text carries its lane. A batch takes interactive texts first, so
+an interactive text goes into the next call that leaves, taking the place of a bulk text,
+which heads the call after; the budget serves a batch holding an interactive text first too.
+
 With ``revoked`` (the fleet's revoke list, worker/revocation.py), every call's texts are
 checked in one round trip before it leaves: a revoked text is taken out and its task told
 (``TextRevoked``), so no call carries it, however long it had waited here.
@@ -32,11 +36,12 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from worker import metrics
-from worker.budget import BudgetGate, estimate_tokens
-from worker.budget.split_calls import MeteredCalls
+from worker.budget import BudgetGate
+from worker.budget.admission import BudgetAdmission, Outcome
 from worker.embeddings.batcher import EmbeddingBatcher
-from worker.errors import EmbeddingBudgetWaitError, EmbeddingError, EmbeddingRateLimitError
+from worker.errors import EmbeddingError, EmbeddingRateLimitError
 from worker.flush_policy import ArrivalGaps, FlushPolicy, batch_is_due
+from worker.names import LANE_BULK, LANE_INTERACTIVE, LANES
 from worker.revocation import TextRevoked
 from worker.vector_cache import VectorCache
 from worker.waiting import Batch, Waiting, WaitingTexts
@@ -50,8 +55,6 @@ class MicroBatcherClosed(RuntimeError):
     """Raised by ``submit`` after ``close``: the worker is shutting down."""
 
 
-# One text's outcome from a call: its vector, or the error that text alone failed with.
-_Outcome = list[float] | EmbeddingError
 # Stores (task id, vector) pairs of one call in one step; see ``MicroBatcher``.
 StoreVectors = Callable[[list[tuple[str, list[float]]]], object]
 # The task ids among those given that were revoked; see ``MicroBatcher``.
@@ -101,18 +104,11 @@ class MicroBatcher:
         self._in_flight = 0  # calls under way; the flush policy reads it
         self._arrivals: dict[str, ArrivalGaps] = {}  # per model; the flush policy reads it
         self._closing = False
-        # One thread per process waits for budget; the others would only ask Redis again.
-        self._admitting = threading.Lock()
         self._stopping = threading.Event()
-        self._metered: MeteredCalls | None = None
+        self._admission: BudgetAdmission | None = None
         if gate is not None:
-            self._metered = MeteredCalls(
-                batcher.client,
-                gate,
-                admitting=self._admitting,
-                stopping=self._stopping,
-                clock=clock,
-            )
+            self._admission = BudgetAdmission(batcher, gate, stopping=self._stopping, clock=clock)
+        self._lane_waits = {lane: metrics.LANE_WAIT.labels(lane=lane) for lane in LANES}
         self._slots = threading.Semaphore(batcher.config.pool_size)
         self._calls = ThreadPoolExecutor(
             max_workers=batcher.config.pool_size, thread_name_prefix="embeddings-call"
@@ -133,9 +129,14 @@ class MicroBatcher:
         return self._waiting.pending
 
     def submit(
-        self, text: str, model: str | None = None, task_id: str | None = None
+        self,
+        text: str,
+        model: str | None = None,
+        task_id: str | None = None,
+        lane: str = LANE_INTERACTIVE,
     ) -> Future[list[float]]:
-        """Queue one validated text; the future resolves to its vector or a typed error."""
+        """Queue one validated text in ``lane``; the future resolves to its vector or a
+        typed error."""
         future: Future[list[float]] = Future()
         key = model or self.batcher.config.model
         with self._cond:
@@ -145,7 +146,7 @@ class MicroBatcher:
             predictive = self.flush_policy is FlushPolicy.PREDICTIVE
             if predictive:  # only that policy reads arrival gaps: no per-text cost otherwise
                 self._observe_arrival(key, now)
-            queued = self._waiting.add(key, Waiting(text, future, now, task_id))
+            queued = self._waiting.add(key, Waiting(text, future, now, task_id, lane=lane))
             metrics.PENDING_TEXTS.set(self._waiting.pending)
             # Wake the dispatcher only when this text changes what it waits for: a first text
             # (it starts the flush timer), a full batch, or a batch the policy now finds due.
@@ -218,13 +219,13 @@ class MicroBatcher:
         while True:
             if block and not self._wait_until_due():
                 return None
-            if self._gate is None:
+            if self._admission is None:
                 batch = self._admit_due()
-            elif self._admitting.acquire(blocking=block):
+            elif self._admission.lock.acquire(blocking=block):
                 try:
                     batch = self._admit_due()
                 finally:
-                    self._admitting.release()
+                    self._admission.lock.release()
             else:
                 return None
             if batch is not None or not block:
@@ -249,7 +250,7 @@ class MicroBatcher:
         # distinct texts are counted once (a scan of its queue).
         now = self._clock()
         due = None
-        for model, _queue in self._waiting.queues():
+        for model in self._waiting.models():
             distinct = self._waiting.distinct(model)
             if distinct == self.batch_size:
                 return model
@@ -272,8 +273,9 @@ class MicroBatcher:
         )
 
     def _admit_due(self) -> Batch | None:
-        # Callers hold self._admitting when there is a gate. Texts stay queued while the
-        # budget says wait, so a batch that was due half-full leaves full once admitted.
+        # Callers hold the admission lock when there is a budget. Texts stay queued while
+        # the budget says wait, so a batch that was due half-full leaves full once admitted,
+        # and an interactive text arriving meanwhile joins it at the front.
         started = self._clock()
         while True:
             with self._cond:
@@ -282,32 +284,33 @@ class MicroBatcher:
                     return None
                 head = self._waiting.head(model)
                 unchecked = self._waiting.unchecked(model, head) if self._cache else []
-                if self._gate is None and not unchecked:
+                if self._admission is None and not unchecked:
                     return self._pop_batch(model, 0)
+                interactive = self._waiting.has_interactive(model)
             if unchecked:
                 self._serve_from_cache(model, unchecked)
                 continue
-            assert self._gate is not None
-            tokens = sum(map(estimate_tokens, head))
-            try:
-                admission = self._gate.try_admit(model, tokens)
-            except EmbeddingBudgetWaitError as exc:
-                self._fail_queued(model, exc)
+            assert self._admission is not None
+            lane = LANE_INTERACTIVE if interactive else LANE_BULK
+            verdict = self._admission.ask(model, head, lane)
+            if verdict.error is not None:
+                self._fail_queued(model, verdict.error)
                 continue
-            if admission.admitted:
+            if verdict.admitted:
                 with self._cond:
-                    batch = self._pop_batch(model, tokens) if self._waiting.head(model) else None
+                    batch = (
+                        self._pop_batch(model, verdict.tokens)
+                        if self._waiting.head(model)
+                        else None
+                    )
                 if batch is None:  # failed or taken meanwhile: the admission goes unused
                     continue
                 waited_s = self._clock() - started
                 for _ in batch.texts:
                     metrics.BUDGET_WAIT.observe(waited_s)
                 return batch
-            if admission.wait_s > self._gate.max_wait_s:
-                self._fail_queued(model, self._gate.wait_too_long(model, admission.wait_s))
-                continue
             self._fail_overdue(model)
-            if self._stopping.wait(self._gate.sleep_s(admission)):
+            if self._stopping.wait(verdict.wait_s):
                 self._fail_queued(model, MicroBatcherClosed("the worker is shutting down"))
 
     def _pop_batch(self, model: str, tokens: int) -> Batch:
@@ -316,6 +319,9 @@ class MicroBatcher:
         batch.tokens = tokens
         self._in_flight += 1
         metrics.PENDING_TEXTS.set(self._waiting.pending)
+        now = self._clock()
+        for waiting in batch.all_entries():
+            self._lane_waits[waiting.lane].observe(now - waiting.since)
         return batch
 
     def _end_call(self, batch: Batch) -> list[Waiting]:
@@ -337,22 +343,16 @@ class MicroBatcher:
             metrics.PENDING_TEXTS.set(self._waiting.pending)
         if served:
             metrics.INPUTS_SAVED.labels(reason="cache").inc(len(served))
-            outcomes: list[_Outcome] = [hits[w.text] for w in served]
+            outcomes: list[Outcome] = [hits[w.text] for w in served]
             self._completions.submit(self._complete, served, outcomes)
 
     def _fail_overdue(self, model: str) -> None:
         """Texts that waited for budget past the bound become Celery retries."""
-        assert self._gate is not None
+        assert self._admission is not None
         with self._cond:
-            overdue = self._waiting.pop_older_than(model, self._clock() - self._gate.max_wait_s)
+            overdue = self._waiting.pop_older_than(model, self._admission.overdue_before())
             metrics.PENDING_TEXTS.set(self._waiting.pending)
-        _fail(
-            overdue,
-            EmbeddingBudgetWaitError(
-                f"waited more than EMBEDDINGS_LIMITER_MAX_WAIT_S ({self._gate.max_wait_s:g}s) "
-                f"for the shared rate-limit budget of {model}"
-            ),
-        )
+        _fail(overdue, self._admission.overdue_error(model))
 
     def _fail_queued(self, model: str, exc: BaseException) -> None:
         """Resolve every text of ``model`` still waiting with ``exc``."""
@@ -374,20 +374,21 @@ class MicroBatcher:
             self._slots.release()
 
     def _embed(self, batch: Batch) -> None:
-        outcomes: list[_Outcome] | None
+        outcomes: list[Outcome] | EmbeddingRateLimitError
         if self._revoked is not None and not self._drop_revoked(batch):
             return
         try:
-            if self._gate is None:
+            if self._admission is None:
                 outcomes = self.batcher.embed_isolated(batch.texts, batch.model)
             else:
-                outcomes = self._embed_in_budget(batch)
+                outcomes = self._admission.call(batch)
         except BaseException as exc:
             log.exception("embeddings call crashed")
             _fail(self._end_call(batch), exc)
             return
-        if outcomes is None:
-            return  # a 429 sent the texts back to wait
+        if isinstance(outcomes, EmbeddingRateLimitError):
+            self._wait_again_after_429(batch, outcomes)
+            return
         entries = self._end_call(batch)
         by_text = dict(zip(batch.texts, outcomes, strict=True))
         saved = len(entries) - len(batch.texts)
@@ -431,30 +432,9 @@ class MicroBatcher:
         self._end_call(batch)
         return False
 
-    def _embed_in_budget(self, batch: Batch) -> list[_Outcome] | None:
-        """One admitted call; None when a 429 sent its texts back to wait for budget."""
-        assert self._gate is not None
-        try:
-            call = self.batcher.client.embed(batch.texts, batch.model)
-        except EmbeddingRateLimitError as exc:
-            self._wait_again_after_429(batch, exc)
-            return None
-        except EmbeddingError as exc:
-            # The split calls that isolate a rejected text count against the budget too.
-            assert self._metered is not None
-            return self.batcher.isolate(batch.texts, batch.model, exc, embed=self._metered.embed)
-        self._gate.after_call(batch.model, batch.tokens, call)
-        return list(call.embeddings)
-
     def _wait_again_after_429(self, batch: Batch, exc: EmbeddingRateLimitError) -> None:
-        assert self._gate is not None
-        entries = self._end_call(batch)
-        for waiting in entries:
-            waiting.rate_limited += 1
-        self._gate.after_rate_limit(batch.model, exc, max(w.rate_limited for w in entries))
-        # A text that keeps meeting 429s becomes a Celery retry, whose countdown honours them.
-        give_up = [w for w in entries if w.rate_limited > self._gate.max_rate_limited]
-        again = [w for w in entries if w.rate_limited <= self._gate.max_rate_limited]
+        assert self._admission is not None
+        give_up, again = self._admission.after_rate_limit(batch.model, self._end_call(batch), exc)
         _fail(give_up, exc)
         with self._cond:
             if self._closing:
@@ -465,7 +445,7 @@ class MicroBatcher:
             self._cond.notify()
 
     def _complete(
-        self, entries: list[Waiting], outcomes: list[_Outcome], batch: Batch | None = None
+        self, entries: list[Waiting], outcomes: list[Outcome], batch: Batch | None = None
     ) -> None:
         try:
             self._store(entries, outcomes)
@@ -484,7 +464,7 @@ class MicroBatcher:
                 batch.model, [(t, v) for t, v in fresh.items() if not isinstance(v, EmbeddingError)]
             )
 
-    def _store(self, entries: list[Waiting], outcomes: list[_Outcome]) -> None:
+    def _store(self, entries: list[Waiting], outcomes: list[Outcome]) -> None:
         if self._store_vectors is None:
             return
         vectors = [

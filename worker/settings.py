@@ -94,11 +94,17 @@ DEFAULT_SHOW_TEXTS = 0
 # Fraction of a configured or learned limit left unused, so calls spaced by the budget still
 # fit a provider's per-second quantization when they arrive a few milliseconds apart.
 DEFAULT_LIMIT_HEADROOM = 0.05
+# The share of budget-bound calls bulk keeps while interactive texts wait for the same budget
+# (docs/lanes.md): a fifth keeps a backfill moving under a saturating web load, and costs a
+# waiting interactive text at most one call's spacing in five.
+DEFAULT_BULK_FLOOR_SHARE = 0.2
 # The unacked-restore sweep runs this often; keep it a small fraction of the visibility timeout.
 DEFAULT_UNACKED_RESTORE_INTERVAL_S = 5
 # One process holds many waiting texts, so the micro-batcher can fill its calls.
 DEFAULT_WORKER_POOL = "threads"
-DEFAULT_WORKER_PREFETCH_MULTIPLIER = 8
+# One message reserved per thread: every text a worker holds is in its micro-batcher, where
+# interactive texts go first, none in the thread pool's first-come queue (docs/lanes.md).
+DEFAULT_WORKER_PREFETCH_MULTIPLIER = 1
 
 # Settings read from variables other than EMBEDDINGS_<FIELD>: Redis's, kombu's and Celery's
 # own names, which operators already know.
@@ -222,6 +228,7 @@ class Settings:
     limiter_url: str = DEFAULT_LIMITER_URL
     limiter_max_wait_s: float = DEFAULT_LIMITER_MAX_WAIT_S
     limit_headroom: float = DEFAULT_LIMIT_HEADROOM
+    bulk_floor_share: float = DEFAULT_BULK_FLOOR_SHARE  # of calls, while both lanes wait
     # The vector cache: never pay twice for one text.
     cache_url: str = DEFAULT_CACHE_URL
     cache_ttl_s: int = DEFAULT_CACHE_TTL_S
@@ -285,6 +292,10 @@ class Settings:
         _check_positive("limiter_max_wait_s", self.limiter_max_wait_s)
         if not 0.0 <= self.limit_headroom < 0.5:
             raise EmbeddingConfigError("EMBEDDINGS_LIMIT_HEADROOM must be in [0, 0.5)")
+        if not 0.0 <= self.bulk_floor_share <= 1.0:
+            raise EmbeddingConfigError(
+                f"EMBEDDINGS_BULK_FLOOR_SHARE must be in [0, 1], got {self.bulk_floor_share!r}"
+            )
         self.limits_for(self.model)  # parses EMBEDDINGS_MODEL_LIMITS, naming it when bad
         _check_positive("cache_ttl_s", self.cache_ttl_s)
         if self.cache_in_broker_db not in (0, 1):

@@ -26,7 +26,7 @@ from worker.errors import (
     EmbeddingTimeoutError,
 )
 from worker.microbatcher import MicroBatcherClosed
-from worker.names import EMBED_TEXT_TASK
+from worker.names import EMBED_TEXT_TASK, LANE_INTERACTIVE, lane_of_queue
 from worker.redaction import task_reprs
 from worker.revocation import TextRevoked
 from worker.runtime import get_microbatcher, get_settings
@@ -102,6 +102,14 @@ def _worst_case_wait_s(settings: Settings) -> float:
     )
 
 
+def _lane(request: Any) -> str:
+    """The lane of the queue the text was delivered from (docs/lanes.md); eager: interactive."""
+    if request.is_eager:
+        return LANE_INTERACTIVE
+    info = request.delivery_info or {}
+    return lane_of_queue(info.get("routing_key"))
+
+
 @app.task(name=EMBED_TEXT_TASK, bind=True, acks_late=True)  # type: ignore[untyped-decorator]
 def embed_text_task(self: Task, text: Any, model: str | None = None) -> list[float]:
     """Embed ``text`` (with ``model``, or the configured one) and return its vector."""
@@ -111,7 +119,9 @@ def embed_text_task(self: Task, text: Any, model: str | None = None) -> list[flo
         try:
             # Eager runs store no result, so the batched write must not store one either.
             task_id = None if self.request.is_eager else self.request.id
-            future = get_microbatcher().submit(checked, model, task_id=task_id)
+            future = get_microbatcher().submit(
+                checked, model, task_id=task_id, lane=_lane(self.request)
+            )
             return future.result(timeout=_worst_case_wait_s(settings))
         except TimeoutError as exc:
             raise EmbeddingTimeoutError("no answer from the micro-batcher in time") from exc

@@ -4,6 +4,11 @@ Identical texts of one model (the process embeds every text with one ``dimension
 the API as one input: a batch holds up to ``batch_size`` distinct texts and every waiting
 entry of each, and a text that arrives while an identical one is in a call joins that call.
 
+Each model's queue has two lanes (docs/lanes.md). A batch takes interactive texts first, then
+bulk ones, each lane oldest first: an interactive text goes into the next call that leaves,
+in the place of the bulk text that would otherwise have been last in it, and that bulk text
+heads the next call.
+
 Not thread-safe: the micro-batcher holds its condition's lock around every method.
 """
 
@@ -13,6 +18,9 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from itertools import chain
+
+from worker.names import LANE_BULK, LANE_INTERACTIVE
 
 __all__ = ["Batch", "Waiting", "WaitingTexts"]
 
@@ -27,6 +35,7 @@ class Waiting:
     task_id: str | None = None
     rate_limited: int = 0  # 429s met so far; past the gate's bound, the text retries in Celery
     cache_checked: bool = False  # looked up in the vector cache already (a miss)
+    lane: str = LANE_INTERACTIVE
 
 
 _Predicate = Callable[[Waiting], bool]
@@ -44,14 +53,42 @@ class Batch:
     def all_entries(self) -> list[Waiting]:
         return [waiting for text in self.texts for waiting in self.entries.get(text, [])]
 
+    @property
+    def lane(self) -> str:
+        """Interactive when any of its texts is: the budget serves the call as interactive."""
+        interactive = any(w.lane == LANE_INTERACTIVE for w in self.all_entries())
+        return LANE_INTERACTIVE if interactive else LANE_BULK
+
+
+class _Lanes:
+    """One model's queue: interactive entries, then bulk ones, each oldest first."""
+
+    __slots__ = ("bulk", "interactive")
+
+    def __init__(self) -> None:
+        self.interactive: deque[Waiting] = deque()
+        self.bulk: deque[Waiting] = deque()
+
+    def of(self, lane: str) -> deque[Waiting]:
+        return self.interactive if lane == LANE_INTERACTIVE else self.bulk
+
+    def __iter__(self) -> Iterator[Waiting]:
+        return chain(self.interactive, self.bulk)
+
+    def __len__(self) -> int:
+        return len(self.interactive) + len(self.bulk)
+
+    def oldest_since(self) -> float:
+        return min(lane[0].since for lane in (self.interactive, self.bulk) if lane)
+
 
 class WaitingTexts:
-    """Per-model queues of ``Waiting`` entries, oldest first, and the texts in calls."""
+    """Per-model queues of ``Waiting`` entries, interactive first, and the texts in calls."""
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
         self.pending = 0  # entries in the queues (not in calls)
-        self._queues: OrderedDict[str, deque[Waiting]] = OrderedDict()
+        self._queues: OrderedDict[str, _Lanes] = OrderedDict()
         self._in_calls: dict[tuple[str, str], list[Waiting]] = {}
 
     def __bool__(self) -> bool:
@@ -63,21 +100,28 @@ class WaitingTexts:
         if joined is not None:
             joined.append(waiting)
             return 0
-        queue = self._queues.setdefault(model, deque())
-        queue.append(waiting)
+        queue = self._queues.get(model)
+        if queue is None:
+            queue = self._queues[model] = _Lanes()
+        queue.of(waiting.lane).append(waiting)
         self.pending += 1
         return len(queue)
 
-    def queues(self) -> Iterator[tuple[str, deque[Waiting]]]:
-        """(model, queue) pairs, the model waiting longest first."""
-        return iter(self._queues.items())
+    def models(self) -> list[str]:
+        """The models with texts queued, the one waiting longest first."""
+        return list(self._queues)
 
     def oldest_since(self) -> float:
-        return min(queue[0].since for queue in self._queues.values())
+        return min(queue.oldest_since() for queue in self._queues.values())
 
     def oldest_since_of(self, model: str) -> float:
         """When ``model``'s oldest queued text began to wait; it must have one."""
-        return self._queues[model][0].since
+        return self._queues[model].oldest_since()
+
+    def has_interactive(self, model: str) -> bool:
+        """Whether an interactive text of ``model`` is queued (it heads the next batch)."""
+        queue = self._queues.get(model)
+        return queue is not None and bool(queue.interactive)
 
     def head(self, model: str) -> list[str]:
         """The first ``batch_size`` distinct texts of ``model``'s queue."""
@@ -134,11 +178,14 @@ class WaitingTexts:
         self._in_calls.pop((model, text), None)
 
     def requeue(self, model: str, entries: list[Waiting]) -> None:
-        """Put ``entries`` back at the head of ``model``'s queue, in their order."""
+        """Put ``entries`` back at the head of their lanes in ``model``'s queue, in order."""
         if not entries:
             return
-        queue = self._queues.setdefault(model, deque())
-        queue.extendleft(reversed(entries))
+        queue = self._queues.get(model)
+        if queue is None:
+            queue = self._queues[model] = _Lanes()
+        for lane in (LANE_INTERACTIVE, LANE_BULK):
+            queue.of(lane).extendleft(reversed([w for w in entries if w.lane == lane]))
         self.pending += len(entries)
 
     def pop_model(self, model: str) -> list[Waiting]:
@@ -155,10 +202,9 @@ class WaitingTexts:
             return []
         taken = [w for w in queue if matches(w)]
         if taken:
-            kept = deque(w for w in queue if not matches(w))
-            if kept:
-                self._queues[model] = kept
-            else:
+            queue.interactive = deque(w for w in queue.interactive if not matches(w))
+            queue.bulk = deque(w for w in queue.bulk if not matches(w))
+            if not queue:
                 del self._queues[model]
             self.pending -= len(taken)
         return taken

@@ -254,7 +254,7 @@ class FakeBudget:
         self.reports: list[dict[str, object]] = []
         self.pause_started = True
 
-    def try_acquire(self, model: str, tokens: int) -> Admission:
+    def try_acquire(self, model: str, tokens: int, lane: str = "interactive") -> Admission:
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer

@@ -251,7 +251,9 @@ def test_a_text_arriving_during_shutdown_goes_back_to_the_queue(monkeypatch):
     import worker.tasks as tasks
 
     class ClosedMicroBatcher:
-        def submit(self, text: str, model: str | None = None, task_id: str | None = None) -> None:
+        def submit(
+            self, text: str, model: str | None = None, task_id: str | None = None, lane: str = ""
+        ) -> None:
             raise MicroBatcherClosed("the worker is shutting down")
 
     monkeypatch.setattr(tasks, "get_microbatcher", ClosedMicroBatcher)

@@ -62,7 +62,7 @@ class ScriptedBudget:
         self.first = list(first)
         self.asked = 0
 
-    def try_acquire(self, model: str, tokens: int) -> Admission:
+    def try_acquire(self, model: str, tokens: int, lane: str = "interactive") -> Admission:
         self.asked += 1
         return self.first.pop(0) if self.first else self.answer
 
@@ -194,7 +194,7 @@ class CountingBudget:
         self.budget = budget
         self.admitted = 0
 
-    def try_acquire(self, model: str, tokens: int) -> Admission:
+    def try_acquire(self, model: str, tokens: int, lane: str = "interactive") -> Admission:
         admission = self.budget.try_acquire(model, tokens)
         self.admitted += admission.admitted
         return admission

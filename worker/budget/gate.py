@@ -19,6 +19,7 @@ from worker.budget.shared import Admission, SharedBudget, pause_for_exhausted_s
 from worker.embeddings.backoff import backoff_delay
 from worker.embeddings.client import CallResult
 from worker.errors import EmbeddingBudgetWaitError, EmbeddingRateLimitError
+from worker.names import LANE_INTERACTIVE
 from worker.settings import Settings
 
 __all__ = ["BudgetGate"]
@@ -72,13 +73,14 @@ class BudgetGate:
             jitter_factor=settings.jitter_factor,
         )
 
-    def try_admit(self, model: str, tokens: int) -> Admission:
-        """The budget's answer for a call of ``tokens``; a Redis blip reads as a short wait.
+    def try_admit(self, model: str, tokens: int, lane: str = LANE_INTERACTIVE) -> Admission:
+        """The budget's answer for a call of ``tokens`` in ``lane``; a Redis blip reads as a
+        short wait.
 
         Raises ``EmbeddingBudgetWaitError`` once Redis has been unreachable ``max_wait_s``.
         """
         try:
-            admission = self.budget.try_acquire(model, tokens)
+            admission = self.budget.try_acquire(model, tokens, lane)
         except EmbeddingBudgetWaitError:
             metrics.BUDGET_UNAVAILABLE.inc()
             now = self._clock()

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
@@ -22,10 +25,17 @@ import redis
 
 from worker.embeddings.ratelimit_headers import RateLimitHeaders
 from worker.errors import EmbeddingBudgetWaitError
+from worker.names import LANE_INTERACTIVE
 from worker.redis_client import bounded_client
 from worker.settings import Settings
 
-__all__ = ["Admission", "SharedBudget", "estimate_tokens", "pause_for_exhausted_s"]
+__all__ = [
+    "Admission",
+    "SharedBudget",
+    "estimate_tokens",
+    "floor_every",
+    "pause_for_exhausted_s",
+]
 
 # A model's state outlives its last call by this long, so learned limits survive a lull.
 STATE_TTL_MS = 3_600_000
@@ -33,6 +43,24 @@ STATE_TTL_MS = 3_600_000
 # periods as short as a second, so a burst may use at most the headroom of one second's share.
 _QUANTUM_MS = 1000.0
 _Arg = str | int | float
+# A waiting interactive call's demand entry outlives the wait it was told by this much, so it
+# is still there when it asks again; a process that died leaves it only this long.
+DEMAND_MARGIN_MS = 1000
+# A bulk call yielding to a waiting interactive one asks again after at least this long.
+YIELD_RECHECK_MS = 20
+_NEVER = 2**31 - 1
+
+
+def floor_every(floor_share: float) -> int:
+    """Interactive admissions after which a bulk call goes although interactive ones wait.
+
+    With ``n`` returned, bulk keeps ``1 / (n + 1)`` of the calls while both lanes wait: the
+    nearest such share to ``floor_share`` (0.2 gives 4, a fifth; 1 gives 0, bulk never
+    yields; 0 gives a count no run reaches, bulk always yields).
+    """
+    if floor_share <= 0:
+        return _NEVER
+    return max(0, round((1.0 - floor_share) / floor_share))
 
 
 def _script(name: str) -> str:
@@ -95,6 +123,9 @@ class SharedBudget:
         self._settings = settings
         self._now_ms = now_ms
         self._acquire = client.register_script(_script("acquire.lua"))
+        # This process in the demand set; the pid tells processes of one host apart.
+        self._caller_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._floor_every = floor_every(settings.bulk_floor_share)
         self._report = client.register_script(_script("report.lua"))
         # Workers of one provider share a budget; another base URL is another account.
         self._prefix = (
@@ -111,6 +142,10 @@ class SharedBudget:
         """The Redis hash holding ``model``'s budget (braces: one cluster slot per model)."""
         return f"{self._prefix}:{{{model}}}"
 
+    def demand_key(self, model: str) -> str:
+        """The sorted set of processes whose interactive call waits for ``model``'s budget."""
+        return f"{self.key(model)}:interactive"
+
     def close(self) -> None:
         """Close the Redis connections."""
         self._client.close()
@@ -118,17 +153,20 @@ class SharedBudget:
     def _now_arg(self) -> str:
         return "" if self._now_ms is None else repr(float(self._now_ms()))
 
-    def try_acquire(self, model: str, tokens: int) -> Admission:
+    def try_acquire(self, model: str, tokens: int, lane: str = LANE_INTERACTIVE) -> Admission:
         """Take 1 request and ``tokens`` from ``model``'s budget, or say how long to wait.
 
-        A refusal takes nothing.
+        A refusal takes nothing. An interactive call told to wait makes bulk calls of every
+        process yield until it is admitted, but for bulk's floor share (docs/lanes.md).
         """
         rpm, tpm = self._settings.limits_for(model)
         headroom = self._settings.limit_headroom
         args: list[_Arg] = [rpm, tpm, tokens, headroom, self._tolerance_ms(), STATE_TTL_MS,
-                            self._now_arg()]  # fmt: skip
+                            self._now_arg(), lane, self._caller_id, self._floor_every,
+                            DEMAND_MARGIN_MS, YIELD_RECHECK_MS]  # fmt: skip
+        keys = [self.key(model), self.demand_key(model)]
         try:
-            admitted, wait_ms, paused = self._acquire(keys=[self.key(model)], args=args)
+            admitted, wait_ms, paused = self._acquire(keys=keys, args=args)
         except redis.RedisError as exc:
             raise EmbeddingBudgetWaitError(
                 f"the rate-limit budget's Redis is unreachable: {type(exc).__name__}: {exc}"

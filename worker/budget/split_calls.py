@@ -18,6 +18,7 @@ from worker.budget.gate import BudgetGate
 from worker.budget.shared import estimate_tokens
 from worker.embeddings.client import CallResult, EmbeddingClient
 from worker.errors import EmbeddingBudgetWaitError, EmbeddingRateLimitError
+from worker.names import LANE_INTERACTIVE
 
 __all__ = ["MeteredCalls"]
 
@@ -44,11 +45,14 @@ class MeteredCalls:
         self._stopping = stopping
         self._clock = clock
 
-    def embed(self, texts: Sequence[str], model: str | None = None) -> CallResult:
-        """One call of ``texts``, once the budget admits it; raises the call's typed error."""
+    def embed(
+        self, texts: Sequence[str], model: str | None = None, *, lane: str = LANE_INTERACTIVE
+    ) -> CallResult:
+        """One call of ``texts``, once the budget admits it in ``lane``; raises the call's
+        typed error."""
         key = model or self._client.config.model
         tokens = sum(map(estimate_tokens, texts))
-        self._wait_for_admission(key, tokens)
+        self._wait_for_admission(key, tokens, lane)
         try:
             call = self._client.embed(texts, model)
         except EmbeddingRateLimitError as exc:
@@ -57,14 +61,14 @@ class MeteredCalls:
         self._gate.after_call(key, tokens, call)
         return call
 
-    def _wait_for_admission(self, model: str, tokens: int) -> None:
+    def _wait_for_admission(self, model: str, tokens: int, lane: str) -> None:
         deadline = self._clock() + self._gate.max_wait_s
         while True:
             # Behind a queued batch that is waiting for budget itself, at most until deadline.
             if not self._admitting.acquire(timeout=max(0.0, deadline - self._clock())):
                 raise self._gate.wait_too_long(model, self._gate.max_wait_s)
             try:
-                admission = self._gate.try_admit(model, tokens)
+                admission = self._gate.try_admit(model, tokens, lane)
             finally:
                 self._admitting.release()
             if admission.admitted:
