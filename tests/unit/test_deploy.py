@@ -40,7 +40,7 @@ _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "an
 def exported_series() -> set[str]:
     """Every series name a worker's ``/metrics`` can serve."""
     families = [(m.name, m.type) for m in REGISTRY.collect() if m.name.startswith("embeddings_")]
-    gauges = QueueDepthCollector(redis.Redis(port=1), "embeddings").describe()
+    gauges = QueueDepthCollector(redis.Redis(port=1)).describe()
     families += [(m.name, m.type) for m in gauges]
     return {name + suffix for name, kind in families for suffix in _SUFFIXES[kind]}
 
