@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import redis
 import yaml
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, Counter
 
-import worker.metrics  # noqa: F401 - registers the metrics
+import worker.metrics
 from devstack import REPO_ROOT
 from worker.observability import QueueDepthCollector
 
@@ -58,6 +58,38 @@ def metric_names(expr: str) -> set[str]:
         if not call and name.lower() not in _KEYWORDS and not re.fullmatch(r"\d\w*", name):
             names.add(name)
     return names
+
+
+def counters_absent_until_first_increment() -> set[str]:
+    """Series of labelled counters: a worker exports none until a label set is first counted."""
+    return {
+        f"{metric._name}_total"
+        for metric in vars(worker.metrics).values()
+        if isinstance(metric, Counter) and metric._labelnames
+    }
+
+
+# sum(rate(name{…}[…])) and the like: one aggregated term of an expression.
+_SUMMED_RATE = re.compile(
+    r"sum\s*\(\s*(?:rate|irate|increase)\s*\(\s*(?P<name>[a-zA-Z_:][\w:]*)\s*"
+    r"(?:\{[^}]*\})?\s*\[[^\]]*\]\s*\)\s*\)"
+)
+
+
+def unguarded_terms(expr: str, absent_until_counted: set[str]) -> list[str]:
+    """Summed rates of counters with no series yet that take part in arithmetic unguarded.
+
+    ``a + b`` is empty while ``b`` has no series, so each such term must read
+    ``(sum(rate(b[…])) or vector(0))``: then it is next to ``or`` and a parenthesis, not to an
+    arithmetic operator.
+    """
+    found = []
+    for term in _SUMMED_RATE.finditer(expr):
+        # The operator right before or right after the term ("" at either end of expr).
+        neighbours = {expr[: term.start()].rstrip()[-1:], expr[term.end() :].lstrip()[:1]}
+        if term["name"] in absent_until_counted and neighbours & set("+-*/"):
+            found.append(term.group())
+    return found
 
 
 def _balanced(expr: str) -> bool:
@@ -154,3 +186,29 @@ def test_the_rules_file_has_prometheus_rule_file_structure(rules: list[dict[str,
         assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["alert"]
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"]
+
+
+def test_the_guard_reader_flags_a_bare_sum_with_a_counter_that_has_no_series_yet() -> None:
+    absent = {"b_total"}
+    assert unguarded_terms("sum(rate(a_total[5m])) + sum(rate(b_total[5m]))", absent) == [
+        "sum(rate(b_total[5m]))"
+    ]
+    assert unguarded_terms('sum(rate(b_total{x="1"}[5m])) / 2', absent) == [
+        'sum(rate(b_total{x="1"}[5m]))'
+    ]
+    guarded = "(sum(rate(a_total[5m])) or vector(0)) + (sum(rate(b_total[5m])) or vector(0))"
+    assert unguarded_terms(guarded, absent) == []
+    assert unguarded_terms("sum(rate(b_total[5m])) > 0", absent) == []  # empty is "no"
+    assert {"embeddings_failure_total", "embeddings_retry_total",
+            "embeddings_success_total"} <= counters_absent_until_first_increment()  # fmt: skip
+    assert "embeddings_rate_limited_total" not in counters_absent_until_first_increment()
+
+
+def test_no_sum_in_the_rules_or_the_dashboard_is_empty_until_one_term_first_happens(
+    dashboard: dict[str, Any], rules: list[dict[str, Any]]
+) -> None:
+    absent = counters_absent_until_first_increment()
+    exprs = [rule["expr"] for rule in rules] + list(_dashboard_exprs(dashboard))
+    assert {
+        expr: unguarded_terms(expr, absent) for expr in exprs if unguarded_terms(expr, absent)
+    } == {}
