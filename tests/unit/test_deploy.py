@@ -2,8 +2,9 @@
 
 Every PromQL expression is read for the metric names it selects, which are compared with
 what the workers export (``worker.metrics`` and the queue gauges of ``worker.observability``,
-with the series suffixes Prometheus adds per type). No ``promtool`` here: the rules file's
-structure is checked against Prometheus's rule-file format instead.
+with the series suffixes Prometheus adds per type), and for the lanes and queues it names.
+No ``promtool`` here: the rules file's structure is checked against Prometheus's rule-file
+format instead.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from prometheus_client import REGISTRY, Counter
 
 import worker.metrics
 from devstack import REPO_ROOT
+from worker.names import LANE_QUEUES, LANES
 from worker.observability import QueueDepthCollector
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "embeddings.json"
@@ -158,7 +160,8 @@ def test_the_dashboard_covers_what_an_operator_watches(dashboard: dict[str, Any]
     used = set().union(*(metric_names(expr) for expr in _dashboard_exprs(dashboard)))
     assert {"embeddings_queue_depth", "embeddings_texts_total", "embeddings_success_total",
             "embeddings_rate_limited_total", "embeddings_retry_total", "embeddings_breaker_state",
-            "embeddings_budget_wait_seconds_bucket"} <= used  # fmt: skip
+            "embeddings_budget_wait_seconds_bucket",
+            "embeddings_lane_wait_seconds_bucket"} <= used  # fmt: skip
     assert {panel["datasource"]["uid"] for panel in dashboard["panels"]} == {"${datasource}"}
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -171,7 +174,8 @@ def test_every_metric_the_alert_rules_use_is_exported(rules: list[dict[str, Any]
     used = set().union(*(metric_names(rule["expr"]) for rule in rules))
     assert used - exported_series() - PROMETHEUS_SERIES == set()
     assert {"embeddings_queue_depth", "embeddings_rate_limited_total", "embeddings_breaker_state",
-            "embeddings_budget_wait_seconds_bucket"} <= used  # fmt: skip
+            "embeddings_budget_wait_seconds_bucket",
+            "embeddings_lane_wait_seconds_bucket"} <= used  # fmt: skip
 
 
 def test_the_rules_file_has_prometheus_rule_file_structure(rules: list[dict[str, Any]]) -> None:
@@ -212,3 +216,23 @@ def test_no_sum_in_the_rules_or_the_dashboard_is_empty_until_one_term_first_happ
     assert {
         expr: unguarded_terms(expr, absent) for expr in exprs if unguarded_terms(expr, absent)
     } == {}
+
+
+def test_the_rules_and_the_dashboard_name_only_real_lanes_and_queues(
+    dashboard: dict[str, Any], rules: list[dict[str, Any]]
+) -> None:
+    exprs = [rule["expr"] for rule in rules] + list(_dashboard_exprs(dashboard))
+    lanes = {m for expr in exprs for m in re.findall(r'\blane\s*=~?\s*"([^"]*)"', expr)}
+    queues = {m for expr in exprs for m in re.findall(r'\bqueue\s*=~?\s*"([^"]*)"', expr)}
+    assert lanes and lanes <= set(LANES)
+    assert queues <= set(LANE_QUEUES.values())
+
+
+def test_the_dashboard_shows_each_lane_s_queue_depth_and_wait(dashboard: dict[str, Any]) -> None:
+    exprs = list(_dashboard_exprs(dashboard))
+    by_lane = [expr for expr in exprs if re.search(r"by \((?:le, )?lane\)", expr)]
+    assert any("embeddings_queue_depth" in expr for expr in by_lane)
+    waits = [expr for expr in by_lane if "embeddings_lane_wait_seconds_bucket" in expr]
+    assert {re.match(r"histogram_quantile\((0\.\d+)", expr)[1] for expr in waits} == {"0.5", "0.95"}
+    # The backlog is the sum over the lanes' queues, each counted once however many workers.
+    assert "sum(max by (queue) (embeddings_queue_depth))" in exprs
