@@ -4,7 +4,9 @@ Every PromQL expression is read for the metric names it selects, which are compa
 what the workers export (``worker.metrics`` and the queue gauges of ``worker.observability``,
 with the series suffixes Prometheus adds per type), and for the lanes and queues it names.
 No ``promtool`` here: the rules file's structure is checked against Prometheus's rule-file
-format instead.
+format, and each alert is checked to have ``promtool test rules`` cases
+(deploy/prometheus/alerts_test.yml, which ./scripts/check runs when promtool is installed;
+tests/unit/test_deploy_promtool.py evaluates the dashboard's expressions with it).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from worker.observability import QueueDepthCollector
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "embeddings.json"
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
+ALERTS_TEST = REPO_ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 
 # Series Prometheus itself provides for every scrape target.
 PROMETHEUS_SERIES = {"up"}
@@ -236,3 +239,24 @@ def test_the_dashboard_shows_each_lane_s_queue_depth_and_wait(dashboard: dict[st
     assert {re.match(r"histogram_quantile\((0\.\d+)", expr)[1] for expr in waits} == {"0.5", "0.95"}
     # The backlog is the sum over the lanes' queues, each counted once however many workers.
     assert "sum(max by (queue) (embeddings_queue_depth))" in exprs
+
+
+def _promtool_tests() -> list[dict[str, Any]]:
+    loaded = yaml.safe_load(ALERTS_TEST.read_text())
+    assert loaded["rule_files"] == [ALERTS.name]
+    tests: list[dict[str, Any]] = loaded["tests"]
+    return tests
+
+
+def test_every_alert_has_promtool_cases_where_it_fires_and_where_it_stays_quiet(
+    rules: list[dict[str, Any]],
+) -> None:
+    fires, quiet = set(), set()
+    for test in _promtool_tests():
+        assert test["name"] and test["input_series"] is not None, test
+        for case in test["alert_rule_test"]:
+            (fires if case["exp_alerts"] else quiet).add(case["alertname"])
+    alerts = {rule["alert"] for rule in rules}
+    assert alerts - fires == set()
+    assert alerts - quiet == set()
+    assert (fires | quiet) - alerts == set()  # no test of an alert that was renamed away
