@@ -260,3 +260,16 @@ def test_every_alert_has_promtool_cases_where_it_fires_and_where_it_stays_quiet(
     assert alerts - fires == set()
     assert alerts - quiet == set()
     assert (fires | quiet) - alerts == set()  # no test of an alert that was renamed away
+
+
+def test_every_docs_section_an_alert_points_to_exists(rules: list[dict[str, Any]]) -> None:
+    pointers = [
+        (doc, section)
+        for rule in rules
+        for text in rule["annotations"].values()
+        for doc, section in re.findall(r'(docs/[\w.]+\.md), "([^"]+)"', text)
+    ]
+    assert ("docs/lanes.md", "When interactive texts wait") in pointers
+    for doc, section in pointers:
+        headings = re.findall(r"^#+ (.+)$", (REPO_ROOT / doc).read_text(), re.MULTILINE)
+        assert section in headings, (doc, section)
