@@ -61,3 +61,42 @@ if ! redis_up; then
   for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
   redis_up || { echo "setup: redis-server did not come up" >&2; exit 1; }
 fi
+
+# promtool, Prometheus's rule checker, for ./scripts/check's alert rule tests
+# (deploy/prometheus/alerts_test.yml). Optional: without it the check skips them. Only the
+# one binary is taken from Debian's prometheus package, into .tools/bin: installing the
+# package would also set up a Prometheus server as a system service. A failed attempt leaves
+# a mark so that every later run does not repeat apt-get update.
+PROMTOOL=$TOOLS/bin/promtool
+PROMTOOL_MARK=$TOOLS/promtool-unavailable
+apt_candidate() { apt-cache policy prometheus 2>/dev/null | sed -n 's/^ *Candidate: //p'; }
+install_promtool() {
+  [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 \
+    || return 1
+  case "$(apt_candidate)" in
+    "" | "(none)") apt-get update -qq >/dev/null 2>&1 || return 1 ;;
+  esac
+  case "$(apt_candidate)" in "" | "(none)") return 1 ;; esac
+  local tmp ok=1
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp"  # apt's download sandbox user must be able to write there
+  if (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1) \
+      && dpkg-deb --fsys-tarfile "$tmp"/prometheus_*.deb | tar -xO ./usr/bin/promtool >"$tmp/promtool" \
+      && chmod 755 "$tmp/promtool" && "$tmp/promtool" --version >/dev/null 2>&1; then
+    mkdir -p "$TOOLS/bin" && mv "$tmp/promtool" "$PROMTOOL" && ok=0
+  fi
+  rm -rf "$tmp"
+  return "$ok"
+}
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$PROMTOOL" ]; then
+  if [ -e "$PROMTOOL_MARK" ]; then
+    echo "setup: promtool unavailable (an earlier install failed; delete $PROMTOOL_MARK to" \
+      "try again); ./scripts/check skips the alert rule tests"
+  elif install_promtool; then
+    echo "setup: promtool installed into $TOOLS/bin (from Debian's prometheus package)"
+  else
+    if [ "$(id -u)" = 0 ]; then touch "$PROMTOOL_MARK" 2>/dev/null || true; fi
+    echo "setup: promtool unavailable (needs root, apt-get and Debian's prometheus package);" \
+      "./scripts/check skips the alert rule tests"
+  fi
+fi

@@ -6,9 +6,10 @@ With ``EMBEDDINGS_METRICS_PORT`` set (0, the default, serves nothing), a worker 
 ``embeddings_latency_ms``, ``embeddings_pool_exhausted_total``), the call latency in
 seconds (``embeddings_latency_seconds``), the batch fill, the micro-batcher's waiting texts,
 the breaker state, and two gauges read from the broker on each scrape:
-``embeddings_queue_depth`` (messages waiting in the ``embeddings`` queue, what an
-autoscaler scales on) and ``embeddings_queue_unacked`` (messages reserved by workers, all of
-them, not yet acknowledged).
+``embeddings_queue_depth{queue,lane}`` (messages waiting in each lane's queue,
+``embeddings.interactive`` and ``embeddings``; their sum is the backlog an autoscaler scales
+on) and ``embeddings_queue_unacked`` (messages reserved by workers, all of them, not yet
+acknowledged).
 
 The default ``threads`` pool is one process, so it serves on the port as given. Under
 ``CELERY_WORKER_POOL=prefork`` every child is its own process with its own metrics, so child
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from worker import metrics  # noqa: F401 - registers the seed's metrics before any scrape
+from worker.names import LANE_QUEUES
 from worker.redis_client import REDIS_SCHEMES, redis_from_url
 from worker.settings import Settings
 
@@ -61,31 +63,37 @@ def _queue_keys(queue: str) -> list[str]:
 
 
 class QueueDepthCollector(Collector):
-    """Reads the broker queue's length on each scrape (``LLEN``, one round trip, bounded).
+    """Reads each lane's broker queue length on each scrape (``LLEN``s, one round trip, bounded).
 
-    When Redis does not answer within the timeout, the queue gauges are left out of that
-    scrape rather than reported as 0, so an autoscaler never scales in on a broker outage.
+    ``queues`` maps a lane to its queue (``worker.names.LANE_QUEUES`` by default); each is
+    reported as ``embeddings_queue_depth{queue,lane}``. When Redis does not answer within the
+    timeout, the queue gauges are left out of that scrape rather than reported as 0, so an
+    autoscaler never scales in on a broker outage.
     """
 
     def __init__(
-        self, client: redis.Redis, queue: str, timeout_s: float = _SCRAPE_TIMEOUT_S
+        self,
+        client: redis.Redis,
+        queues: Mapping[str, str] = LANE_QUEUES,
+        timeout_s: float = _SCRAPE_TIMEOUT_S,
     ) -> None:
         self._client = client
-        self._queue = queue
+        self._queues = dict(queues)
         self._timeout_s = timeout_s
 
     def describe(self) -> Iterable[Any]:
         # Describing without collecting keeps registration from touching Redis.
         return [
-            GaugeMetricFamily("embeddings_queue_depth", "", labels=["queue"]),
+            GaugeMetricFamily("embeddings_queue_depth", "", labels=["queue", "lane"]),
             GaugeMetricFamily("embeddings_queue_unacked", ""),
         ]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             pipe = self._client.pipeline(transaction=False)
-            for key in _queue_keys(self._queue):
-                pipe.llen(key)
+            for queue in self._queues.values():
+                for key in _queue_keys(queue):
+                    pipe.llen(key)
             pipe.hlen(_UNACKED_KEY)
             *lengths, unacked = pipe.execute()
         except redis.RedisError as exc:
@@ -93,10 +101,14 @@ class QueueDepthCollector(Collector):
             return
         depth = GaugeMetricFamily(
             "embeddings_queue_depth",
-            "Messages waiting in the broker queue, all priorities (the same for every worker)",
-            labels=["queue"],
+            "Messages waiting in a lane's broker queue, all priorities (the same for every "
+            "worker; the backlog is the sum over lanes)",
+            labels=["queue", "lane"],
         )
-        depth.add_metric([self._queue], float(sum(lengths)))
+        steps = len(_PRIORITY_STEPS)
+        for index, (lane, queue) in enumerate(self._queues.items()):
+            waiting = lengths[index * steps : (index + 1) * steps]
+            depth.add_metric([queue, lane], float(sum(waiting)))
         yield depth
         yield GaugeMetricFamily(
             "embeddings_queue_unacked",
@@ -110,7 +122,9 @@ def metrics_port_for(base_port: int, pool_index: int | None) -> int:
     return base_port if pool_index is None else base_port + pool_index
 
 
-def start_metrics_server(settings: Settings, broker_url: str | None, queue: str, port: int) -> bool:
+def start_metrics_server(
+    settings: Settings, broker_url: str | None, port: int, queues: Mapping[str, str] = LANE_QUEUES
+) -> bool:
     """Serve this process's metrics on ``port``; register the queue gauges for ``broker_url``.
 
     Returns False, having logged why, when the port is taken: metrics never stop a worker.
@@ -127,7 +141,7 @@ def start_metrics_server(settings: Settings, broker_url: str | None, queue: str,
         _serving = (settings.metrics_addr, port)
         client = _broker_client(broker_url, settings)
         if client is not None:
-            REGISTRY.register(QueueDepthCollector(client, queue))
+            REGISTRY.register(QueueDepthCollector(client, queues))
     log.info("Prometheus metrics on http://%s:%d/metrics", settings.metrics_addr, port)
     return True
 
@@ -163,8 +177,9 @@ def _on_worker_setup(instance: Any = None, **_: Any) -> None:
         # Each child serves after its fork (see _on_worker_process_init); the parent runs no
         # tasks, so it has nothing to report.
         return
-    conf = instance.app.conf
-    start_metrics_server(settings, conf.broker_url, conf.task_default_queue, settings.metrics_port)
+    # Both lanes' queues, whichever this worker consumes: every worker reports the whole
+    # backlog, so one scrape target is enough for an autoscaler.
+    start_metrics_server(settings, instance.app.conf.broker_url, settings.metrics_port)
 
 
 def _on_worker_process_init(**_: Any) -> None:
@@ -175,8 +190,7 @@ def _on_worker_process_init(**_: Any) -> None:
     if not settings.metrics_port:
         return
     port = metrics_port_for(settings.metrics_port, current_process_index(base=0))
-    conf = current_app.conf
-    start_metrics_server(settings, conf.broker_url, conf.task_default_queue, port)
+    start_metrics_server(settings, current_app.conf.broker_url, port)
 
 
 def connect_signals() -> None:

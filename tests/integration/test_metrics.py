@@ -1,4 +1,4 @@
-"""A worker's Prometheus endpoint: the seed's metrics, batch fill and the queue depth."""
+"""A worker's Prometheus endpoint: the seed's metrics, batch fill and each lane's queue depth."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import producers
 from devstack import free_port, wait_for
+from worker.names import BULK_QUEUE, EMBED_TEXT_TASK, INTERACTIVE_QUEUE, LANE_QUEUES
 
 pytestmark = pytest.mark.integration
 
@@ -20,6 +21,18 @@ def _scrape(port: int) -> dict[str, float]:
         for sample in family.samples:
             samples[sample.name] = samples.get(sample.name, 0.0) + sample.value
     return samples
+
+
+def _depths(port: int) -> dict[str, float]:
+    """``embeddings_queue_depth`` by lane, checking each lane's ``queue`` label on the way."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    depths: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "embeddings_queue_depth":
+                assert sample.labels["queue"] == LANE_QUEUES[sample.labels["lane"]]
+                depths[sample.labels["lane"]] = sample.value
+    return depths
 
 
 def test_a_worker_serves_the_seed_metrics_batch_fill_and_queue_depth(start_worker, stub, app):
@@ -45,15 +58,24 @@ def test_a_worker_serves_the_seed_metrics_batch_fill_and_queue_depth(start_worke
     assert 0 < samples["embeddings_batch_fill"] <= 1
     assert samples["embeddings_queue_depth"] == 0
 
-    # Stop the worker consuming, so texts pile up in the queue where an autoscaler looks.
-    app.control.cancel_consumer("embeddings", destination=[worker.hostname], reply=True)
-    waiting = [producers.enqueue_text(f"queued {i}", app=app) for i in range(25)]
-    assert _scrape(port)["embeddings_queue_depth"] == 25
+    assert _depths(port) == {"interactive": 0, "bulk": 0}
 
-    app.control.add_consumer("embeddings", destination=[worker.hostname], reply=True)
+    # Stop the worker consuming either lane, so texts pile up where an autoscaler looks.
+    for queue in (INTERACTIVE_QUEUE, BULK_QUEUE):
+        app.control.cancel_consumer(queue, destination=[worker.hostname], reply=True)
+    waiting = [producers.enqueue_text(f"queued {i}", app=app) for i in range(25)]
+    # A backfill's texts, sent to the bulk queue by name as any producer may.
+    waiting += [
+        app.send_task(EMBED_TEXT_TASK, args=(f"backfill {i}",), queue=BULK_QUEUE) for i in range(7)
+    ]
+    assert _depths(port) == {"interactive": 25, "bulk": 7}
+    assert _scrape(port)["embeddings_queue_depth"] == 32  # the sum over lanes is the backlog
+
+    for queue in (INTERACTIVE_QUEUE, BULK_QUEUE):
+        app.control.add_consumer(queue, destination=[worker.hostname], reply=True)
     for result in waiting:
         result.get(timeout=30)
-    wait_for(lambda: _scrape(port)["embeddings_queue_depth"] == 0, 10, "the queue to drain")
+    wait_for(lambda: _scrape(port)["embeddings_queue_depth"] == 0, 10, "the queues to drain")
     assert _scrape(port)["embeddings_success_total"] == stub.stats()["ok_calls"]
 
 

@@ -11,6 +11,7 @@ import redis
 from prometheus_client import CollectorRegistry, generate_latest
 
 from worker.errors import EmbeddingConfigError
+from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE, LANE_BULK, LANE_INTERACTIVE
 from worker.observability import (
     QUEUE_PRIORITY_SEPARATOR,
     QueueDepthCollector,
@@ -19,30 +20,90 @@ from worker.observability import (
 )
 from worker.settings import Settings
 
+INTERACTIVE = {"queue": INTERACTIVE_QUEUE, "lane": LANE_INTERACTIVE}
+BULK = {"queue": BULK_QUEUE, "lane": LANE_BULK}
+
 
 def _registry(client: redis.Redis) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(QueueDepthCollector(client, "embeddings"))
+    registry.register(QueueDepthCollector(client))
     return registry
+
+
+class _CountingRedis(fakeredis.FakeRedis):
+    """A fake Redis that counts round trips: commands sent alone, and pipelines executed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.round_trips = 0
+
+    def execute_command(self, *args, **options):
+        self.round_trips += 1
+        return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction=True, shard_hint=None):
+        pipe = super().pipeline(transaction, shard_hint)
+        execute = pipe.execute
+
+        def counted(raise_on_error=True):
+            self.round_trips += 1
+            return execute(raise_on_error)
+
+        pipe.execute = counted
+        return pipe
 
 
 def test_queue_depth_sums_every_priority_of_the_queue_and_counts_unacked():
     client = fakeredis.FakeRedis()
-    client.rpush("embeddings", *range(5))
-    client.rpush(f"embeddings{QUEUE_PRIORITY_SEPARATOR}6", *range(2))
+    client.rpush(BULK_QUEUE, *range(5))
+    client.rpush(f"{BULK_QUEUE}{QUEUE_PRIORITY_SEPARATOR}6", *range(2))
     client.rpush("other-queue", *range(9))
     client.hset("unacked", mapping={"tag1": "m", "tag2": "m", "tag3": "m"})
     registry = _registry(client)
-    assert registry.get_sample_value("embeddings_queue_depth", {"queue": "embeddings"}) == 7
+    assert registry.get_sample_value("embeddings_queue_depth", BULK) == 7
     assert registry.get_sample_value("embeddings_queue_unacked") == 3
+
+
+def test_queue_depth_is_reported_for_each_lane_with_its_queue_and_lane_labels():
+    client = fakeredis.FakeRedis()
+    client.rpush(INTERACTIVE_QUEUE, *range(3))
+    client.rpush(f"{INTERACTIVE_QUEUE}{QUEUE_PRIORITY_SEPARATOR}9", "urgent")
+    client.rpush(BULK_QUEUE, *range(40))
+    registry = _registry(client)
+    assert registry.get_sample_value("embeddings_queue_depth", INTERACTIVE) == 4
+    assert registry.get_sample_value("embeddings_queue_depth", BULK) == 40
+    samples = [
+        s for m in registry.collect() for s in m.samples if s.name == "embeddings_queue_depth"
+    ]
+    # Exactly the two lanes: a sum over the metric is the whole backlog, counted once.
+    assert sorted(s.labels["lane"] for s in samples) == [LANE_BULK, LANE_INTERACTIVE]
+    assert sum(s.value for s in samples) == 44
+
+
+def test_an_empty_lane_reports_zero_rather_than_being_left_out():
+    client = fakeredis.FakeRedis()
+    client.rpush(BULK_QUEUE, "a backfill")
+    registry = _registry(client)
+    # An absent series would look like a broker outage (EmbeddingsQueueDepthUnknown).
+    assert registry.get_sample_value("embeddings_queue_depth", INTERACTIVE) == 0
+    assert registry.get_sample_value("embeddings_queue_depth", BULK) == 1
+
+
+def test_both_lanes_and_unacked_are_read_in_one_round_trip():
+    client = _CountingRedis()
+    client.rpush(INTERACTIVE_QUEUE, "a")
+    client.round_trips = 0
+    text = generate_latest(_registry(client)).decode()
+    assert 'lane="interactive"' in text and 'lane="bulk"' in text
+    assert client.round_trips == 1
 
 
 def test_queue_depth_is_read_again_on_every_scrape():
     client = fakeredis.FakeRedis()
     registry = _registry(client)
-    assert registry.get_sample_value("embeddings_queue_depth", {"queue": "embeddings"}) == 0
-    client.rpush("embeddings", "a", "b")
-    assert registry.get_sample_value("embeddings_queue_depth", {"queue": "embeddings"}) == 2
+    assert registry.get_sample_value("embeddings_queue_depth", INTERACTIVE) == 0
+    client.rpush(INTERACTIVE_QUEUE, "a", "b")
+    assert registry.get_sample_value("embeddings_queue_depth", INTERACTIVE) == 2
 
 
 def test_an_unreachable_broker_leaves_the_gauge_out_instead_of_reporting_zero():
@@ -51,7 +112,9 @@ def test_an_unreachable_broker_leaves_the_gauge_out_instead_of_reporting_zero():
     registry = _registry(fakeredis.FakeRedis(server=server))
     text = generate_latest(registry).decode()
     assert "embeddings_queue_depth{" not in text
-    assert registry.get_sample_value("embeddings_queue_depth", {"queue": "embeddings"}) is None
+    assert "embeddings_queue_unacked " not in text
+    assert registry.get_sample_value("embeddings_queue_depth", INTERACTIVE) is None
+    assert registry.get_sample_value("embeddings_queue_depth", BULK) is None
 
 
 def test_a_prefork_child_serves_on_the_base_port_plus_its_index():
@@ -72,7 +135,5 @@ def test_a_taken_metrics_port_is_logged_and_never_stops_the_worker(caplog):
         taken.listen()
         port = taken.getsockname()[1]
         with caplog.at_level(logging.ERROR, logger="worker.observability"):
-            assert (
-                start_metrics_server(settings, "redis://127.0.0.1:1/0", "embeddings", port) is False
-            )
+            assert start_metrics_server(settings, "redis://127.0.0.1:1/0", port) is False
     assert f"metrics not served on 127.0.0.1:{port}" in caplog.text
