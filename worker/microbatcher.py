@@ -43,8 +43,9 @@ from worker.errors import EmbeddingError, EmbeddingRateLimitError
 from worker.flush_policy import ArrivalGaps, FlushPolicy, batch_is_due
 from worker.names import LANE_BULK, LANE_INTERACTIVE, LANES
 from worker.revocation import TextRevoked
+from worker.settings import DEFAULT_BULK_FLOOR_SHARE
 from worker.vector_cache import VectorCache
-from worker.waiting import Batch, Waiting, WaitingTexts
+from worker.waiting import Batch, Waiting, WaitingTexts, floor_every
 
 __all__ = ["MicroBatcher", "MicroBatcherClosed"]
 
@@ -73,6 +74,8 @@ class MicroBatcher:
     step; if it raises, the futures resolve anyway and each task stores its own.
     ``gate``, when given, admits every call against the cluster's shared budget; ``cache``
     serves texts embedded before. ``flush_policy`` says when a partial batch leaves.
+    ``bulk_floor_share`` is the share of calls bulk texts keep while interactive ones
+    keep arriving (docs/lanes.md).
     ``revoked`` names the revoked task ids among a call's; those texts leave the call and
     their futures raise ``TextRevoked`` (if it raises, the call's texts fail with its error).
     ``clock`` is monotonic seconds, injectable for tests.
@@ -88,6 +91,7 @@ class MicroBatcher:
         cache: VectorCache | None = None,
         flush_policy: FlushPolicy = FlushPolicy.NAGLE,
         revoked: RevokedAmong | None = None,
+        bulk_floor_share: float = DEFAULT_BULK_FLOOR_SHARE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.batcher = batcher
@@ -100,7 +104,7 @@ class MicroBatcher:
         self.flush_policy = flush_policy
         self._clock = clock
         self._cond = threading.Condition()
-        self._waiting = WaitingTexts(self.batch_size)
+        self._waiting = WaitingTexts(self.batch_size, floor_every(bulk_floor_share))
         self._in_flight = 0  # calls under way; the flush policy reads it
         self._arrivals: dict[str, ArrivalGaps] = {}  # per model; the flush policy reads it
         self._closing = False

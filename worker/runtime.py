@@ -78,6 +78,7 @@ def get_microbatcher() -> MicroBatcher:
                 cache=_vector_cache(settings),
                 flush_policy=FlushPolicy(settings.flush_policy),
                 revoked=_revoked_among,
+                bulk_floor_share=settings.bulk_floor_share,
             )
             _owner_pid = os.getpid()
             rpm, tpm = settings.limits_for(settings.model)

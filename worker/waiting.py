@@ -7,7 +7,8 @@ entry of each, and a text that arrives while an identical one is in a call joins
 Each model's queue has two lanes (docs/lanes.md). A batch takes interactive texts first, then
 bulk ones, each lane oldest first: an interactive text goes into the next call that leaves,
 in the place of the bulk text that would otherwise have been last in it, and that bulk text
-heads the next call.
+heads the next call. So that bulk is never starved, once ``floor_every`` batches in a row
+held interactive texts while bulk ones waited, the next batch takes bulk texts first.
 
 Not thread-safe: the micro-batcher holds its condition's lock around every method.
 """
@@ -22,7 +23,21 @@ from itertools import chain
 
 from worker.names import LANE_BULK, LANE_INTERACTIVE
 
-__all__ = ["Batch", "Waiting", "WaitingTexts"]
+__all__ = ["Batch", "Waiting", "WaitingTexts", "floor_every"]
+
+_NEVER = 2**31 - 1
+
+
+def floor_every(floor_share: float) -> int:
+    """Calls with interactive texts in a row after which a waiting bulk call goes first.
+
+    With ``n`` returned, bulk keeps ``1 / (n + 1)`` of the calls while both lanes wait: the
+    nearest such share to ``floor_share`` (0.2 gives 4, a fifth; 1 gives 0, the lanes are
+    served first come, first served; 0 gives a count no run reaches, bulk always yields).
+    """
+    if floor_share <= 0:
+        return _NEVER
+    return max(0, round((1.0 - floor_share) / floor_share))
 
 
 @dataclass(eq=False)
@@ -75,6 +90,9 @@ class _Lanes:
     def __iter__(self) -> Iterator[Waiting]:
         return chain(self.interactive, self.bulk)
 
+    def bulk_first(self) -> Iterator[Waiting]:
+        return chain(self.bulk, self.interactive)
+
     def __len__(self) -> int:
         return len(self.interactive) + len(self.bulk)
 
@@ -85,9 +103,12 @@ class _Lanes:
 class WaitingTexts:
     """Per-model queues of ``Waiting`` entries, interactive first, and the texts in calls."""
 
-    def __init__(self, batch_size: int) -> None:
+    def __init__(self, batch_size: int, floor_every: int = 4) -> None:
         self.batch_size = batch_size
+        self.floor_every = floor_every
         self.pending = 0  # entries in the queues (not in calls)
+        # Batches with interactive texts taken in a row while bulk texts waited.
+        self._interactive_in_a_row = 0
         self._queues: OrderedDict[str, _Lanes] = OrderedDict()
         self._in_calls: dict[tuple[str, str], list[Waiting]] = {}
 
@@ -124,9 +145,10 @@ class WaitingTexts:
         return queue is not None and bool(queue.interactive)
 
     def head(self, model: str) -> list[str]:
-        """The first ``batch_size`` distinct texts of ``model``'s queue."""
+        """The first ``batch_size`` distinct texts of ``model``'s queue: interactive ones first,
+        unless it is bulk's turn."""
         texts: dict[str, None] = {}
-        for waiting in self._queues.get(model, ()):
+        for waiting in self._in_order(model):
             texts.setdefault(waiting.text)
             if len(texts) == self.batch_size:
                 break
@@ -155,14 +177,34 @@ class WaitingTexts:
         """Remove and return every queued entry of ``model`` whose text is in ``texts``."""
         return self._remove(model, lambda w: w.text in texts)
 
+    def _bulk_turn(self, model: str) -> bool:
+        queue = self._queues.get(model)
+        return (
+            queue is not None
+            and bool(queue.bulk and queue.interactive)
+            and 0 < self.floor_every <= self._interactive_in_a_row
+        )
+
+    def _in_order(self, model: str) -> Iterator[Waiting]:
+        queue = self._queues.get(model)
+        if queue is None:
+            return iter(())
+        return queue.bulk_first() if self._bulk_turn(model) else iter(queue)
+
     def pop_batch(self, model: str) -> Batch:
         """Take the head's texts with all their entries; they are in a call from now on."""
+        bulk_waits = bool(self._queues[model].bulk) if model in self._queues else False
+        bulk_turn = self._bulk_turn(model)
         texts = self.head(model)
         batch = Batch(model, texts, {text: [] for text in texts})
         for waiting in self.take(model, set(texts)):
             batch.entries[waiting.text].append(waiting)
         for text in texts:
             self._in_calls[(model, text)] = batch.entries[text]
+        if bulk_turn or not bulk_waits:
+            self._interactive_in_a_row = 0
+        elif batch.lane == LANE_INTERACTIVE:
+            self._interactive_in_a_row = min(self._interactive_in_a_row + 1, self.floor_every)
         return batch
 
     def finish(self, batch: Batch) -> None:

@@ -14,7 +14,6 @@ from tests.unit.test_budget import MODEL, Clock
 from tests.unit.test_microbatcher import Recorder
 from worker import app as celery_app
 from worker.budget import SharedBudget
-from worker.budget.shared import floor_every
 from worker.celery_ext.config import apply_config
 from worker.celery_ext.transport import AtomicFetchChannel
 from worker.embeddings import EmbeddingBatcher, EmbeddingConfig
@@ -29,7 +28,7 @@ from worker.names import (
     queue_for_lane,
 )
 from worker.settings import Settings
-from worker.waiting import Waiting, WaitingTexts
+from worker.waiting import Waiting, WaitingTexts, floor_every
 
 
 def _waiting(text: str, lane: str, since: float = 0.0) -> Waiting:
@@ -93,6 +92,26 @@ def test_an_interactive_text_takes_the_last_bulk_place_and_that_bulk_text_heads_
     assert second.texts == ["bulk 3", "bulk 4", "bulk 5"]
     assert second.lane == LANE_BULK
     assert not waiting.has_interactive(MODEL) and waiting.pending == 0
+
+
+def test_while_interactive_texts_keep_coming_every_fifth_batch_is_bulks():
+    waiting = WaitingTexts(batch_size=2, floor_every=4)
+    for n in range(10):
+        waiting.add(MODEL, _waiting(f"bulk {n}", LANE_BULK))
+    lanes = []
+    for n in range(10):
+        waiting.add(MODEL, _waiting(f"web {n}a", LANE_INTERACTIVE))
+        waiting.add(MODEL, _waiting(f"web {n}b", LANE_INTERACTIVE))
+        batch = waiting.pop_batch(MODEL)
+        lanes.append("bulk" if batch.texts[0].startswith("bulk") else "web")
+    assert lanes == ["web"] * 4 + ["bulk"] + ["web"] * 4 + ["bulk"]
+    # With no bulk text waiting, no turn is owed: interactive texts keep going first.
+    only_web = WaitingTexts(batch_size=2, floor_every=1)
+    for n in range(4):
+        only_web.add(MODEL, _waiting(f"web {n}", LANE_INTERACTIVE))
+    only_web.pop_batch(MODEL)
+    only_web.add(MODEL, _waiting("bulk late", LANE_BULK))
+    assert only_web.head(MODEL) == ["web 2", "web 3"]
 
 
 def test_texts_sent_back_after_a_429_head_their_own_lanes_in_order():

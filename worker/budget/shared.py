@@ -28,12 +28,12 @@ from worker.errors import EmbeddingBudgetWaitError
 from worker.names import LANE_INTERACTIVE
 from worker.redis_client import bounded_client
 from worker.settings import Settings
+from worker.waiting import floor_every
 
 __all__ = [
     "Admission",
     "SharedBudget",
     "estimate_tokens",
-    "floor_every",
     "pause_for_exhausted_s",
 ]
 
@@ -48,19 +48,6 @@ _Arg = str | int | float
 DEMAND_MARGIN_MS = 1000
 # A bulk call yielding to a waiting interactive one asks again after at least this long.
 YIELD_RECHECK_MS = 20
-_NEVER = 2**31 - 1
-
-
-def floor_every(floor_share: float) -> int:
-    """Interactive admissions after which a bulk call goes although interactive ones wait.
-
-    With ``n`` returned, bulk keeps ``1 / (n + 1)`` of the calls while both lanes wait: the
-    nearest such share to ``floor_share`` (0.2 gives 4, a fifth; 1 gives 0, bulk never
-    yields; 0 gives a count no run reaches, bulk always yields).
-    """
-    if floor_share <= 0:
-        return _NEVER
-    return max(0, round((1.0 - floor_share) / floor_share))
 
 
 def _script(name: str) -> str:
