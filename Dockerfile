@@ -27,11 +27,14 @@ RUN uv export --frozen --no-emit-project --no-header --format requirements-txt \
 COPY worker ./worker
 COPY producers ./producers
 COPY gateway ./gateway
+COPY embeddings_flower ./embeddings_flower
 COPY stubapi ./stubapi
 COPY devstack ./devstack
 RUN pip install --no-deps . && rm -rf build *.egg-info
 
 USER app
 
-# Flower reads ./flowerconfig.py, which refuses to start without FLOWER_BASIC_AUTH.
+# Flower: `embeddings-flower` (compose's flower service) refuses to start without
+# FLOWER_BASIC_AUTH from any directory; ./flowerconfig.py applies the same rules to a
+# `celery -A worker flower` started here in /app.
 CMD ["celery", "-A", "worker", "worker", "--loglevel=INFO"]

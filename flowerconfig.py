@@ -1,22 +1,23 @@
-"""Flower's settings, read by ``celery -A worker flower`` from the working directory.
+"""Flower's settings file for ``celery -A worker flower`` started in this directory.
 
-Flower refuses to start from here without authentication: set ``FLOWER_BASIC_AUTH``
-(``user:password``, comma-separated for several users) or OAuth (``FLOWER_AUTH`` with
-``FLOWER_AUTH_PROVIDER``). Without it Flower's UI is open to anyone who reaches the port
-and its REST API answers 401. Tornado executes this file with the environment and the
-command line already applied to ``options``.
+Start Flower with ``embeddings-flower`` instead (``embeddings_flower/``): it applies the rules
+below from any directory. Flower reads this file only from its working directory, so it
+guards only a Flower started here (the repo root, or ``/app`` in the image), with the same
+rules and settings: it refuses to start without a login (``FLOWER_BASIC_AUTH=user:password``,
+or OAuth through ``FLOWER_AUTH`` and ``FLOWER_AUTH_PROVIDER``) and listens on 127.0.0.1
+unless ``FLOWER_ADDRESS`` or ``--address`` says otherwise. Tornado executes this file with
+the environment and the command line already applied to ``options``.
 """
 
 from tornado.options import options
 
-if not (options.basic_auth or options.auth):
-    raise SystemExit(
-        "Flower needs authentication: set FLOWER_BASIC_AUTH=user:password "
-        "(or FLOWER_AUTH and FLOWER_AUTH_PROVIDER for OAuth)"
-    )
+from embeddings_flower.flowerconfig import state_save_interval, tasks_columns
+from embeddings_flower.guard import enforce
+from worker.errors import EmbeddingConfigError
 
-# What an operator scans for each text: its state, when it arrived and started, how long it
-# ran, where, how often it was retried, and why it failed.
-tasks_columns = "name,uuid,state,args,received,started,runtime,worker,retries,exception"
-# With --persistent, save every minute too, so a killed Flower keeps its history.
-state_save_interval = 60_000
+try:
+    enforce(options)
+except EmbeddingConfigError as exc:
+    raise SystemExit(f"flower: {exc}") from None
+
+__all__ = ["state_save_interval", "tasks_columns"]

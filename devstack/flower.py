@@ -1,4 +1,4 @@
-"""A real ``celery -A worker flower`` subprocess, always with basic auth."""
+"""A real ``embeddings-flower`` subprocess (the project's Flower), always with basic auth."""
 
 from __future__ import annotations
 
@@ -10,16 +10,21 @@ from typing import Any
 
 import httpx
 
-from devstack.processes import _Process, free_port, wait_for
+from devstack.processes import REPO_ROOT, _Process, free_port, wait_for
 
-__all__ = ["FlowerProcess", "flower_env"]
+__all__ = ["FLOWER_COMMAND", "FlowerProcess", "flower_env"]
+
+
+# The console script beside this interpreter: the command an operator runs.
+FLOWER_COMMAND = Path(sys.executable).with_name("embeddings-flower")
 
 
 class FlowerProcess(_Process):
-    """Flower on a free port of 127.0.0.1, with ``basic_auth`` (``user:password``) required.
+    """``embeddings-flower`` on a free port, with ``basic_auth`` (``user:password``) required.
 
-    Its state is kept in memory only unless ``extra_args`` say otherwise (``--persistent=True
-    --db=…``, as compose runs it on a volume).
+    It listens on 127.0.0.1, its own default (``FLOWER_ADDRESS`` is dropped from ``env``), and
+    starts in ``cwd`` (default: the repo root). Its state is kept in memory only unless
+    ``extra_args`` say otherwise (``--persistent=True --db=…``, as compose runs it on a volume).
     """
 
     def __init__(
@@ -29,6 +34,7 @@ class FlowerProcess(_Process):
         basic_auth: str,
         port: int = 0,
         extra_args: Sequence[str] = (),
+        cwd: Path = REPO_ROOT,
     ) -> None:
         user, sep, password = basic_auth.partition(":")
         if not (user and sep and password):
@@ -36,9 +42,9 @@ class FlowerProcess(_Process):
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.auth = (user, password)
-        argv = [sys.executable, "-m", "celery", "-A", "worker", "flower",
-                f"--port={self.port}", "--address=127.0.0.1", *extra_args]  # fmt: skip
-        super().__init__(argv, {**env, "FLOWER_BASIC_AUTH": basic_auth}, log_path)
+        argv = [str(FLOWER_COMMAND), f"--port={self.port}", *extra_args]
+        full_env = {k: v for k, v in env.items() if k != "FLOWER_ADDRESS"}
+        super().__init__(argv, {**full_env, "FLOWER_BASIC_AUTH": basic_auth}, log_path, cwd)
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
         """Wait until Flower answers ``/healthcheck`` (which needs no auth)."""

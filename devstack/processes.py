@@ -50,12 +50,14 @@ def free_port() -> int:
 class _Process:
     """A child process whose output goes to a log file."""
 
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(
+        self, argv: Sequence[str], env: Mapping[str, str], log_path: Path, cwd: Path = REPO_ROOT
+    ) -> None:
         self.log_path = log_path
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            list(argv), cwd=REPO_ROOT, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT
+            list(argv), cwd=cwd, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT
         )
 
     @property

@@ -16,9 +16,12 @@ from worker.settings import DEFAULT_MAX_TEXT_CHARS, DEFAULT_MODEL, env_float, en
 
 __all__ = [
     "DEFAULT_HOST",
+    "DEFAULT_LOG_LEVEL",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_PORT",
     "DEFAULT_REQUEST_TIMEOUT_S",
+    "DEFAULT_WORKERS",
+    "LOG_LEVELS",
     "MAX_INPUTS",
     "GatewaySettings",
 ]
@@ -27,6 +30,12 @@ __all__ = [
 # publishes the port on the host's 127.0.0.1 only.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+# One uvicorn process: the gateway mostly waits on Redis, and one event loop holds thousands
+# of waiting requests. More processes help only once a CPU is busy parsing and encoding JSON.
+DEFAULT_WORKERS = 1
+DEFAULT_LOG_LEVEL = "info"
+# uvicorn's names, least to most verbose ("trace" is uvicorn's own, below debug).
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 # OpenAI caps a request at 300,000 tokens, about 1.2 M characters: 8 MiB of JSON holds that
 # with room for escapes and multi-byte text.
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -57,10 +66,15 @@ class GatewaySettings:
     start unless ``allow_no_auth`` (``GATEWAY_ALLOW_NO_AUTH=1``). ``max_queue_depth`` > 0
     answers 429 while more texts than that wait in the queue (0: no bound).
     ``dimensions`` is the workers' ``EMBEDDINGS_DIMENSIONS`` (0: the model's native size).
+    ``workers`` (``GATEWAY_WORKERS``, default 1) is how many uvicorn processes share the port;
+    ``log_level`` (``GATEWAY_LOG_LEVEL``, one of ``LOG_LEVELS``) applies to uvicorn and the
+    gateway's own loggers.
     """
 
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    workers: int = DEFAULT_WORKERS
+    log_level: str = DEFAULT_LOG_LEVEL
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     allow_no_auth: bool = False
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
@@ -80,6 +94,15 @@ class GatewaySettings:
             )
         if not 1 <= self.port <= 65535:
             raise EmbeddingConfigError(f"GATEWAY_PORT must be in [1, 65535], got {self.port}")
+        if not self.host:
+            raise EmbeddingConfigError("GATEWAY_HOST must not be empty")
+        if self.workers < 1:
+            raise EmbeddingConfigError(f"GATEWAY_WORKERS must be at least 1, got {self.workers}")
+        if self.log_level not in LOG_LEVELS:
+            raise EmbeddingConfigError(
+                f"GATEWAY_LOG_LEVEL={self.log_level!r} is invalid: use one of "
+                + ", ".join(LOG_LEVELS)
+            )
         for name in ("max_body_bytes", "request_timeout_s", "worker_ping_timeout_s"):
             if getattr(self, name) <= 0:
                 raise EmbeddingConfigError(f"GATEWAY_{name.upper()} must be positive")
@@ -97,6 +120,8 @@ class GatewaySettings:
         return cls(
             host=env_str("GATEWAY_HOST", DEFAULT_HOST, environ),
             port=env_int("GATEWAY_PORT", DEFAULT_PORT, environ),
+            workers=env_int("GATEWAY_WORKERS", DEFAULT_WORKERS, environ),
+            log_level=env_str("GATEWAY_LOG_LEVEL", DEFAULT_LOG_LEVEL, environ).lower(),
             api_keys=tuple(key.strip() for key in keys.split(",") if key.strip()),
             allow_no_auth=_env_bool("GATEWAY_ALLOW_NO_AUTH", False, environ),
             max_body_bytes=env_int("GATEWAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES, environ),

@@ -120,7 +120,8 @@ def test_the_worker_is_scalable_and_waits_for_a_healthy_redis(services):
 def test_flower_has_auth_from_the_env_file_port_5555_and_state_on_a_volume(compose, services):
     flower = services["flower"]
     command = " ".join(flower["command"])
-    assert command.startswith("celery -A worker flower")
+    # The project's entry point: its login check does not depend on the working directory.
+    assert command.startswith("embeddings-flower ")
     assert "--port=5555" in command
     assert "--persistent=True" in command
     db = re.search(r"--db=(\S+)", command)
@@ -133,6 +134,8 @@ def test_flower_has_auth_from_the_env_file_port_5555_and_state_on_a_volume(compo
     assert volume in compose["volumes"]  # a named volume, so state survives a new container
     assert ".env" in _env_files(flower)
     assert "FLOWER_BASIC_AUTH" not in _environment(flower)
+    # Every interface inside the container, or the published port could not reach it.
+    assert _environment(flower)["FLOWER_ADDRESS"] == "0.0.0.0"
     assert "FLOWER_BASIC_AUTH" in _env_example()
     assert flower["depends_on"]["redis"]["condition"] == "service_healthy"
 
@@ -192,7 +195,9 @@ def test_the_image_bakes_in_no_secret_runs_as_non_root_and_leaves_env_files_out(
     assert "EMBEDDINGS_API_KEY" not in dockerfile
     user = [ln.split()[1] for ln in dockerfile.splitlines() if ln.startswith("USER ")]
     assert user and user[-1] not in ("root", "0")
-    # Flower's auth guard must be in the image's working directory, where Flower reads it.
+    # The project's Flower is in the image, and so is the settings file that guards a plain
+    # `celery -A worker flower` started in its working directory.
+    assert "COPY embeddings_flower ./embeddings_flower" in dockerfile
     assert "flowerconfig.py" in dockerfile
     ignored = (REPO_ROOT / ".dockerignore").read_text().split()
     assert ".env" in ignored and ".git" in ignored

@@ -32,6 +32,14 @@ def test_defaults_are_loopback_port_8080_and_8_mib_bodies() -> None:
     assert settings.max_body_bytes == DEFAULT_MAX_BODY_BYTES == 8 * 1024 * 1024
     assert settings.request_timeout_s == 60.0
     assert settings.max_queue_depth == 0
+    assert (settings.workers, settings.log_level) == (1, "info")
+
+
+def test_workers_and_log_level_are_read_and_the_level_is_case_insensitive() -> None:
+    settings = GatewaySettings.from_env(
+        {"GATEWAY_API_KEYS": "k", "GATEWAY_WORKERS": "4", "GATEWAY_LOG_LEVEL": "WARNING"}
+    )
+    assert (settings.workers, settings.log_level) == (4, "warning")
 
 
 def test_keys_are_comma_separated_stripped_and_hidden_from_repr() -> None:
@@ -46,6 +54,9 @@ def test_keys_are_comma_separated_stripped_and_hidden_from_repr() -> None:
     [
         ("GATEWAY_PORT", "eighty"),
         ("GATEWAY_PORT", "70000"),
+        ("GATEWAY_WORKERS", "0"),
+        ("GATEWAY_WORKERS", "many"),
+        ("GATEWAY_LOG_LEVEL", "loud"),
         ("GATEWAY_MAX_BODY_BYTES", "0"),
         ("GATEWAY_REQUEST_TIMEOUT_S", "-1"),
         ("GATEWAY_MAX_QUEUE_DEPTH", "-5"),
