@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from devstack import REPO_ROOT
+from worker.names import LANE_QUEUES
 
-__all__ = ["REPO_ROOT", "TEST_API_KEY", "TEST_REDIS_URL", "worker_env"]
+__all__ = ["REPO_ROOT", "TEST_API_KEY", "TEST_REDIS_URL", "queued_texts", "worker_env"]
 
 
 def _test_redis_url() -> str:
@@ -55,3 +57,8 @@ def worker_env(base_url: str, extra: Mapping[str, str] | None = None) -> dict[st
     )
     env.update(extra or {})
     return env
+
+
+def queued_texts(client: Any) -> int:
+    """Messages waiting in the broker, both lanes' queues together."""
+    return sum(int(client.llen(queue)) for queue in LANE_QUEUES.values())

@@ -35,12 +35,15 @@ VISIBILITY_TIMEOUT_S = 10
 
 
 def _queue_depth(port: int) -> float | None:
+    """Texts waiting in both lanes' queues, as the worker's gauge reports them."""
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "embeddings_queue_depth":
-                return float(sample.value)
-    return None
+    depths = [
+        float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "embeddings_queue_depth"
+    ]
+    return sum(depths) if depths else None
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from kombu import Connection, Exchange, Queue
 import producers
 from devstack import wait_for
 from tests.integration.faultkit import outcomes, wait_all_ready
-from tests.integration.harness import TEST_REDIS_URL
+from tests.integration.harness import TEST_REDIS_URL, queued_texts
 from worker.celery_ext.transport import AtomicFetchChannel
 
 TRANSPORT = "worker.celery_ext.transport:AtomicFetchTransport"
@@ -62,7 +62,7 @@ def test_a_worker_killed_with_sigkill_mid_run_loses_no_text_once_a_replacement_r
     wait_for(mid_run, 30, "the doomed worker to be mid-run with calls in flight")
     doomed.kill()
     killed_at = time.monotonic()
-    queued = clean_redis.llen("embeddings")
+    queued = queued_texts(clean_redis)
     unacked = clean_redis.hlen("unacked")
     in_flight = stub.stats()["current_concurrency"]
     done_before = sum(1 for r in results if r.ready())
@@ -128,7 +128,7 @@ def test_a_warm_shutdown_finishes_calls_in_flight_and_returns_the_rest_to_the_qu
     assert stats["failed_calls"] == 0, "a call in flight was cut off by the warm shutdown"
     done = [r for r in results if r.ready()]
     assert all(r.state == "SUCCESS" for r in done)
-    queued = clean_redis.llen("embeddings")
+    queued = queued_texts(clean_redis)
     assert clean_redis.hlen("unacked") == 0, "texts were left unacked instead of requeued"
     assert len(done) + queued == len(texts)
     assert stats["total_inputs"] == len(done)

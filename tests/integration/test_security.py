@@ -28,7 +28,13 @@ from tests.integration.faultkit import (
     outcomes,
     wait_all_ready,
 )
-from tests.integration.harness import REPO_ROOT, TEST_API_KEY, TEST_REDIS_URL, worker_env
+from tests.integration.harness import (
+    REPO_ROOT,
+    TEST_API_KEY,
+    TEST_REDIS_URL,
+    queued_texts,
+    worker_env,
+)
 from worker.errors import EmbeddingAPIError, EmbeddingInputTypeError
 
 pytestmark = pytest.mark.integration
@@ -72,7 +78,7 @@ def test_a_pickled_message_is_refused_undecoded_and_the_worker_carries_on(
         "the worker to log that it refused the pickle",
     )
     assert not marker.exists(), "the worker unpickled the message"
-    assert clean_redis.llen("embeddings") == 0 and clean_redis.hlen("unacked") == 0
+    assert queued_texts(clean_redis) == 0 and clean_redis.hlen("unacked") == 0
     assert not clean_redis.exists(f"celery-task-meta-{pickled.id}")
     _still_works(worker, app, "after the pickle")
 
@@ -129,7 +135,7 @@ def test_messages_that_are_not_celery_tasks_are_logged_and_dropped_without_a_cra
     _raw_publish(TEST_REDIS_URL, b"\xff{not json", good_headers, content_type="application/json",
                  content_encoding="binary")  # fmt: skip
     wait_for(
-        lambda: clean_redis.llen("embeddings") == 0 and clean_redis.hlen("unacked") == 0,
+        lambda: queued_texts(clean_redis) == 0 and clean_redis.hlen("unacked") == 0,
         30,
         "the worker to take and drop every malformed message",
     )

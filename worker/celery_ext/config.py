@@ -24,6 +24,7 @@ from worker.celery_ext.sentinel import SENTINEL_TRANSPORT_PATH, register_transpo
 from worker.celery_ext.serialization import SERIALIZER_NAME
 from worker.names import BULK_QUEUE, EMBED_TEXT_TASK, INTERACTIVE_QUEUE, TASK_QUEUE
 from worker.settings import Settings
+from worker.waiting import floor_every
 
 __all__ = [
     "RESULT_BACKEND_CLASS",
@@ -204,8 +205,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         **_connection(settings),
         "broker_transport_options": {
             **_transport_options(settings),
-            # Every poll tries the interactive lane's queue first (worker.celery_ext.transport).
+            # Every poll tries the interactive lane's queue first (worker.celery_ext.transport),
+            # but for bulk's floor share of the intake: the same share the budget keeps.
             "queues_first": [INTERACTIVE_QUEUE],
+            "others_first_every": floor_every(settings.bulk_floor_share) + 1,
         },
         # JSON only: a pickled message is refused before it is decoded.
         "task_serializer": "json",

@@ -43,10 +43,13 @@ patched workers can share a broker. Needs Redis 6.2 or later (``BLMOVE``).
 
 Lanes (docs/lanes.md): the queues named in the ``queues_first`` transport option (the
 interactive lane's) are polled before every other, whatever order the consumer added them in,
-and the fetch script takes from the first non-empty list. ``BLMOVE`` can wait on one list
-only, so it waits on the first; while fetches keep finding messages, the next poll skips the
-wait (a ``PING`` round trip, then the fetch), so a busy bulk lane is drained at full speed;
-an idle worker waits at most ``MULTI_QUEUE_WAIT_S`` before it looks at the other lists.
+and the fetch script takes from the first non-empty list; every ``others_first_every``-th
+fetch tries the other queues first, so that a saturated interactive lane leaves bulk its floor
+share of a worker's intake. ``BLMOVE`` can wait on one list only, so it waits on the first;
+while fetches keep finding messages, the next poll skips the wait (a ``PING`` round trip,
+then the fetch), so a busy bulk lane is drained at full speed; an idle worker waits at most
+``MULTI_QUEUE_WAIT_S`` before it looks at the other lists.
+
 Registered by ``register()`` (called by ``worker.celery_ext.install``) as kombu's ``redis``
 and ``rediss`` transports, so ``redis://`` and ``rediss://`` broker URLs keep their scheme for
 Flower, ``celery inspect`` and the worker's banner. Written against kombu 5.7.0;
@@ -180,7 +183,14 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
     _cached_client: Any = None
     # Queues polled before any other, in this order (the ``queues_first`` transport option).
     queues_first: tuple[str, ...] = ()
-    from_transport_options = (*_RedisChannel.from_transport_options, "queues_first")
+    # Every n-th fetch puts the other queues first (0: never).
+    others_first_every = 0
+    from_transport_options = (
+        *_RedisChannel.from_transport_options,
+        "queues_first",
+        "others_first_every",
+    )
+    _polls = 0
     # The last fetch found messages: the next poll fetches without blocking first.
     _hot = False
     # The command the current poll sent, whose reply _brpop_read parses.
@@ -313,12 +323,19 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
         queues = self._ordered(self._queue_cycle.consume(len(self.active_queues)))
         if not queues:
             return
+        # The wait is always on the first queue; the fetch order gives the others a turn.
+        self._polls += 1
+        fetch_order = queues
+        if self.others_first_every and self._polls % self.others_first_every == 0:
+            fetch_order = [q for q in queues if q not in self.queues_first] + [
+                q for q in queues if q in self.queues_first
+            ]
         self._polled_keys = [
             (self._q_for_pri(queue, pri), queue not in self._no_ack_queues)
             for pri in self.priority_steps
-            for queue in queues
+            for queue in fetch_order
         ]
-        first = self._polled_keys[0][0]
+        first = self._q_for_pri(queues[0], self.priority_steps[0])
         self._in_poll = self.client.connection
         self._brpop_sent_at = time.monotonic()
         if self._redis_full and not self._waiting_full:

@@ -1,0 +1,127 @@
+"""Lanes end to end: real workers, the stub API, a backfill and web-app texts at once.
+
+Nothing here times anything: each test counts what the API embedded between two events, so
+a slow machine changes how long they take, not what they assert.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+
+import producers
+from devstack import wait_for
+from stubapi.vectors import vector_for
+from tests.integration.faultkit import outcomes, wait_all_ready
+from tests.integration.harness import queued_texts
+from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE, LANE_BULK
+
+pytestmark = pytest.mark.integration
+
+DIMS = 16
+BACKLOG = 2400
+POOL_SIZE = 3  # the worker's default connections, so calls in flight at once
+BATCH = 8
+
+
+def _lines(n: int, tag: str) -> list[str]:
+    return [f"backfill {tag} line {i}: the quick brown fox" for i in range(n)]
+
+
+def _backfill(app, n: int, tag: str) -> list:
+    return producers.enqueue_texts(_lines(n, tag), app=app, lane=LANE_BULK)
+
+
+def _done(client: redis.Redis, results: list) -> int:
+    keys = [f"celery-task-meta-{r.id}" for r in results]
+    return sum(
+        1 for chunk in range(0, len(keys), 500) for v in client.mget(keys[chunk : chunk + 500]) if v
+    )
+
+
+def _overtakes(app, stub, texts: int) -> list[int]:
+    """For each web text, how many API inputs were embedded while it waited."""
+    paid = []
+    for n in range(texts):
+        before = stub.stats()["total_inputs"]
+        text = f"web app text {n}"
+        vector = producers.enqueue_text(text, app=app).get(timeout=60)
+        assert vector == pytest.approx(vector_for(text, DIMS), rel=1e-6, abs=1e-7)
+        paid.append(stub.stats()["total_inputs"] - before)
+    return paid
+
+
+def test_interactive_texts_overtake_a_backfill_waiting_in_the_queue_and_the_worker(
+    start_worker, stub, app, clean_redis
+):
+    stub.set_latency_ms(50)
+    backlog = _backfill(app, BACKLOG, "solo")
+    start_worker(stub.base_url)
+    wait_for(lambda: stub.stats()["total_inputs"] >= 200, 60, "the backfill to be under way")
+    paid = _overtakes(app, stub, 5)
+    remaining = queued_texts(clean_redis)
+    print(f"\nAPI inputs embedded while each web text waited: {paid}; {remaining} still queued")
+    # A web text waits for the calls already in flight, then leaves in the next one: never
+    # behind the texts queued or reserved before it (which would be hundreds).
+    assert max(paid) <= BATCH * (POOL_SIZE + 2)
+    assert remaining > 0, "the backfill ended before the web texts were measured"
+    wait_all_ready(backlog, 120, "the backfill")
+    found = outcomes(backlog, _lines(BACKLOG, "solo"))
+    assert found["failed"] == [] and found["wrong"] == []
+
+
+def test_under_a_shared_budget_two_workers_serve_web_texts_first(
+    start_worker, stub, app, clean_redis
+):
+    stub.set_latency_ms(30)
+    limit = {"EMBEDDINGS_RPM_LIMIT": "1200"}  # 20 calls a second for both workers together
+    backlog = _backfill(app, 1600, "budget")
+    for name in ("budget-a", "budget-b"):
+        start_worker(stub.base_url, limit, name=name)
+    wait_for(lambda: stub.stats()["total_inputs"] >= 160, 60, "the backfill to be under way")
+    paid = _overtakes(app, stub, 5)
+    print(f"\nunder the budget, API inputs embedded while each web text waited: {paid}")
+    # Each worker may have one call in flight and one admitted; then the web text's call.
+    assert max(paid) <= BATCH * 2 * (POOL_SIZE + 1)
+    assert queued_texts(clean_redis) > 0, "the backfill ended before the web texts were measured"
+    wait_all_ready(backlog, 180, "the backfill")
+
+
+def test_bulk_keeps_its_floor_share_while_interactive_texts_saturate_the_budget(
+    start_worker, stub, app, clean_redis
+):
+    stub.set_latency_ms(20)
+    bulk = _backfill(app, 400, "floor")
+    web = producers.enqueue_texts([f"saturating web text {i}" for i in range(1600)], app=app)
+    assert clean_redis.llen(INTERACTIVE_QUEUE) == 1600 and clean_redis.llen(BULK_QUEUE) == 400
+    start_worker(stub.base_url, {"EMBEDDINGS_RPM_LIMIT": "1200"})
+    wait_for(lambda: _done(clean_redis, web) >= 800, 120, "half the web texts")
+    bulk_done = _done(clean_redis, bulk)
+    print(f"\nwith half the interactive texts done, {bulk_done} of 400 bulk texts were done")
+    # The default floor share is a fifth of the calls: about 200 bulk texts by now. Without a
+    # floor, none would be: every call would take interactive texts first.
+    assert bulk_done >= 100
+    wait_all_ready(bulk + web, 180, "every text")
+
+
+def test_a_worker_killed_mid_run_loses_no_text_of_either_lane(start_worker, stub, app, clean_redis):
+    stub.set_latency_ms(60)
+    fault = {"BROKER_VISIBILITY_TIMEOUT": "10", "BROKER_UNACKED_RESTORE_INTERVAL": "1"}
+    bulk = _backfill(app, 1200, "kill")
+    doomed = start_worker(stub.base_url, fault, name="doomed")
+    wait_for(lambda: stub.stats()["ok_calls"] >= 10, 30, "the backfill to be under way")
+    web_texts = [f"web text before the kill {i}" for i in range(40)]
+    web = [producers.enqueue_text(text, app=app) for text in web_texts]
+    doomed.kill()
+    killed_at = time.monotonic()
+    assert clean_redis.hlen("unacked") > 0, "the worker held nothing when it died"
+    start_worker(stub.base_url, fault, name="replacement")
+    wait_all_ready(bulk + web, 90, "every text after the kill")
+    recovered_s = time.monotonic() - killed_at
+    print(f"\nall {len(bulk) + len(web)} texts done {recovered_s:.1f}s after the kill")
+    for results, texts in ((bulk, _lines(1200, "kill")), (web, web_texts)):
+        found = outcomes(results, texts)
+        assert found["failed"] == [] and found["wrong"] == []
+        assert len(found["ok"]) == len(texts)
