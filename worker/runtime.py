@@ -96,10 +96,19 @@ def get_microbatcher() -> MicroBatcher:
         return _microbatcher
 
 
+def _without_backend_class(url: str) -> str:
+    """``url`` without a leading ``module:Class+`` (Celery's backend-class prefix).
+
+    Split at the first ``+`` before any ``://``: a password may hold a ``+`` too.
+    """
+    prefix, plus, rest = url.partition("+")
+    return rest if plus and "://" not in prefix else url
+
+
 def limiter_url(settings: Settings, broker_url: str, result_backend: str) -> str | None:
     """The Redis of the shared budget: ``EMBEDDINGS_LIMITER_URL``, else the broker's or the
     result backend's, whichever is Redis; None when none is."""
-    candidates = [settings.limiter_url, broker_url, result_backend.rpartition("+")[2]]
+    candidates = [settings.limiter_url, broker_url, _without_backend_class(result_backend)]
     for url in candidates:
         if url and urlsplit(url).scheme in REDIS_SCHEMES:
             return url

@@ -221,3 +221,15 @@ def test_the_sync_and_async_clients_read_a_sentinel_url_the_same_way(build: Any)
     assert {(s["password"], s["socket_timeout"]) for s in sentinels} == {("s3nt", 0.5)}
     with pytest.raises(EmbeddingConfigError, match="part 2 of 2"):
         build("sentinel://:pw@h1/0;sentinel://h2:port", settings)
+
+
+def test_the_budget_finds_the_result_backends_redis_when_its_password_holds_a_plus():
+    from worker.runtime import limiter_url
+
+    url = limiter_url(
+        Settings(), "amqp://guest@mq//", "worker.celery_ext.x:Backend+redis://:pa+ss@cache:6379/3"
+    )
+    assert url == "redis://:pa+ss@cache:6379/3"
+    assert (
+        limiter_url(Settings(), "amqp://mq//", "redis://:a+b@r:6379/1") == "redis://:a+b@r:6379/1"
+    )

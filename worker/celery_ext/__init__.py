@@ -97,7 +97,7 @@ def install(app: Celery) -> None:
     (``config.celery_config``). Raises ``ImportError`` naming versions when a Celery or
     kombu internal the adaptations use is missing.
     """
-    compat.check()
+    compat.check_once()
     transport.register()
     pinned_conf.pin(app)
     sentinel.register_transport_alias()

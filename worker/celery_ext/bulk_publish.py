@@ -85,7 +85,7 @@ _REDIS_SCHEMES = ("redis", "rediss", "sentinel")
 
 
 # The private names used here are listed, and checked at import, in worker/celery_ext/compat.py.
-compat.check()
+compat.check_once()
 
 
 def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:

@@ -14,6 +14,7 @@ a base class assigns it (``self.name = …``): its ``__init__``, or a helper suc
 from __future__ import annotations
 
 import dis
+import functools
 import importlib
 from dataclasses import dataclass
 from importlib import metadata
@@ -24,6 +25,7 @@ __all__ = [
     "USED_INTERNALS",
     "Internal",
     "check",
+    "check_once",
     "missing_internals",
 ]
 
@@ -188,4 +190,10 @@ def check() -> None:
     )
 
 
-check()
+@functools.cache
+def check_once() -> None:
+    """``check``, once per process: each module relying on the internals calls it at import."""
+    check()
+
+
+check_once()

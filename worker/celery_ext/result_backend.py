@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from celery import states
@@ -58,18 +59,25 @@ _DEFAULT_REVOKE_LIFETIME_S = 7 * 86_400
 
 # Task ids whose SUCCESS ``store_vectors`` already wrote: Celery's own write of that result,
 # which follows in the task's thread, is skipped once. Process-wide, because Celery gives
-# each thread its own backend instance.
-_stored_ahead: set[str] = set()
+# each thread its own backend instance. Bounded: an id whose task never stores (its wait
+# timed out, another worker took the retry) would otherwise stay for good; an id dropped
+# early only costs its task one more write of the same SUCCESS.
+STORED_AHEAD_KEPT = 65_536
+_stored_ahead: OrderedDict[str, None] = OrderedDict()
 _stored_ahead_lock = threading.Lock()
+
+
+def _remember_stored_ahead(task_ids: Iterable[str]) -> None:
+    with _stored_ahead_lock:
+        for task_id in task_ids:
+            _stored_ahead[task_id] = None
+        while len(_stored_ahead) > STORED_AHEAD_KEPT:
+            _stored_ahead.popitem(last=False)
 
 
 def _take_stored_ahead(task_id: str) -> bool:
     with _stored_ahead_lock:
-        try:
-            _stored_ahead.remove(task_id)
-        except KeyError:
-            return False
-        return True
+        return _stored_ahead.pop(task_id, False) is None
 
 
 class ResultBackend(RedisBackend):  # type: ignore[misc]
@@ -139,8 +147,7 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
             meta["children"] = []
             writes.append(self._encoded(task_id, meta))
         self._ensure_retryable(self._run_store_script, writes, int(self.expires or 0))
-        with _stored_ahead_lock:
-            _stored_ahead.update(task_id for task_id, _ in results)
+        _remember_stored_ahead(task_id for task_id, _ in results)
         return True
 
     def remember_revoked(self, task_ids: Sequence[str], reason: str) -> None:

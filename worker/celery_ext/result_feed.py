@@ -131,9 +131,7 @@ class ResultFeed:
 
     def forget(self, task_ids: Sequence[str]) -> None:
         """Delete the stored results of ``task_ids``, ``read_chunk`` keys per ``DEL``."""
-        keys = [self.backend.get_key_for_task(task_id) for task_id in task_ids]
-        for chunk in _chunks(keys, self.read_chunk):
-            self.backend.client.delete(*chunk)
+        forget_results(self.backend, task_ids, self.read_chunk)
 
     def close(self) -> None:
         """Close the connection, and with it every subscription."""
@@ -209,6 +207,11 @@ class ResultWaiter:
 
     def forget(self, task_ids: Sequence[str]) -> None:
         """Delete the stored results of ``task_ids``, ``read_chunk`` keys per ``DEL``."""
-        keys = [self.backend.get_key_for_task(task_id) for task_id in task_ids]
-        for chunk in _chunks(keys, self.read_chunk):
-            self.backend.client.delete(*chunk)
+        forget_results(self.backend, task_ids, self.read_chunk)
+
+
+def forget_results(backend: Any, task_ids: Sequence[str], read_chunk: int) -> None:
+    """Delete the stored results of ``task_ids`` from ``backend``, ``read_chunk`` per ``DEL``."""
+    keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
+    for chunk in _chunks(keys, read_chunk):
+        backend.client.delete(*chunk)

@@ -30,7 +30,7 @@ from worker.celery_ext import compat
 
 __all__ = ["subscribe_results"]
 
-compat.check()
+compat.check_once()
 
 
 def subscribe_results(backend: Any, producer: Any, task_ids: Sequence[str]) -> int:
