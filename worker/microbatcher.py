@@ -109,6 +109,9 @@ class MicroBatcher:
         self._arrivals: dict[str, ArrivalGaps] = {}  # per model; the flush policy reads it
         self._closing = False
         self._stopping = threading.Event()
+        # Ends a wait for budget early: an interactive text arrived (its batch asks at once,
+        # in its lane), or the worker is stopping.
+        self._admission_wake = threading.Event()
         self._admission: BudgetAdmission | None = None
         if gate is not None:
             self._admission = BudgetAdmission(batcher, gate, stopping=self._stopping, clock=clock)
@@ -161,6 +164,8 @@ class MicroBatcher:
                 queued == 1 or queued == self.batch_size or (predictive and self._is_due(key, now))
             ):
                 self._cond.notify()
+        if lane == LANE_INTERACTIVE and self._admission is not None:
+            self._admission_wake.set()
         return future
 
     def _observe_arrival(self, model: str, now: float) -> None:
@@ -181,6 +186,7 @@ class MicroBatcher:
             self._closing = True
             self._cond.notify_all()
         self._stopping.set()  # a wait for budget ends now; its texts go back to the queue
+        self._admission_wake.set()
         self._dispatcher.join(timeout_s)
         self._calls.shutdown(wait=True)
         # Only once no call can hand over another result.
@@ -282,6 +288,7 @@ class MicroBatcher:
         # and an interactive text arriving meanwhile joins it at the front.
         started = self._clock()
         while True:
+            self._admission_wake.clear()
             with self._cond:
                 model = self._due_model()
                 if model is None:
@@ -314,7 +321,8 @@ class MicroBatcher:
                     metrics.BUDGET_WAIT.observe(waited_s)
                 return batch
             self._fail_overdue(model)
-            if self._stopping.wait(verdict.wait_s):
+            self._admission_wake.wait(verdict.wait_s)
+            if self._stopping.is_set():
                 self._fail_queued(model, MicroBatcherClosed("the worker is shutting down"))
 
     def _pop_batch(self, model: str, tokens: int) -> Batch:
