@@ -13,6 +13,7 @@ import base64
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -24,6 +25,8 @@ from kombu.transport import redis as kombu_redis
 
 import producers
 import producers.aio as aio
+import producers.sliding as sliding
+from producers import cli
 from producers import client as client_module
 from producers.lanes import check_lane, lane_route
 from worker.celery_ext import bulk_publish
@@ -315,3 +318,48 @@ def test_the_lane_helpers_name_the_lanes_and_route_to_the_anonymous_exchange() -
     assert lane_route("interactive")["routing_key"] == INTERACTIVE_QUEUE
     with pytest.raises(EmbeddingInputTypeError, match="lane must be a str, one of interactive"):
         check_lane(b"bulk")
+
+
+def test_embed_files_queue_stream_sends_to_the_bulk_lane_unless_told(
+    app: Celery, broker: Broker
+) -> None:
+    stream = cli.celery_window_embedder(app)
+    assert stream(["a", "b"], 5, lambda: None) == [VECTOR, VECTOR]
+    _assert_all_in(broker, BULK_QUEUE, 2, "bulk")
+    with pytest.raises(EmbeddingInputError, match="lane must be one of interactive, bulk"):
+        cli.celery_window_embedder(app, lane="fast")
+
+
+@pytest.mark.parametrize(
+    ("argv", "queue", "lane"),
+    [([], BULK_QUEUE, "bulk"), (["--lane", "interactive"], INTERACTIVE_QUEUE, "interactive")],
+    ids=["default bulk", "--lane interactive"],
+)
+def test_the_embed_file_cli_enqueues_in_the_lane_it_is_given(
+    app: Celery,
+    broker: Broker,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    argv: list[str],
+    queue: str,
+    lane: str,
+) -> None:
+    monkeypatch.setattr(cli, "_project_app", lambda: app)
+    monkeypatch.setattr(sliding, "_warn_if_no_worker", lambda app, warn: None)
+    source = tmp_path / "in.txt"
+    source.write_text("first\nsecond\nthird\n")
+    assert cli.main([str(source), "--no-progress", *argv]) == 0
+    _assert_all_in(broker, queue, 3, lane)
+    records = (tmp_path / "in.txt.embeddings.jsonl").read_text().splitlines()
+    assert sorted(json.loads(r)["line"] for r in records) == [1, 2, 3]
+
+
+def test_the_embed_file_cli_refuses_an_unknown_lane_with_a_usage_error(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    source = tmp_path / "in.txt"
+    source.write_text("first\n")
+    with pytest.raises(SystemExit) as exited:
+        cli.main([str(source), "--lane", "fast"])
+    assert exited.value.code == 2
+    assert "invalid choice: 'fast' (choose from" in capsys.readouterr().err
