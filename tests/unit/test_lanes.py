@@ -363,3 +363,28 @@ def test_the_embed_file_cli_refuses_an_unknown_lane_with_a_usage_error(
         cli.main([str(source), "--lane", "fast"])
     assert exited.value.code == 2
     assert "invalid choice: 'fast' (choose from" in capsys.readouterr().err
+
+
+def test_the_gateways_queue_service_sends_to_the_lane_and_reads_each_lanes_depth(
+    aio_app: Celery, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gateway.service
+
+    fake_broker = fakeredis.FakeAsyncRedis(server=broker.server)
+    monkeypatch.setattr(gateway.service, "redis_for_url", lambda _url, _app: fake_broker)
+
+    async def scenario() -> tuple[list[list[float]], dict[str, int], gateway.service.Health]:
+        service = gateway.service.QueueService(aio_app, ping_timeout_s=0.01)
+        monkeypatch.setattr(service, "_ping", lambda: [{"w1": "pong"}])
+        try:
+            vectors = await service.embed(["a", "b"], model="m", timeout_s=5, lane="bulk")
+            depths = {lane: await service.queue_depth(lane) for lane in ("interactive", "bulk")}
+            return vectors, depths, await service.health()
+        finally:
+            await service.aclose()
+
+    vectors, depths, health = _run(scenario())
+    assert vectors == [VECTOR, VECTOR]
+    assert broker.placement() == {INTERACTIVE_QUEUE: 0, BULK_QUEUE: 2}
+    assert depths == {"interactive": 0, "bulk": 2}
+    assert (health.queue_depth, health.lane_depths) == (2, {"interactive": 0, "bulk": 2})
