@@ -6,8 +6,9 @@ and who may log in are not set here but checked by ``embeddings_flower.guard`` o
 options, so a different ``--conf`` cannot turn them off.
 """
 
-# What an operator scans for each text: its state, when it arrived and started, how long it
-# ran, where, how often it was retried, and why it failed.
-tasks_columns = "name,uuid,state,args,received,started,runtime,worker,retries,exception"
+# What an operator scans for each text: its state, its lane (shown in kwargs, which travel in
+# the message, so every task has them even when Flower missed its task-sent event), when it
+# arrived and started, how long it ran, where, how often it was retried, and why it failed.
+tasks_columns = "name,uuid,state,args,kwargs,received,started,runtime,worker,retries,exception"
 # With --persistent, save every minute too, so a killed Flower keeps its history.
 state_save_interval = 60_000

@@ -1,8 +1,10 @@
 """The ASGI app: OpenAI's ``POST /v1/embeddings`` and ``GET /v1/models`` in front of the queue.
 
 Stateless: every input of a request becomes its own ``embeddings.embed_text`` task, so the
-workers batch texts across requests and across gateway replicas. ``GET /healthz`` reports
-Redis, worker pings and queue depth; FastAPI serves the OpenAPI docs at ``/docs``.
+workers batch texts across requests and across gateway replicas. Each request picks its
+lane (``gateway.lanes``: the ``X-Embeddings-Lane`` header, else ``service_tier``, else
+interactive). ``GET /healthz`` reports Redis, worker pings and queue depth; FastAPI serves
+the OpenAPI docs at ``/docs``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.errors import SERVER_ERROR, ApiError, error_body, error_for
+from gateway.lanes import LANE_HEADER, request_lane
 from gateway.limits import BodyLimit
 from gateway.parsing import EmbeddingRequest, parse_request, render_response
-from gateway.schemas import OPENAPI_REQUEST_BODY, RESPONSES
+from gateway.schemas import OPENAPI_LANE_HEADER, OPENAPI_REQUEST_BODY, RESPONSES
 from gateway.service import EmbeddingService, QueueService
 from gateway.settings import GatewaySettings
 from worker.errors import EmbeddingError
@@ -84,17 +87,18 @@ def create_app(
         "/v1/embeddings",
         dependencies=[Depends(authorize)],
         responses=RESPONSES,
-        openapi_extra=OPENAPI_REQUEST_BODY,
+        openapi_extra={**OPENAPI_REQUEST_BODY, **OPENAPI_LANE_HEADER},
         summary="Create embeddings (OpenAI-compatible)",
     )
     async def create_embeddings(request: Request, service: Service) -> Response:
         parsed = parse_request(await request.body(), max_text_chars=settings.max_text_chars)
+        lane = request_lane(request.headers.get(LANE_HEADER), parsed.service_tier_lane)
         _check_dimensions_before(parsed, settings)
         if settings.max_queue_depth:
-            await _check_backlog(service, settings)
+            await _check_backlog(service, settings, lane)
         try:
             vectors = await service.embed(
-                parsed.texts, model=parsed.model, timeout_s=settings.request_timeout_s
+                parsed.texts, model=parsed.model, timeout_s=settings.request_timeout_s, lane=lane
             )
         except Exception as exc:
             if not isinstance(exc, EmbeddingError):
@@ -112,12 +116,14 @@ def create_app(
     @app.get("/healthz", summary="Redis, worker pings and queue depth (no auth)")
     async def healthz(service: Service) -> Response:
         health = await service.health()
-        body = {
+        body: dict[str, Any] = {
             "status": "ok" if health.redis else "unavailable",
             "redis": health.redis,
             "workers": health.workers,
             "queue_depth": health.queue_depth,
         }
+        if health.lane_depths is not None:
+            body["lanes"] = health.lane_depths
         return _json(body, 200 if health.redis else 503)
 
     return app
@@ -177,16 +183,18 @@ def _check_dimensions_after(request: EmbeddingRequest, vectors: list[list[float]
         )
 
 
-async def _check_backlog(service: EmbeddingService, settings: GatewaySettings) -> None:
+async def _check_backlog(service: EmbeddingService, settings: GatewaySettings, lane: str) -> None:
+    # The lane's own queue: a backfill's backlog in the bulk lane never refuses a web app's
+    # interactive request, which workers serve first.
     try:
-        depth = await service.queue_depth()
+        depth = await service.queue_depth(lane)
     except Exception as exc:
         raise error_for(exc, timeout_s=settings.request_timeout_s) from exc
     if depth >= settings.max_queue_depth:
         raise ApiError(
             429,
-            f"The embedding queue holds {depth} texts, over this gateway's bound of "
-            f"{settings.max_queue_depth}. Please retry shortly.",
+            f"The embedding queue's {lane} lane holds {depth} texts, over this gateway's "
+            f"bound of {settings.max_queue_depth}. Please retry shortly.",
             type="requests",
             code="rate_limit_exceeded",
             headers={"Retry-After": "1"},

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from gateway.errors import ApiError
+from gateway.lanes import lane_of_service_tier
 from gateway.settings import MAX_INPUTS
 from worker.errors import EmbeddingInputError
 from worker.validation import validate_texts
@@ -32,12 +33,17 @@ TEXT_ONLY = "'input' holds token arrays; this gateway embeds text only: send the
 
 @dataclass(frozen=True)
 class EmbeddingRequest:
-    """A checked request: ``texts`` in input order; ``dimensions`` None when not asked for."""
+    """A checked request: ``texts`` in input order; ``dimensions`` None when not asked for.
+
+    ``service_tier_lane`` is the lane its ``service_tier`` asks for (``gateway.lanes``), None
+    when it names none; the ``X-Embeddings-Lane`` header, read by the app, wins over it.
+    """
 
     texts: list[str]
     model: str
     encoding_format: EncodingFormat
     dimensions: int | None
+    service_tier_lane: str | None = None
 
 
 def parse_request(body: bytes, *, max_text_chars: int) -> EmbeddingRequest:
@@ -56,6 +62,7 @@ def parse_request(body: bytes, *, max_text_chars: int) -> EmbeddingRequest:
         model=model,
         encoding_format=_encoding_format(request.get("encoding_format")),
         dimensions=_dimensions(request.get("dimensions")),
+        service_tier_lane=lane_of_service_tier(request.get("service_tier")),
     )
 
 

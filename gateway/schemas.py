@@ -10,9 +10,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from gateway.lanes import LANE_HEADER
 from gateway.settings import MAX_INPUTS
+from producers.lanes import LANES
 
-__all__ = ["OPENAPI_REQUEST_BODY", "RESPONSES"]
+__all__ = ["OPENAPI_LANE_HEADER", "OPENAPI_REQUEST_BODY", "RESPONSES"]
 
 
 class EmbeddingsBody(BaseModel):
@@ -27,6 +29,12 @@ class EmbeddingsBody(BaseModel):
     )
     dimensions: int | None = Field(
         None, description="Only the workers' configured size (EMBEDDINGS_DIMENSIONS) is served."
+    )
+    service_tier: Literal["auto", "default", "flex", "priority"] | None = Field(
+        None,
+        description="The queue's lane: 'flex' is the bulk lane (served after interactive "
+        "texts); 'auto', 'default', 'priority' or none the interactive lane. The "
+        f"{LANE_HEADER} header wins over it.",
     )
     user: str | None = None
 
@@ -69,11 +77,25 @@ OPENAPI_REQUEST_BODY: dict[str, Any] = {
     }
 }
 
+OPENAPI_LANE_HEADER: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": LANE_HEADER,
+            "in": "header",
+            "required": False,
+            "description": "The queue's lane for this request's texts: 'interactive' (the "
+            "default) or 'bulk' (a backfill, served after interactive texts). Wins over the "
+            "body's service_tier; any other value is a 400.",
+            "schema": {"type": "string", "enum": list(LANES), "default": LANES[0]},
+        }
+    ]
+}
+
 _ERRORS = {
-    400: "Bad request or input; the API rejected a text",
+    400: "Bad request, input, service_tier or lane header; the API rejected a text",
     401: "Missing or wrong API key",
     413: "Body over GATEWAY_MAX_BODY_BYTES",
-    429: "Queue over GATEWAY_MAX_QUEUE_DEPTH",
+    429: "The request's lane's queue over GATEWAY_MAX_QUEUE_DEPTH",
     502: "The upstream API failed",
     503: "Redis unreachable, timeout, or upstream unavailable",
 }

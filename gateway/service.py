@@ -1,9 +1,9 @@
 """What the gateway needs from the queue, behind one small interface the tests can fake.
 
 :class:`QueueService` is the real one: texts go through the async producers (each input its
-own task, so workers batch across requests and gateway replicas), queue depth is an
-``LLEN`` of the task queue, and worker liveness is Celery's broadcast ping, run in one
-thread with a short timeout because it blocks.
+own task, so workers batch across requests and gateway replicas) to the request's lane,
+queue depth is an ``LLEN`` of a lane's queue, and worker liveness is Celery's broadcast
+ping, run in one thread with a short timeout because it blocks.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from celery import Celery
 from redis.exceptions import RedisError
 
 from producers.aio import AsyncProducer, redis_for_url
+from producers.lanes import LANE_INTERACTIVE, LANES, check_lane
 from worker.errors import EmbeddingQueueUnavailableError
+from worker.names import queue_for_lane
 
 __all__ = ["EmbeddingService", "Health", "QueueService"]
 
@@ -29,24 +31,31 @@ _PING_CACHE_S = 1.0
 
 @dataclass(frozen=True)
 class Health:
-    """Redis reachable; workers that answered the ping (None: not asked); texts queued."""
+    """Redis reachable; workers that answered the ping (None: not asked); texts queued.
+
+    ``queue_depth`` counts every lane's queue; ``lane_depths`` each lane's (None: unknown).
+    """
 
     redis: bool
     workers: int | None
     queue_depth: int | None
+    lane_depths: dict[str, int] | None = None
 
 
 class EmbeddingService(Protocol):
     """The queue as the gateway sees it."""
 
     async def embed(
-        self, texts: Sequence[str], *, model: str, timeout_s: float
+        self, texts: Sequence[str], *, model: str, timeout_s: float, lane: str
     ) -> list[list[float]]:
-        """Vectors of already-validated ``texts``, in order; raises the project's errors."""
+        """Vectors of already-validated ``texts`` sent in ``lane``, in order.
+
+        Raises the project's errors.
+        """
         ...
 
-    async def queue_depth(self) -> int:
-        """Texts waiting in the queue; raises ``EmbeddingQueueUnavailableError``."""
+    async def queue_depth(self, lane: str = LANE_INTERACTIVE) -> int:
+        """Texts waiting in ``lane``'s queue; raises ``EmbeddingQueueUnavailableError``."""
         ...
 
     async def health(self) -> Health: ...
@@ -61,7 +70,6 @@ class QueueService:
         self.app = app
         self.producer = AsyncProducer(app)
         self._broker = redis_for_url(str(app.conf.broker_url), app)
-        self._queue = str(app.conf.task_default_queue)
         self._ping_timeout_s = ping_timeout_s
         # Celery's ping blocks for its whole timeout: one thread, and one ping at a time.
         self._ping_executor = ThreadPoolExecutor(1, thread_name_prefix="gateway-ping")
@@ -69,13 +77,16 @@ class QueueService:
         self._last_ping: tuple[float, int | None] = (float("-inf"), None)
 
     async def embed(
-        self, texts: Sequence[str], *, model: str, timeout_s: float
+        self, texts: Sequence[str], *, model: str, timeout_s: float, lane: str
     ) -> list[list[float]]:
-        return await self.producer.embed_texts_checked(texts, model=model, timeout=timeout_s)
+        return await self.producer.embed_texts_checked(
+            texts, model=model, timeout=timeout_s, lane=lane
+        )
 
-    async def queue_depth(self) -> int:
+    async def queue_depth(self, lane: str = LANE_INTERACTIVE) -> int:
+        queue = queue_for_lane(check_lane(lane))
         try:
-            return int(await self._broker.llen(self._queue))
+            return int(await self._broker.llen(queue))
         except RedisError as exc:
             raise EmbeddingQueueUnavailableError(
                 f"could not read the queue's depth: Redis is unreachable ({type(exc).__name__})"
@@ -84,10 +95,15 @@ class QueueService:
     async def health(self) -> Health:
         try:
             await self._broker.ping()
-            depth = await self.queue_depth()
+            depths = {lane: await self.queue_depth(lane) for lane in LANES}
         except (RedisError, EmbeddingQueueUnavailableError):
             return Health(redis=False, workers=None, queue_depth=None)
-        return Health(redis=True, workers=await self._workers(), queue_depth=depth)
+        return Health(
+            redis=True,
+            workers=await self._workers(),
+            queue_depth=sum(depths.values()),
+            lane_depths=depths,
+        )
 
     async def _workers(self) -> int | None:
         async with self._ping_lock:

@@ -64,7 +64,7 @@ class GatewaySettings:
     ``api_keys`` (``GATEWAY_API_KEYS``, comma-separated) are the Bearer tokens clients may
     send; they are hidden from ``repr`` and never logged. Without keys the gateway refuses to
     start unless ``allow_no_auth`` (``GATEWAY_ALLOW_NO_AUTH=1``). ``max_queue_depth`` > 0
-    answers 429 while more texts than that wait in the queue (0: no bound).
+    answers 429 while more texts than that wait in the request's lane's queue (0: no bound).
     ``dimensions`` is the workers' ``EMBEDDINGS_DIMENSIONS`` (0: the model's native size).
     ``workers`` (``GATEWAY_WORKERS``, default 1) is how many uvicorn processes share the port;
     ``log_level`` (``GATEWAY_LOG_LEVEL``, one of ``LOG_LEVELS``) applies to uvicorn and the

@@ -7,6 +7,7 @@ neither the worker's HTTP code nor its task module::
     result = enqueue_text("What is machine learning?")   # an AsyncResult; keep result.id
     vectors = embed_texts(["a", "b"], timeout=60)       # in order, through the queue
     revoke([result.id])                                 # never embedded, state REVOKED
+    enqueue_texts(backfill, lane="bulk")                # served after interactive texts
 
 From asyncio code (FastAPI, aiohttp…), the same with ``await`` and no thread per waiting text::
 
@@ -30,6 +31,7 @@ from producers.client import (
     enqueue_texts,
     revoke,
 )
+from producers.lanes import LANE_BULK, LANE_INTERACTIVE, LANES
 from worker.errors import (
     EmbeddingError,
     EmbeddingInputError,
@@ -43,6 +45,9 @@ from worker.errors import (
 
 __all__ = [
     "EMBED_TEXT_TASK",
+    "LANES",
+    "LANE_BULK",
+    "LANE_INTERACTIVE",
     "AsyncEmbeddingResult",
     "AsyncProducer",
     "EmbeddingError",

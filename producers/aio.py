@@ -9,7 +9,9 @@
     pending = await aenqueue_text("later")                        # pending.id, await pending.get()
 
 The same checks and errors as the synchronous functions (``worker.validation``): bad input
-raises before anything is enqueued.
+raises before anything is enqueued. The same ``lane=`` too (``producers.lanes``):
+``"interactive"`` by default, ``"bulk"`` for a backfill; every path below (chunks, one
+message per text, a chunk sent again through a failover) sends a text to its lane's queue.
 
 **Waiting** costs no thread: every coroutine of one event loop waits on the same Redis
 pub/sub connection (:class:`~producers.waiter.ResultWaiter`), and results are decoded as
@@ -60,6 +62,7 @@ from producers.client import (
     publish_waits,
     queue_error,
 )
+from producers.lanes import LANE_INTERACTIVE, check_lane, lane_route
 from producers.waiter import ResultWaiter
 from worker.celery_app import app as default_app
 from worker.celery_ext import bulk_publish
@@ -168,24 +171,32 @@ class AsyncProducer:
             self._max_chars = producer_settings().max_text_chars
         return self._max_chars
 
-    async def enqueue_text(self, text: str, *, model: str | None = None) -> AsyncEmbeddingResult:
-        """Check ``text`` and enqueue it as one task; nothing is enqueued if it is bad."""
+    async def enqueue_text(
+        self, text: str, *, model: str | None = None, lane: str = LANE_INTERACTIVE
+    ) -> AsyncEmbeddingResult:
+        """Check ``text`` and ``lane``, and enqueue it as one task; if either is bad, nothing."""
         checked = validate_text(text, max_chars=self.max_text_chars)
-        return (await self._publish([checked], model))[0]
+        return (await self._publish([checked], model, check_lane(lane)))[0]
 
     async def enqueue_texts(
-        self, texts: Iterable[str], *, model: str | None = None
+        self, texts: Iterable[str], *, model: str | None = None, lane: str = LANE_INTERACTIVE
     ) -> list[AsyncEmbeddingResult]:
-        """Check every text, then enqueue each as its own task, in order."""
+        """Check every text and ``lane``, then enqueue each text as its own task, in order."""
         checked = validate_texts(texts, max_chars=self.max_text_chars)
-        return await self._publish(checked, model)
+        return await self._publish(checked, model, check_lane(lane))
 
     async def embed_text(
-        self, text: str, *, model: str | None = None, timeout: float = DEFAULT_WAIT_TIMEOUT_S
+        self,
+        text: str,
+        *,
+        model: str | None = None,
+        timeout: float = DEFAULT_WAIT_TIMEOUT_S,
+        lane: str = LANE_INTERACTIVE,
     ) -> list[float]:
-        """Enqueue ``text`` and await its vector for up to ``timeout`` seconds."""
+        """Enqueue ``text`` in ``lane`` and await its vector for up to ``timeout`` seconds."""
         checked = validate_text(text, max_chars=self.max_text_chars)
-        return (await self.embed_texts_checked([checked], model=model, timeout=timeout))[0]
+        vectors = await self.embed_texts_checked([checked], model=model, timeout=timeout, lane=lane)
+        return vectors[0]
 
     async def embed_texts(
         self,
@@ -193,20 +204,30 @@ class AsyncProducer:
         *,
         model: str | None = None,
         timeout: float = DEFAULT_WAIT_TIMEOUT_S,
+        lane: str = LANE_INTERACTIVE,
     ) -> list[list[float]]:
-        """Enqueue ``texts`` one task each and await all vectors, in order, within ``timeout``."""
+        """Enqueue ``texts`` one task each in ``lane``; await all vectors, in order, in time."""
         checked = validate_texts(texts, max_chars=self.max_text_chars)
-        return await self.embed_texts_checked(checked, model=model, timeout=timeout)
+        return await self.embed_texts_checked(checked, model=model, timeout=timeout, lane=lane)
 
     async def embed_texts_checked(
-        self, texts: Sequence[str], *, model: str | None, timeout: float
+        self,
+        texts: Sequence[str],
+        *,
+        model: str | None,
+        timeout: float,
+        lane: str = LANE_INTERACTIVE,
     ) -> list[list[float]]:
-        """:meth:`embed_texts` for texts the caller already passed through validation."""
+        """:meth:`embed_texts` for texts the caller already passed through validation.
+
+        ``lane`` is still checked here, before anything is enqueued, even for no texts.
+        """
+        lane = check_lane(lane)
         if not texts:
             return []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        pending = await self._publish(texts, model)
+        pending = await self._publish(texts, model, lane)
         return await self.wait([p.id for p in pending], timeout=max(0.0, deadline - loop.time()))
 
     async def wait(self, task_ids: Sequence[str], *, timeout: float) -> list[Any]:
@@ -217,17 +238,21 @@ class AsyncProducer:
         """Close the result subscription and its Redis connections."""
         await self.waiter.aclose()
 
-    async def _publish(self, texts: Sequence[str], model: str | None) -> list[AsyncEmbeddingResult]:
+    async def _publish(
+        self, texts: Sequence[str], model: str | None, lane: str
+    ) -> list[AsyncEmbeddingResult]:
         task_ids = [str(uuid.uuid4()) for _ in texts]
         messages = list(zip(task_ids, texts, strict=True))
         if bulk_publish.supports_bulk_publish(self.app):
-            await self._publish_chunks(messages, model)
+            await self._publish_chunks(messages, model, lane)
         else:
             jobs = [messages[i : i + PUBLISH_CHUNK] for i in range(0, len(messages), PUBLISH_CHUNK)]
-            await asyncio.gather(*(self._publish_each(job, model) for job in jobs))
+            await asyncio.gather(*(self._publish_each(job, model, lane) for job in jobs))
         return [AsyncEmbeddingResult(task_id, self) for task_id in task_ids]
 
-    async def _publish_each(self, messages: list[tuple[str, str]], model: str | None) -> None:
+    async def _publish_each(
+        self, messages: list[tuple[str, str]], model: str | None, lane: str
+    ) -> None:
         """One message per text in a worker thread: a broker the bulk path does not serve.
 
         Such a broker is neither plain Redis nor Sentinel, so there is no failover to wait
@@ -236,15 +261,17 @@ class AsyncProducer:
         ``_publish_chunk_through_failover`` retries it.
         """
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, _publish, self.app, messages, model)
+        await loop.run_in_executor(self._executor, _publish, self.app, messages, model, lane)
 
-    async def _publish_chunks(self, messages: list[tuple[str, str]], model: str | None) -> None:
+    async def _publish_chunks(
+        self, messages: list[tuple[str, str]], model: str | None, lane: str
+    ) -> None:
         """One transaction per ``ENQUEUE_CHUNK_SIZE`` messages, in order, one at a time."""
         done = 0
         try:
             for start in range(0, len(messages), ENQUEUE_CHUNK_SIZE):
                 chunk = messages[start : start + ENQUEUE_CHUNK_SIZE]
-                await self._publish_chunk_through_failover(chunk, model)
+                await self._publish_chunk_through_failover(chunk, model, lane)
                 done = start + len(chunk)
         except EmbeddingQueueUnavailableError as exc:
             if isinstance(exc, EmbeddingPartialEnqueueError):
@@ -258,12 +285,13 @@ class AsyncProducer:
             ) from exc
 
     async def _publish_chunk_through_failover(
-        self, chunk: list[tuple[str, str]], model: str | None
+        self, chunk: list[tuple[str, str]], model: str | None, lane: str
     ) -> None:
         """Send ``chunk`` in a worker thread; behind Sentinel, again through a failover.
 
         A chunk refused by a master that died or was demoted (``is_failover_error``) is sent
-        again with the same task ids after each of ``publish_waits``, the pauses spent on
+        again with the same task ids, to the same lane, after each of ``publish_waits``, the
+        pauses spent on
         the loop. A chunk that fell back to one message per text resumes after the texts
         that went through. Raises the last error once the waits are spent, or at once for
         a full master, another error, or a plain Redis.
@@ -273,7 +301,9 @@ class AsyncProducer:
         for wait in [*publish_waits(self.app), None]:
             try:
                 rest = chunk[sent:]
-                await loop.run_in_executor(self._executor, _publish_chunk, self.app, rest, model)
+                await loop.run_in_executor(
+                    self._executor, _publish_chunk, self.app, rest, model, lane
+                )
                 return
             except EmbeddingQueueUnavailableError as exc:
                 if isinstance(exc, EmbeddingPartialEnqueueError):
@@ -289,8 +319,10 @@ class AsyncProducer:
                 raise
 
 
-def _publish_chunk(app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
-    """Send ``messages`` (``(task_id, text)``) in one ``MULTI``/``EXEC`` (a worker thread).
+def _publish_chunk(
+    app: Celery, messages: list[tuple[str, str]], model: str | None, lane: str
+) -> None:
+    """Send ``messages`` (``(task_id, text)``) to ``lane`` in one ``MULTI``/``EXEC`` (a thread).
 
     The bulk path of ``producers.client.enqueue_ids``, without its per-text fallback:
     a route it cannot send goes through ``_publish``, which never subscribes.
@@ -299,13 +331,18 @@ def _publish_chunk(app: Celery, messages: list[tuple[str, str]], model: str | No
     texts = [text for _, text in messages]
     try:
         for _ in publish_id_chunks(
-            texts, model=model, task_ids=task_ids, app=app, chunk_size=max(1, len(texts))
+            texts,
+            model=model,
+            task_ids=task_ids,
+            app=app,
+            chunk_size=max(1, len(texts)),
+            lane=lane,
         ):
             pass
     except bulk_publish.BulkPublishUnsupported:
         for sent, message in enumerate(messages):
             try:
-                _publish(app, [message], model)
+                _publish(app, [message], model, lane)
             except EmbeddingQueueUnavailableError as exc:
                 # Says exactly where the chunk stopped; the caller adds the chunks before.
                 raise EmbeddingPartialEnqueueError(
@@ -315,18 +352,20 @@ def _publish_chunk(app: Celery, messages: list[tuple[str, str]], model: str | No
         raise queue_error(exc, "enqueue the text") from exc
 
 
-def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
-    """Send one task message per ``(task_id, text)`` on one pooled producer (a worker thread)."""
+def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None, lane: str) -> None:
+    """Send one task message per ``(task_id, text)`` to ``lane`` on one pooled producer."""
     kwargs = {"model": model} if model else {}
     show_texts = bool(producer_settings().show_texts)
+    route = lane_route(lane)
     amqp = app.amqp
     try:
         with app.producer_or_acquire() as producer:
             for task_id, text in messages:
                 args = (text,)
-                options = amqp.router.route({}, EMBED_TEXT_TASK, args, kwargs, None)
+                # The lane's options, through Celery's router, as send_task(**route) does.
+                options = amqp.router.route(dict(route), EMBED_TEXT_TASK, args, kwargs, None)
                 # As producers.client: the text stays out of events, Flower and inspect.
-                argsrepr, kwargsrepr = task_reprs(text, model, show_texts=show_texts)
+                argsrepr, kwargsrepr = task_reprs(text, model, show_texts=show_texts, lane=lane)
                 message = amqp.create_task_message(
                     task_id,
                     EMBED_TEXT_TASK,
@@ -411,17 +450,25 @@ def _default(app: Celery | None) -> AsyncProducer:
 
 
 async def aenqueue_text(
-    text: str, *, model: str | None = None, app: Celery | None = None
+    text: str,
+    *,
+    model: str | None = None,
+    app: Celery | None = None,
+    lane: str = LANE_INTERACTIVE,
 ) -> AsyncEmbeddingResult:
-    """Check ``text`` and enqueue it as one task; ``await result.get()`` reads its vector."""
-    return await _default(app).enqueue_text(text, model=model)
+    """Check ``text`` and enqueue it as one task in ``lane``; ``await result.get()`` reads it."""
+    return await _default(app).enqueue_text(text, model=model, lane=lane)
 
 
 async def aenqueue_texts(
-    texts: Iterable[str], *, model: str | None = None, app: Celery | None = None
+    texts: Iterable[str],
+    *,
+    model: str | None = None,
+    app: Celery | None = None,
+    lane: str = LANE_INTERACTIVE,
 ) -> list[AsyncEmbeddingResult]:
-    """Check every text first, then enqueue each as its own task, in order."""
-    return await _default(app).enqueue_texts(texts, model=model)
+    """Check every text first, then enqueue each as its own task in ``lane``, in order."""
+    return await _default(app).enqueue_texts(texts, model=model, lane=lane)
 
 
 async def aembed_text(
@@ -430,9 +477,10 @@ async def aembed_text(
     model: str | None = None,
     timeout: float = DEFAULT_WAIT_TIMEOUT_S,
     app: Celery | None = None,
+    lane: str = LANE_INTERACTIVE,
 ) -> list[float]:
-    """Enqueue ``text`` and await its vector for up to ``timeout`` seconds."""
-    return await _default(app).embed_text(text, model=model, timeout=timeout)
+    """Enqueue ``text`` in ``lane`` and await its vector for up to ``timeout`` seconds."""
+    return await _default(app).embed_text(text, model=model, timeout=timeout, lane=lane)
 
 
 async def aembed_texts(
@@ -441,6 +489,7 @@ async def aembed_texts(
     model: str | None = None,
     timeout: float = DEFAULT_WAIT_TIMEOUT_S,
     app: Celery | None = None,
+    lane: str = LANE_INTERACTIVE,
 ) -> list[list[float]]:
-    """Enqueue ``texts`` one task each and await every vector, in order, within ``timeout``."""
-    return await _default(app).embed_texts(texts, model=model, timeout=timeout)
+    """Enqueue ``texts`` one task each in ``lane``; await every vector, in order, in time."""
+    return await _default(app).embed_texts(texts, model=model, timeout=timeout, lane=lane)

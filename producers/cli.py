@@ -22,7 +22,9 @@ and, at the end, rewrites the output keeping only the last line of each id). Tex
 or ``--redis-url``.
 Each text's task id is derived from the input (path, line, text, model): a re-run collects
 results already stored, and waits for tasks an interrupted run left queued (listed in
-``OUTPUT.pending``) instead of paying for them again.
+``OUTPUT.pending``) instead of paying for them again. Texts go in the **bulk** lane by
+default, so a backfill never delays a web app's texts; ``--lane interactive`` when a user
+waits for the file.
 Exit status: 0 all embedded, 1 some records failed, 2 a usage, configuration or broker
 error, 130 interrupted (see ``--help``).
 """
@@ -55,6 +57,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from producers.lanes import LANE_BULK, LANES
 from producers.records import (
     FORMATS,
     Item,
@@ -306,6 +309,7 @@ def celery_window_embedder(
     on_stall: Callable[[float], None] | None = None,
     stall_s: float = DEFAULT_STALL_WARNING_S,
     on_no_worker: Callable[[str], None] | None = None,
+    lane: str = LANE_BULK,
 ) -> QueueStream:
     """The queue as a sliding window (``producers.sliding.QueueStream``) for ``embed_items``.
 
@@ -321,7 +325,8 @@ def celery_window_embedder(
     leave it once collected. ``on_stall(seconds)`` hears, every ``stall_s`` seconds, that no
     result has come in for that long while waiting (no worker consuming the queue?);
     ``on_no_worker(message)`` hears, before the first send, that no worker answered a ping.
-    Also callable as a ``WindowEmbedder`` (one list, waited for whole).
+    Texts go to ``lane``'s queue, bulk by default. Also callable as a ``WindowEmbedder``
+    (one list, waited for whole).
     """
     from worker.celery_app import app as default_app
 
@@ -335,6 +340,7 @@ def celery_window_embedder(
         on_stall=on_stall,
         stall_s=stall_s,
         on_no_worker=on_no_worker,
+        lane=lane,
     )
 
 
@@ -382,6 +388,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--column", help="CSV column with the text (default: --field)")
     parser.add_argument("--id-field", default="id", help="JSONL field or CSV column of ids")
     parser.add_argument("--model", help="embedding model (default: the worker's)")
+    parser.add_argument(
+        "--lane",
+        choices=LANES,
+        default=LANE_BULK,
+        help="the queue's lane: bulk waits behind the web apps' interactive texts, so a "
+        "backfill never delays them; interactive when a user waits for this file",
+    )
     parser.add_argument("--window", type=int, default=DEFAULT_WINDOW, help="texts in flight")
     parser.add_argument(
         "--timeout",
@@ -484,6 +497,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
                 on_stall=stalled,
                 stall_s=args.stall_warning,
                 on_no_worker=warn,
+                lane=args.lane,
             )
             source: Path = args.input
             model: str | None = args.model

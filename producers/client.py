@@ -6,6 +6,10 @@ round trip and their results are read back with one subscription
 ``send_task`` and one ``AsyncResult`` per text. Behind Sentinel a publish that meets a
 failover is sent again, with the same task ids, until ``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``
 is spent (``publish_waits``).
+
+Every function takes ``lane=`` (``producers.lanes``): ``"interactive"`` by default, or
+``"bulk"`` for a backfill; each text goes to its lane's queue, on every path (a list's
+chunks, the per-text fallback, a publish sent again through a failover).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from producers.failover import failover_waits, is_failover_error
+from producers.lanes import LANE_INTERACTIVE, check_lane, lane_route
 from worker.celery_app import app as default_app
 from worker.celery_ext import bulk_publish
 from worker.errors import (
@@ -30,7 +35,7 @@ from worker.errors import (
     EmbeddingQueueFullError,
     EmbeddingQueueUnavailableError,
 )
-from worker.names import EMBED_TEXT_TASK
+from worker.names import EMBED_TEXT_TASK, queue_for_lane
 from worker.redaction import task_reprs
 from worker.revocation import RevokeList
 from worker.settings import Settings
@@ -134,13 +139,15 @@ def _show_texts() -> bool:
     return bool(producer_settings().show_texts)
 
 
-def _send(text: str, model: str | None, app: Celery, task_id: str | None = None) -> AsyncResult:
-    # One task id for every attempt: a publish that reached Redis but whose answer was lost
-    # is the same task when sent again, not a second one.
+def _send(
+    text: str, model: str | None, app: Celery, task_id: str | None = None, *, lane: str
+) -> AsyncResult:
+    # One task id (and one lane) for every attempt: a publish that reached Redis but whose
+    # answer was lost is the same task when sent again, not a second one.
     task_id = task_id or str(uuid.uuid4())
     for wait in [*publish_waits(app), None]:
         try:
-            return _send_once(text, model, app, task_id)
+            return _send_once(text, model, app, task_id, lane=lane)
         except EmbeddingQueueFullError:
             raise
         except EmbeddingQueueUnavailableError:
@@ -150,10 +157,13 @@ def _send(text: str, model: str | None, app: Celery, task_id: str | None = None)
     raise AssertionError("unreachable")
 
 
-def _send_once(text: str, model: str | None, app: Celery, task_id: str) -> AsyncResult:
+def _send_once(
+    text: str, model: str | None, app: Celery, task_id: str, *, lane: str
+) -> AsyncResult:
     kwargs = {"model": model} if model else {}
-    # Flower, events and `celery inspect` show this rendering, never the text (by default).
-    argsrepr, kwargsrepr = task_reprs(text, model, show_texts=_show_texts())
+    # Flower, events and `celery inspect` show this rendering and the lane, never the text
+    # (by default).
+    argsrepr, kwargsrepr = task_reprs(text, model, show_texts=_show_texts(), lane=lane)
     try:
         result: AsyncResult = app.send_task(
             EMBED_TEXT_TASK,
@@ -164,6 +174,7 @@ def _send_once(text: str, model: str | None, app: Celery, task_id: str) -> Async
             task_id=task_id,
             retry=True,
             retry_policy=publish_retry_policy(app),
+            **lane_route(lane),
         )
     except OperationalError as exc:
         raise queue_error(exc, "enqueue the text") from exc
@@ -178,13 +189,23 @@ def _send_once(text: str, model: str | None, app: Celery, task_id: str) -> Async
     return result
 
 
-def enqueue_text(text: str, *, model: str | None = None, app: Celery | None = None) -> AsyncResult:
+def enqueue_text(
+    text: str,
+    *,
+    model: str | None = None,
+    app: Celery | None = None,
+    lane: str = LANE_INTERACTIVE,
+) -> AsyncResult:
     """Check ``text`` and enqueue it as one task; the result's ``id`` finds its vector later.
 
-    ``model`` is None (the workers' configured model) or a non-empty model name.
+    ``model`` is None (the workers' configured model) or a non-empty model name. ``lane``
+    is ``"interactive"`` (a user waits) or ``"bulk"`` (a backfill, served after
+    interactive texts); anything else raises ``EmbeddingInputError`` before anything is
+    enqueued.
     """
     checked = validate_text(text, max_chars=_max_chars())
-    return _send(checked, validate_model(model), app or default_app)
+    checked_model = validate_model(model)
+    return _send(checked, checked_model, app or default_app, lane=check_lane(lane))
 
 
 def _broker_error(exc: BaseException) -> BaseException | None:
@@ -214,13 +235,15 @@ def enqueue_many(
     model: str | None = None,
     app: Celery | None = None,
     chunk_size: int = ENQUEUE_CHUNK_SIZE,
+    lane: str = LANE_INTERACTIVE,
 ) -> list[AsyncResult]:
-    """Enqueue already-checked ``texts``, in order, ``chunk_size`` per Redis round trip.
+    """Enqueue already-checked ``texts`` in ``lane``, in order, ``chunk_size`` per round trip.
 
     Raises ``EmbeddingPartialEnqueueError`` naming what was enqueued when the broker fails
     midway (behind Sentinel: once a chunk's failover retries are spent).
     """
     target = app or default_app
+    lane = check_lane(lane)
     calls = _calls(texts, model)
     task_ids = _fresh_ids(len(texts))
     done: list[AsyncResult] = []
@@ -231,14 +254,15 @@ def enqueue_many(
             EMBED_TEXT_TASK,
             calls[start:],
             chunk_size=chunk_size,
-            reprs=_reprs,
+            reprs=_reprs_in(lane),
             task_ids=task_ids[start:],
+            queue=queue_for_lane(lane),
         )
 
     try:
         _through_failover(target, send_from, done)
     except bulk_publish.BulkPublishUnsupported:
-        return _send_each(texts, model, target)
+        return _send_each(texts, model, target, lane=lane)
     except Exception as exc:
         error = _failed(exc, done, len(texts))
         if error is exc:
@@ -254,12 +278,14 @@ def enqueue_ids(
     app: Celery | None = None,
     chunk_size: int = ENQUEUE_CHUNK_SIZE,
     task_ids: Sequence[str] | None = None,
+    lane: str = LANE_INTERACTIVE,
 ) -> list[str]:
     """``enqueue_many``, returning task ids for ``wait_all``, with no per-text subscription.
 
     ``task_ids``, one per text, replace fresh ids (say, ids derived from the input).
     """
     target = app or default_app
+    lane = check_lane(lane)
     if task_ids is not None and len(task_ids) != len(texts):
         raise ValueError(f"{len(task_ids)} task ids for {len(texts)} texts")
     ids = list(task_ids) if task_ids is not None else _fresh_ids(len(texts))
@@ -267,13 +293,18 @@ def enqueue_ids(
 
     def send_from(start: int) -> Iterator[list[str]]:
         return publish_id_chunks(
-            texts[start:], model=model, task_ids=ids[start:], app=target, chunk_size=chunk_size
+            texts[start:],
+            model=model,
+            task_ids=ids[start:],
+            app=target,
+            chunk_size=chunk_size,
+            lane=lane,
         )
 
     try:
         _through_failover(target, send_from, done)
     except bulk_publish.BulkPublishUnsupported:
-        return [result.id for result in _send_each(texts, model, target, task_ids)]
+        return [result.id for result in _send_each(texts, model, target, task_ids, lane=lane)]
     except Exception as exc:
         error = _failed(exc, [target.AsyncResult(i) for i in done], len(texts))
         if error is exc:
@@ -289,21 +320,24 @@ def publish_id_chunks(
     task_ids: Sequence[str],
     app: Celery,
     chunk_size: int = ENQUEUE_CHUNK_SIZE,
+    lane: str = LANE_INTERACTIVE,
 ) -> Iterator[list[str]]:
-    """Send already-checked ``texts`` as tasks ``task_ids``, one transaction per chunk.
+    """Send already-checked ``texts`` as tasks ``task_ids`` to ``lane``, a transaction a chunk.
 
     The bulk path alone (``bulk_publish.publish_chunk_ids``, with the texts shown redacted):
     no per-text fallback, no failover retry, no subscription. Yields each chunk's ids once
     Redis committed it; raises ``bulk_publish.BulkPublishUnsupported`` before sending
     anything when the broker or a route needs ``send_task``.
     """
+    lane = check_lane(lane)
     return bulk_publish.publish_chunk_ids(
         app,
         EMBED_TEXT_TASK,
         _calls(texts, model),
         chunk_size=chunk_size,
-        reprs=_reprs,
+        reprs=_reprs_in(lane),
         task_ids=task_ids,
+        queue=queue_for_lane(lane),
     )
 
 
@@ -343,9 +377,14 @@ def _through_failover(
             left = left[1:]
 
 
-def _reprs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | None, str | None]:
-    # The same redacted rendering as a text sent singly (worker.redaction).
-    return task_reprs(args[0], kwargs.get("model"), show_texts=_show_texts())
+def _reprs_in(lane: str) -> bulk_publish.Reprs:
+    """The same redacted rendering as a text sent singly (``worker.redaction``), and its lane."""
+    show_texts = _show_texts()
+
+    def reprs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | None, str | None]:
+        return task_reprs(args[0], kwargs.get("model"), show_texts=show_texts, lane=lane)
+
+    return reprs
 
 
 def _calls(texts: Sequence[str], model: str | None) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -362,12 +401,18 @@ def _failed(exc: Exception, done: list[AsyncResult], total: int) -> Exception:
 
 
 def _send_each(
-    texts: Sequence[str], model: str | None, app: Celery, task_ids: Sequence[str] | None = None
+    texts: Sequence[str],
+    model: str | None,
+    app: Celery,
+    task_ids: Sequence[str] | None = None,
+    *,
+    lane: str,
 ) -> list[AsyncResult]:
     done: list[AsyncResult] = []
     for i, text in enumerate(texts):
+        task_id = task_ids[i] if task_ids is not None else None
         try:
-            done.append(_send(text, model, app, task_ids[i] if task_ids is not None else None))
+            done.append(_send(text, model, app, task_id, lane=lane))
         except EmbeddingQueueUnavailableError as exc:
             raise _partial(exc.__cause__ or exc, done, len(texts)) from exc
     return done
@@ -379,10 +424,12 @@ def enqueue_texts(
     model: str | None = None,
     app: Celery | None = None,
     chunk_size: int = ENQUEUE_CHUNK_SIZE,
+    lane: str = LANE_INTERACTIVE,
 ) -> list[AsyncResult]:
-    """Check every text first, then enqueue each as its own task, in order.
+    """Check every text first, then enqueue each as its own task in ``lane``, in order.
 
-    One bad text refuses the whole list before anything is enqueued. On Redis, texts go
+    One bad text (or a bad ``model`` or ``lane``) refuses the whole list before anything
+    is enqueued. On Redis, texts go
     ``chunk_size`` per round trip, each chunk all or nothing. If the broker fails midway,
     ``EmbeddingPartialEnqueueError`` (an ``EmbeddingQueueUnavailableError``) holds the
     ``AsyncResult``\\s of the texts that were enqueued and the index of the first that was not.
@@ -393,7 +440,9 @@ def enqueue_texts(
     """
     checked = validate_texts(texts, max_chars=_max_chars())
     checked_model = validate_model(model)
-    return enqueue_many(checked, model=checked_model, app=app, chunk_size=chunk_size)
+    return enqueue_many(
+        checked, model=checked_model, app=app, chunk_size=chunk_size, lane=check_lane(lane)
+    )
 
 
 def wait_all(task_ids: Sequence[str], timeout_s: float, app: Celery) -> list[list[float]]:
@@ -424,12 +473,14 @@ def embed_text(
     model: str | None = None,
     timeout: float = DEFAULT_WAIT_TIMEOUT_S,
     app: Celery | None = None,
+    lane: str = LANE_INTERACTIVE,
 ) -> list[float]:
-    """Enqueue ``text`` and wait up to ``timeout`` seconds for its vector.
+    """Enqueue ``text`` in ``lane`` and wait up to ``timeout`` seconds for its vector.
 
     A failed task re-raises its typed error (e.g. ``EmbeddingAPIError``).
     """
-    vector: list[float] = enqueue_text(text, model=model, app=app).get(timeout=timeout)
+    result = enqueue_text(text, model=model, app=app, lane=lane)
+    vector: list[float] = result.get(timeout=timeout)
     return vector
 
 
@@ -439,19 +490,23 @@ def embed_texts(
     model: str | None = None,
     timeout: float = DEFAULT_WAIT_TIMEOUT_S,
     app: Celery | None = None,
+    lane: str = LANE_INTERACTIVE,
 ) -> list[list[float]]:
-    """Enqueue ``texts`` one task each and wait up to ``timeout`` seconds for all, in order.
+    """Enqueue ``texts`` one task each in ``lane``; wait up to ``timeout`` s for all, in order.
 
     A failed text re-raises its typed error; a deadline passed raises Celery's
     ``TimeoutError``. Results are read with one subscription, not one per text.
     """
     target = app or default_app
     checked = validate_texts(texts, max_chars=_max_chars())
+    checked_model = validate_model(model)
+    lane = check_lane(lane)
     if not bulk_publish.supports_bulk_wait(target):
-        results = enqueue_many(checked, model=model, app=target)
+        results = enqueue_many(checked, model=checked_model, app=target, lane=lane)
         vectors: list[list[float]] = ResultSet(results, app=target).get(timeout=timeout)
         return vectors
-    return wait_all(enqueue_ids(checked, model=model, app=target), timeout, target)
+    ids = enqueue_ids(checked, model=checked_model, app=target, lane=lane)
+    return wait_all(ids, timeout, target)
 
 
 def revoke(task_ids: Iterable[str], *, app: Celery | None = None) -> None:

@@ -38,6 +38,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import RedisError
 
 from producers.client import enqueue_ids
+from producers.lanes import LANE_BULK, check_lane
 from worker.celery_ext.result_feed import ResultFeed, supports_bulk_wait
 from worker.errors import EmbeddingPartialEnqueueError
 from worker.settings import Settings
@@ -187,6 +188,8 @@ class QueueStream:
     ``on_stall(seconds)`` hears, every ``stall_s`` seconds, that no result has come in for
     that long while texts are in flight; ``on_no_worker(message)`` hears, before the first
     send, that no worker answered a ping. ``stats`` adds up the enqueue and collect times.
+    Texts go to ``lane``'s queue: bulk by default, so a backfill never delays a web app's
+    texts (``"interactive"`` when a user waits for this file); a bad lane raises here.
 
     Also a ``WindowEmbedder`` (``producers.cli``): calling it sends a list and waits for all.
     A result backend other than Redis is waited for a send at a time, oldest first.
@@ -204,9 +207,11 @@ class QueueStream:
         on_stall: Callable[[float], None] | None = None,
         stall_s: float = DEFAULT_STALL_WARNING_S,
         on_no_worker: Callable[[str], None] | None = None,
+        lane: str = LANE_BULK,
     ) -> None:
         self.app = app
         self.model = model
+        self.lane = check_lane(lane)
         self.cache = cache
         self.on_cached = on_cached
         self.stats = stats
@@ -324,7 +329,11 @@ class QueueStream:
             if todo:
                 with _interrupt_deferred():
                     enqueue_ids(
-                        [texts[i] for i in todo], model=self.model, app=self.app, task_ids=new_ids
+                        [texts[i] for i in todo],
+                        model=self.model,
+                        app=self.app,
+                        task_ids=new_ids,
+                        lane=self.lane,
                     )
         except EmbeddingPartialEnqueueError as exc:
             if self.pending is not None:

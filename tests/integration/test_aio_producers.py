@@ -15,6 +15,7 @@ from producers import AsyncProducer
 from stubapi.vectors import vector_for
 from tests.integration.harness import TEST_REDIS_URL
 from worker.errors import EmbeddingAPIError, EmbeddingInputError
+from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE
 
 pytestmark = pytest.mark.integration
 
@@ -135,7 +136,7 @@ def test_bad_input_raises_before_anything_is_enqueued(clean_redis, app, bad):
             await producer.enqueue_texts(["fine", bad, "also fine"])
 
     _with_producer(app, scenario)
-    assert clean_redis.llen("embeddings") == 0
+    assert clean_redis.llen(INTERACTIVE_QUEUE) == clean_redis.llen(BULK_QUEUE) == 0
     assert clean_redis.keys("celery-task-meta-*") == []
 
 
@@ -161,7 +162,8 @@ def test_cancelling_a_waiting_coroutine_unsubscribes_and_empties_the_registry(cl
             await observer.aclose()
 
     _with_producer(app, scenario)
-    assert clean_redis.llen("embeddings") == 2  # enqueued before the cancel; a worker runs them
+    # Enqueued before the cancel, in the default (interactive) lane; a worker runs them.
+    assert clean_redis.llen(INTERACTIVE_QUEUE) == 2
 
 
 def test_a_list_goes_through_the_bulk_chunk_publish_without_blocking_the_event_loop(

@@ -19,11 +19,13 @@ import producers
 from devstack import wait_for
 from tests.integration.faultkit import expected
 from worker.errors import EmbeddingAPIError, EmbeddingPartialEnqueueError
+from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE, LANE_INTERACTIVE
 from worker.redaction import task_reprs
 
 pytestmark = pytest.mark.integration
 
-QUEUE = "embeddings"
+# Where every text goes unless its lane says otherwise.
+QUEUE = INTERACTIVE_QUEUE
 # Differ per message by nature: ids, the delivery tag, the reply queue is per process.
 _HEADER_IDS = ("id", "root_id")
 _PROPERTY_IDS = ("correlation_id", "delivery_tag")
@@ -31,9 +33,9 @@ _PROPERTY_IDS = ("correlation_id", "delivery_tag")
 _EVENT_IDS = ("uuid", "root_id", "timestamp", "clock", "local_received")
 
 
-def _raw_messages(client: redis.Redis) -> list[dict[str, Any]]:
+def _raw_messages(client: redis.Redis, queue: str = QUEUE) -> list[dict[str, Any]]:
     """The queue's messages in the order a worker takes them (kombu pops from the right)."""
-    return [json.loads(raw) for raw in reversed(client.lrange(QUEUE, 0, -1))]
+    return [json.loads(raw) for raw in reversed(client.lrange(queue, 0, -1))]
 
 
 def _without_ids(message: dict[str, Any]) -> dict[str, Any]:
@@ -95,12 +97,15 @@ def event_log(app: Celery, clean_redis: redis.Redis) -> Iterator[EventLog]:
     log.stop()
 
 
+@pytest.mark.parametrize(("lane", "queue"), [("interactive", QUEUE), ("bulk", BULK_QUEUE)])
 def test_a_bulk_enqueued_message_is_the_same_in_redis_as_one_sent_singly(
-    app: Celery, clean_redis: redis.Redis
+    app: Celery, clean_redis: redis.Redis, lane: str, queue: str
 ):
-    single = producers.enqueue_text("the same text", app=app, model="text-embedding-3-small")
-    bulk = producers.enqueue_texts(["the same text"], app=app, model="text-embedding-3-small")
-    first, second = _raw_messages(clean_redis)
+    model = "text-embedding-3-small"
+    single = producers.enqueue_text("the same text", app=app, model=model, lane=lane)
+    bulk = producers.enqueue_texts(["the same text"], app=app, model=model, lane=lane)
+    first, second = _raw_messages(clean_redis, queue)
+    assert first["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
     assert first["headers"]["id"] == single.id
     assert second["headers"]["id"] == bulk[0].id
     assert second["headers"]["root_id"] == second["properties"]["correlation_id"] == bulk[0].id
@@ -157,8 +162,9 @@ def test_a_bulk_enqueued_text_sends_the_same_events_as_one_sent_singly(
     same = {k: v for k, v in sent[single.id].items() if k not in _EVENT_IDS}
     assert {k: v for k, v in sent[bulk.id].items() if k not in _EVENT_IDS} == same
     assert same["name"] == "embeddings.embed_text"
-    assert same["queue"] == QUEUE
+    assert (same["queue"], same["exchange"], same["routing_key"]) == (QUEUE, "", QUEUE)
     assert same["args"] == task_reprs("an event text", None)[0]  # redacted, as sent singly
+    assert same["kwargs"] == repr({"lane": LANE_INTERACTIVE})  # Flower's kwargs column
 
 
 def test_embed_texts_returns_vectors_in_order_and_raises_a_rejected_texts_typed_error(

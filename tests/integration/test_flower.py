@@ -27,6 +27,7 @@ from devstack import WorkerProcess, wait_for
 from devstack.flower import FlowerProcess
 from stubapi import StubServer
 from tests.integration.harness import REPO_ROOT, TEST_API_KEY, TEST_REDIS_URL, worker_env
+from worker.names import INTERACTIVE_QUEUE
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +97,21 @@ def test_every_text_is_a_task_in_flower_with_its_true_state_worker_and_runtime(r
         assert task["received"] is not None
         assert task["started"] is not None
         assert task["runtime"] is not None and task["runtime"] >= 0
+
+
+def test_flower_shows_each_texts_lane_in_its_kwargs(run):
+    tasks = _final_tasks(run)
+    for task_id in [*run.ok_ids, run.rejected_id]:
+        assert tasks[task_id]["kwargs"] == "{'lane': 'interactive'}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="worker/tasks.py renders a Celery retry's kwargsrepr without the lane until it "
+    "passes lane= to worker.redaction.task_reprs; strict, so that change turns this red",
+)
+def test_a_retried_text_still_shows_its_lane_in_flower(run):
+    assert _final_tasks(run)[run.retried_id]["kwargs"] == "{'lane': 'interactive'}"
 
 
 def test_a_rejected_text_shows_as_failure_with_the_api_message(run):
@@ -172,7 +188,8 @@ def test_the_broker_tab_and_the_queue_length_api_read_the_redis_broker(run, app)
     for i in range(5):
         producers.enqueue_text(f"waiting for flower {i}", app=app)
     lengths = run.flower.api("queues/length")
-    assert {"name": "embeddings", "messages": 5} in lengths["active_queues"]
+    # Where a text sent with no lane waits: the interactive lane's queue.
+    assert {"name": INTERACTIVE_QUEUE, "messages": 5} in lengths["active_queues"]
     page = httpx.get(f"{run.flower.url}/broker", auth=run.flower.auth, timeout=10)
     assert page.status_code == 200
     assert "redis://" in page.text and "embeddings" in page.text

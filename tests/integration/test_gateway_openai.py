@@ -16,6 +16,7 @@ import redis
 from devstack import GatewayProcess
 from stubapi.vectors import vector_for
 from tests.integration.harness import TEST_API_KEY, worker_env
+from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE
 
 pytestmark = pytest.mark.integration
 
@@ -129,7 +130,7 @@ def test_bad_input_is_a_bad_request_error_and_nothing_is_enqueued(
     assert info.value.status_code == 400
     assert words in info.value.message
     assert info.value.param == "input"
-    assert clean_redis.llen("embeddings") == 0
+    assert clean_redis.llen(INTERACTIVE_QUEUE) == clean_redis.llen(BULK_QUEUE) == 0
 
 
 def test_a_text_the_api_rejects_is_a_bad_request_with_the_apis_message(
@@ -145,13 +146,13 @@ def test_dimensions_other_than_the_workers_are_refused_before_enqueueing(gateway
     with _client(gateway) as client, pytest.raises(openai.BadRequestError) as info:
         client.embeddings.create(model=MODEL, input="x", dimensions=8)
     assert "16-dimension" in info.value.message
-    assert clean_redis.llen("embeddings") == 0
+    assert clean_redis.llen(INTERACTIVE_QUEUE) == clean_redis.llen(BULK_QUEUE) == 0
 
 
 def test_a_wrong_key_is_an_authentication_error(gateway, clean_redis) -> None:
     with _client(gateway, "sk-wrong") as client, pytest.raises(openai.AuthenticationError):
         client.embeddings.create(model=MODEL, input="no entry")
-    assert clean_redis.llen("embeddings") == 0
+    assert clean_redis.llen(INTERACTIVE_QUEUE) == clean_redis.llen(BULK_QUEUE) == 0
 
 
 def test_models_lists_the_configured_model(gateway) -> None:
@@ -164,4 +165,7 @@ def test_healthz_reports_redis_the_workers_and_the_queue_depth(start_worker, stu
 
     start_worker(stub.base_url)
     body = httpx.get(gateway.url + "/healthz", timeout=10).json()
-    assert body == {"status": "ok", "redis": True, "workers": 1, "queue_depth": 0}
+    assert body == {
+        "status": "ok", "redis": True, "workers": 1, "queue_depth": 0,
+        "lanes": {"interactive": 0, "bulk": 0},
+    }  # fmt: skip

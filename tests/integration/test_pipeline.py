@@ -14,6 +14,7 @@ import producers
 from stubapi.vectors import vector_for
 from tests.integration.harness import REPO_ROOT, TEST_REDIS_URL, worker_env
 from worker.errors import EmbeddingAPIError, EmbeddingInputError
+from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE
 
 pytestmark = pytest.mark.integration
 
@@ -111,5 +112,5 @@ def test_bad_input_never_reaches_the_queue(clean_redis: redis.Redis, app, bad):
         producers.enqueue_text(bad, app=app)
     with pytest.raises(EmbeddingInputError):
         producers.enqueue_texts(["fine", bad, "also fine"], app=app)
-    assert clean_redis.llen("embeddings") == 0
+    assert clean_redis.llen(INTERACTIVE_QUEUE) == clean_redis.llen(BULK_QUEUE) == 0
     assert clean_redis.keys("celery-task-meta-*") == []

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from examples.semantic_search.app import DOCUMENTS, cosine, create_app
+from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +46,7 @@ def test_an_empty_query_is_a_400_and_reaches_no_worker(clean_redis, app) -> None
     [response] = _search(create_app(celery_app=app, timeout_s=5), "   ")
     assert response.status_code == 400
     assert "whitespace-only" in response.json()["detail"]
-    assert clean_redis.llen("embeddings") == 0
+    assert clean_redis.llen(INTERACTIVE_QUEUE) == clean_redis.llen(BULK_QUEUE) == 0
 
 
 def test_cosine_is_one_for_parallel_zero_for_orthogonal_and_safe_for_zero_vectors() -> None:

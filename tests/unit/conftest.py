@@ -122,17 +122,20 @@ def aio_waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 
 @pytest.fixture
-def aio_enqueue() -> Callable[[Any, list[str]], list[str]]:
-    """Enqueue texts with an ``AsyncProducer`` on ``app`` (results on fakeredis); their ids."""
+def aio_enqueue() -> Callable[..., list[str]]:
+    """Enqueue texts with an ``AsyncProducer`` on ``app`` (results on fakeredis); their ids.
+
+    ``enqueue(app, texts)`` uses the default lane; ``enqueue(app, texts, lane="bulk")`` not.
+    """
     import fakeredis
 
     from producers import AsyncProducer
 
-    def enqueue(app: Any, texts: list[str]) -> list[str]:
+    def enqueue(app: Any, texts: list[str], **options: Any) -> list[str]:
         async def main() -> list[str]:
             producer = AsyncProducer(app, redis=fakeredis.FakeAsyncRedis())
             try:
-                return [result.id for result in await producer.enqueue_texts(texts)]
+                return [result.id for result in await producer.enqueue_texts(texts, **options)]
             finally:
                 await producer.aclose()
 

@@ -16,6 +16,7 @@ import producers.aio as aio
 from devstack import free_port
 from producers import AsyncProducer
 from producers.client import EMBED_TEXT_TASK
+from producers.lanes import lane_route
 from worker.errors import (
     EmbeddingConfigError,
     EmbeddingInputError,
@@ -23,6 +24,7 @@ from worker.errors import (
     EmbeddingPartialEnqueueError,
     EmbeddingQueueUnavailableError,
 )
+from worker.names import queue_for_lane
 from worker.redaction import task_reprs
 
 
@@ -31,9 +33,7 @@ def published(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Every (task_id, text) the producers hand to the publishing threads."""
     sent: list[tuple[str, str]] = []
 
-    def record(
-        app: Celery, messages: list[tuple[str, str]], model: str | None, *_progress: Any
-    ) -> None:
+    def record(app: Celery, messages: list[tuple[str, str]], model: str | None, lane: str) -> None:
         sent.extend(messages)
 
     monkeypatch.setattr(aio, "_publish", record)
@@ -112,14 +112,16 @@ def _capture() -> tuple[list[dict[str, Any]], Any]:
     return seen, on_publish
 
 
-def test_the_published_message_is_the_one_celery_send_task_builds(memory_app) -> None:
+@pytest.mark.parametrize("lane", ["interactive", "bulk"])
+def test_the_published_message_is_the_one_celery_send_task_builds(memory_app, lane) -> None:
     seen, on_publish = _capture()
     before_task_publish.connect(on_publish, weak=False)
     try:
-        argsrepr, kwargsrepr = task_reprs("same text", "m")
+        argsrepr, kwargsrepr = task_reprs("same text", "m", lane=lane)
         memory_app.send_task(EMBED_TEXT_TASK, args=("same text",), kwargs={"model": "m"},
-                             task_id="id-1", argsrepr=argsrepr, kwargsrepr=kwargsrepr)  # fmt: skip
-        aio._publish(memory_app, [("id-1", "same text")], "m")
+                             task_id="id-1", argsrepr=argsrepr, kwargsrepr=kwargsrepr,
+                             **lane_route(lane))  # fmt: skip
+        aio._publish(memory_app, [("id-1", "same text")], "m", lane)
     finally:
         before_task_publish.disconnect(on_publish)
     via_send_task, via_async = seen
@@ -127,6 +129,7 @@ def test_the_published_message_is_the_one_celery_send_task_builds(memory_app) ->
     assert via_async["headers"] == via_send_task["headers"]
     for field in ("sender", "exchange", "routing_key", "properties"):
         assert via_async[field] == via_send_task[field], field
+    assert via_async["routing_key"] == queue_for_lane(lane)
 
 
 def test_an_unreachable_broker_raises_queue_unavailable_within_seconds() -> None:
@@ -172,8 +175,12 @@ class ChunkPublisher:
     def __init__(self, fail_at: int | None = None) -> None:
         self.fail_at = fail_at
         self.chunks: list[list[tuple[str, str]]] = []
+        self.lanes: list[str] = []
 
-    def __call__(self, app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
+    def __call__(
+        self, app: Celery, messages: list[tuple[str, str]], model: str | None, lane: str
+    ) -> None:
+        self.lanes.append(lane)
         if len(self.chunks) == self.fail_at:
             try:
                 raise OperationalError("Error 111 connecting to 127.0.0.1:6379")
@@ -194,6 +201,7 @@ def test_a_list_goes_out_in_chunks_of_the_bulk_size_in_order(monkeypatch) -> Non
     ids = _run(scenario)
     assert [len(chunk) for chunk in chunks.chunks] == [500, 500, 201]
     assert [m for chunk in chunks.chunks for m in chunk] == list(zip(ids, texts, strict=True))
+    assert chunks.lanes == ["interactive"] * 3
 
 
 def test_a_broker_failure_midway_names_exactly_the_texts_enqueued(monkeypatch) -> None:

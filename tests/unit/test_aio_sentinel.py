@@ -118,9 +118,13 @@ class FlakyPublish:
         self.failing = failing
         self.error = error
         self.attempts: list[list[str]] = []
+        self.lanes: list[str] = []
 
-    def __call__(self, app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
+    def __call__(
+        self, app: Celery, messages: list[tuple[str, str]], model: str | None, lane: str
+    ) -> None:
         self.attempts.append([task_id for task_id, _ in messages])
+        self.lanes.append(lane)
         if len(self.attempts) in self.failing:
             raise self.error
 
@@ -144,14 +148,15 @@ def test_behind_sentinel_a_chunk_sent_per_text_resends_only_the_unsent_texts(
     monkeypatch: pytest.MonkeyPatch,
     settings: Settings,
     aio_waits: list[float],
-    aio_enqueue: Callable[[Any, list[str]], list[str]],
+    aio_enqueue: Callable[..., list[str]],
 ) -> None:
     # "a" goes through; "b" is refused twice while the master is replaced.
     flaky = FlakyPublish({2, 3}, _master_gone("master gone"))
     monkeypatch.setattr(aio, "_publish", flaky)
     _route_needs_send_task(monkeypatch)
-    ids = aio_enqueue(_app(), ["a", "b", "c"])
+    ids = aio_enqueue(_app(), ["a", "b", "c"], lane="bulk")
     assert flaky.attempts == [[ids[0]], [ids[1]], [ids[1]], [ids[1]], [ids[2]]]
+    assert flaky.lanes == ["bulk"] * 5  # every attempt, the resent text's too, in its lane
     assert aio_waits == client.failover_waits(2.0)[:2]
 
 

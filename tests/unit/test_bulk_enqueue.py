@@ -33,6 +33,7 @@ class FakePublisher:
         self.fail_at_chunk = fail_at_chunk
         self.chunks: list[list[tuple[tuple[Any, ...], dict[str, Any]]]] = []
         self.sent_ids: list[str] = []
+        self.queues: list[str | None] = []  # each chunk's queue
 
     def __call__(
         self,
@@ -43,11 +44,13 @@ class FakePublisher:
         chunk_size: int,
         reprs: Any = None,
         task_ids: Sequence[str],
+        queue: str | None = None,
     ) -> Iterator[list[Any]]:
         for number, start in enumerate(range(0, len(calls), chunk_size)):
             if number == self.fail_at_chunk:
                 raise OperationalError("Error 111 connecting to 127.0.0.1:6379")
             self.chunks.append(list(calls[start : start + chunk_size]))
+            self.queues.append(queue)
             ids = list(task_ids[start : start + chunk_size])
             self.sent_ids.extend(ids)
             yield [app.AsyncResult(task_id) for task_id in ids]
@@ -141,16 +144,21 @@ def test_a_broker_other_than_redis_gets_one_send_task_per_text_in_order(
     app = amqp_app()
     sent: list[str] = []
 
-    def send(text: str, model: str | None, target: Celery, task_id: Any = None) -> Any:
+    def send(
+        text: str, model: str | None, target: Celery, task_id: Any = None, *, lane: str
+    ) -> Any:
         assert target is app
-        sent.append(text)
+        sent.append((text, lane))
         return app.AsyncResult(f"id-{text}")
 
     monkeypatch.setattr(client_module, "_send", send)
     assert not bulk_publish.supports_bulk_publish(app)
     results = producers.enqueue_texts(["a", "b", "c"], app=app)
-    assert sent == ["a", "b", "c"]
+    assert sent == [("a", "interactive"), ("b", "interactive"), ("c", "interactive")]
     assert [r.id for r in results] == ["id-a", "id-b", "id-c"]
+    sent.clear()
+    producers.enqueue_texts(["d", "e"], app=app, lane="bulk")
+    assert sent == [("d", "bulk"), ("e", "bulk")]  # the per-text fallback keeps the lane
 
 
 def test_the_per_text_fallback_also_names_what_was_enqueued_when_the_broker_fails(
@@ -158,7 +166,9 @@ def test_the_per_text_fallback_also_names_what_was_enqueued_when_the_broker_fail
 ):
     app = amqp_app()
 
-    def send(text: str, model: str | None, target: Celery, task_id: Any = None) -> Any:
+    def send(
+        text: str, model: str | None, target: Celery, task_id: Any = None, *, lane: str
+    ) -> Any:
         if text == "c":
             raise EmbeddingQueueUnavailableError("could not enqueue the text: gone")
         return app.AsyncResult(f"id-{text}")

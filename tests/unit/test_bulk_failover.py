@@ -24,6 +24,7 @@ from producers import client
 from worker.celery_ext import bulk_publish
 from worker.celery_ext.sentinel import SentinelAtomicFetchChannel
 from worker.errors import EmbeddingPartialEnqueueError
+from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE
 from worker.settings import Settings
 
 SENTINELS = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380"
@@ -51,6 +52,7 @@ class ScriptedPublisher:
         self.script = list(script)
         self.attempts: list[list[str]] = []  # each attempt's task ids
         self.queue: list[str] = []  # what reached Redis, in order
+        self.queue_names: list[str | None] = []  # each attempt's destination queue
 
     def __call__(
         self,
@@ -61,12 +63,14 @@ class ScriptedPublisher:
         chunk_size: int,
         reprs: Any = None,
         task_ids: Sequence[str],
+        queue: str | None = None,
     ) -> Iterator[list[str]]:
         assert len(task_ids) == len(calls)
         for start in range(0, len(calls), chunk_size):
             ids = list(task_ids[start : start + chunk_size])
             outcome = self.script.pop(0) if self.script else None
             self.attempts.append(ids)
+            self.queue_names.append(queue)
             if outcome is None or outcome == LOST_REPLY:
                 self.queue.extend(ids)
             if outcome == LOST_REPLY:
@@ -113,6 +117,16 @@ def test_behind_sentinel_a_refused_chunk_is_sent_again_with_the_same_ids_after_e
     assert fake.attempts[1] == fake.attempts[2] == fake.attempts[3] == ids[3:6]
     assert first == ids[:3] and second == ids[3:6]
     assert fake.queue == ids and len(set(ids)) == len(TEXTS)
+    assert fake.queue_names == [INTERACTIVE_QUEUE] * 5
+
+
+def test_behind_sentinel_a_chunk_sent_again_goes_to_the_same_lanes_queue(
+    monkeypatch: pytest.MonkeyPatch, waits: list[float]
+) -> None:
+    fake = _ids_publisher(monkeypatch, [None, GONE, GONE])
+    ids = client.enqueue_ids(TEXTS, app=_app(), chunk_size=3, lane="bulk")
+    assert fake.attempts[1] == fake.attempts[2] == fake.attempts[3] == ids[3:6]
+    assert fake.queue_names == [BULK_QUEUE] * 5
 
 
 def test_each_refused_chunk_gets_the_whole_schedule_once_one_went_through(
@@ -248,9 +262,13 @@ class ChunkScript:
     def __init__(self, script: Sequence[object]) -> None:
         self.script = list(script)
         self.attempts: list[list[str]] = []
+        self.lanes: list[str] = []  # each attempt's lane
 
-    def __call__(self, app: Celery, messages: list[tuple[str, str]], model: str | None) -> None:
+    def __call__(
+        self, app: Celery, messages: list[tuple[str, str]], model: str | None, lane: str
+    ) -> None:
         self.attempts.append([task_id for task_id, _ in messages])
+        self.lanes.append(lane)
         outcome = self.script.pop(0) if self.script else None
         if isinstance(outcome, BaseException):
             try:
@@ -271,6 +289,21 @@ def test_the_async_producers_send_a_refused_chunk_again_with_the_same_ids(
     ids = aio_enqueue(_app(), TEXTS)
     assert aio_waits == client.failover_waits(TIMEOUT_S)[:2] and waits == []
     assert chunks.attempts == [ids[:3], ids[3:6], ids[3:6], ids[3:6], ids[6:]]
+    assert chunks.lanes == ["interactive"] * 5
+
+
+def test_the_async_producers_send_a_refused_chunk_again_in_its_lane(
+    monkeypatch: pytest.MonkeyPatch,
+    waits: list[float],
+    aio_waits: list[float],
+    aio_enqueue: Callable[..., list[str]],
+) -> None:
+    chunks = ChunkScript([None, GONE, GONE])
+    monkeypatch.setattr(aio, "_publish_chunk", chunks)
+    monkeypatch.setattr(aio, "ENQUEUE_CHUNK_SIZE", 3)
+    ids = aio_enqueue(_app(), TEXTS, lane="bulk")
+    assert chunks.attempts == [ids[:3], ids[3:6], ids[3:6], ids[3:6], ids[6:]]
+    assert chunks.lanes == ["bulk"] * 5
 
 
 def test_the_async_producers_raise_the_partial_error_once_the_budget_is_spent(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -37,20 +38,24 @@ class FakeService:
 
     def __init__(self) -> None:
         self.embedded: list[tuple[list[str], str]] = []
+        self.lanes: list[str] = []  # each embed call's lane
         self.error: BaseException | None = None
         self.depth = 0
+        self.depth_asked: list[str] = []  # the lanes whose depth was read
         self.health_report = Health(redis=True, workers=2, queue_depth=0)
         self.closed = False
 
     async def embed(
-        self, texts: Sequence[str], *, model: str, timeout_s: float
+        self, texts: Sequence[str], *, model: str, timeout_s: float, lane: str
     ) -> list[list[float]]:
         self.embedded.append((list(texts), model))
+        self.lanes.append(lane)
         if self.error is not None:
             raise self.error
         return [vector_for(text) for text in texts]
 
-    async def queue_depth(self) -> int:
+    async def queue_depth(self, lane: str = "interactive") -> int:
+        self.depth_asked.append(lane)
         if isinstance(self.error, EmbeddingQueueUnavailableError):
             raise self.error
         return self.depth
@@ -104,6 +109,7 @@ def test_a_list_of_texts_comes_back_as_float_vectors_in_input_order(client, serv
     # ceil(chars / 4) per text: 5 → 2, 5 → 2, 10 → 3
     assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7}
     assert service.embedded == [(texts, MODEL)]
+    assert service.lanes == ["interactive"]  # a request has a caller waiting: the default
 
 
 def test_a_single_string_is_one_input(client, service) -> None:
@@ -209,6 +215,7 @@ def test_a_queue_over_its_bound_gets_429_with_retry_after(service) -> None:
         service.depth = 99
         assert _post(client, {"input": "x", "model": MODEL}).status_code == 200
     assert len(service.embedded) == 1
+    assert service.depth_asked == ["interactive", "interactive"]  # the request's lane's queue
 
 
 def test_dimensions_other_than_the_workers_size_get_400_before_enqueueing(service) -> None:
@@ -287,3 +294,103 @@ def test_the_service_is_closed_when_the_app_stops(service) -> None:
     with _client(service):
         assert not service.closed
     assert service.closed
+
+
+# --- lanes: the X-Embeddings-Lane header, else service_tier, else interactive -------------
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "lane"),
+    [
+        ({}, {}, "interactive"),
+        ({"X-Embeddings-Lane": "bulk"}, {}, "bulk"),
+        ({"X-Embeddings-Lane": "interactive"}, {}, "interactive"),
+        ({"x-embeddings-lane": " Bulk "}, {}, "bulk"),  # header names and tokens: any case
+        ({}, {"service_tier": "flex"}, "bulk"),
+        ({}, {"service_tier": "auto"}, "interactive"),
+        ({}, {"service_tier": "default"}, "interactive"),
+        ({}, {"service_tier": "priority"}, "interactive"),
+        ({}, {"service_tier": None}, "interactive"),
+        ({"X-Embeddings-Lane": "interactive"}, {"service_tier": "flex"}, "interactive"),
+        ({"X-Embeddings-Lane": "bulk"}, {"service_tier": "priority"}, "bulk"),
+    ],
+    ids=[
+        "default",
+        "header bulk",
+        "header interactive",
+        "header any case",
+        "flex",
+        "auto",
+        "default tier",
+        "priority",
+        "null tier",
+        "header wins over flex",
+        "header wins over priority",
+    ],
+)
+def test_a_request_picks_its_lane_by_header_then_service_tier(
+    client, service, headers, body, lane
+) -> None:
+    response = _post(client, {"input": ["a", "b"], "model": MODEL, **body}, {**AUTH, **headers})
+    assert response.status_code == 200, response.text
+    assert service.lanes == [lane]
+    assert [len(texts) for texts, _ in service.embedded] == [2]
+
+
+@pytest.mark.parametrize("tier", ["scale", "FLEX", "", 1, True, ["flex"], {"tier": "flex"}])
+def test_an_unknown_service_tier_gets_openais_400_naming_the_parameter(
+    client, service, tier
+) -> None:
+    error = _error(_post(client, {"input": "x", "model": MODEL, "service_tier": tier}), 400,
+                   "service_tier")  # fmt: skip
+    assert error["type"] == "invalid_request_error"
+    assert "'auto', 'default', 'flex', 'priority'" in error["message"]
+    assert service.embedded == []
+
+
+@pytest.mark.parametrize("value", ["fast", "", "flex", "interactive,bulk"])
+def test_an_unknown_lane_header_gets_a_400_naming_the_lanes(client, service, value) -> None:
+    response = _post(client, {"input": "x", "model": MODEL}, {**AUTH, "X-Embeddings-Lane": value})
+    error = _error(response, 400)
+    assert "X-Embeddings-Lane header must be one of interactive, bulk" in error["message"]
+    assert error["code"] == "invalid_lane"
+    assert service.embedded == []
+
+
+def test_a_long_bad_service_tier_is_quoted_cut_short(client) -> None:
+    tier = "x" * 3_000
+    error = _error(_post(client, {"input": "x", "model": MODEL, "service_tier": tier}), 400,
+                   "service_tier")  # fmt: skip
+    assert len(error["message"]) < 300
+
+
+def test_a_bulk_request_is_bounded_by_the_bulk_lanes_queue(service) -> None:
+    with _client(service, replace(SETTINGS, max_queue_depth=10)) as client:
+        bulk = {**AUTH, "X-Embeddings-Lane": "bulk"}
+        assert _post(client, {"input": "x", "model": MODEL}, bulk).status_code == 200
+        service.depth = 10
+        error = _error(_post(client, {"input": "x", "model": MODEL}, bulk), 429)
+        assert "bulk lane holds 10 texts" in error["message"]
+    assert service.depth_asked == ["bulk", "bulk"]
+    assert service.lanes == ["bulk"]
+
+
+def test_healthz_shows_each_lanes_depth_when_the_service_knows_them(client, service) -> None:
+    service.health_report = Health(
+        redis=True, workers=1, queue_depth=7, lane_depths={"interactive": 2, "bulk": 5}
+    )
+    assert client.get("/healthz").json() == {
+        "status": "ok", "redis": True, "workers": 1, "queue_depth": 7,
+        "lanes": {"interactive": 2, "bulk": 5},
+    }  # fmt: skip
+
+
+def test_the_openapi_docs_describe_the_lane_header_and_service_tier(client) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/v1/embeddings"]["post"]
+    (header,) = [p for p in operation["parameters"] if p["name"] == "X-Embeddings-Lane"]
+    assert header["in"] == "header" and header["required"] is False
+    assert header["schema"]["enum"] == ["interactive", "bulk"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    tier = body["properties"]["service_tier"]
+    assert {"auto", "default", "flex", "priority"} <= set(json.dumps(tier).split('"'))
+    assert "bulk" in tier["description"]

@@ -31,9 +31,13 @@ class Attempts:
         self.failures = failures
         self.error = error
         self.task_ids: list[str] = []
+        self.lanes: list[str] = []
 
-    def __call__(self, text: str, model: str | None, app: Celery, task_id: str) -> Any:
+    def __call__(
+        self, text: str, model: str | None, app: Celery, task_id: str, *, lane: str
+    ) -> Any:
         self.task_ids.append(task_id)
+        self.lanes.append(lane)
         if len(self.task_ids) <= self.failures:
             raise self.error
         return f"sent {task_id}"
@@ -62,6 +66,17 @@ def test_behind_sentinel_a_publish_retries_with_one_task_id_until_it_goes_throug
     assert waits == [0.2, 0.4, 0.8]
     assert len(set(attempts.task_ids)) == 1 and len(attempts.task_ids) == 4
     assert sent == f"sent {attempts.task_ids[0]}"
+    assert attempts.lanes == ["interactive"] * 4
+
+
+def test_behind_sentinel_every_attempt_at_a_publish_keeps_its_lane(
+    monkeypatch: pytest.MonkeyPatch, waits: list[float]
+) -> None:
+    attempts = Attempts(2, EmbeddingQueueUnavailableError("master gone"))
+    monkeypatch.setattr(client, "_send_once", attempts)
+    producers.enqueue_text("a backfill's text", app=_app(SENTINELS), lane="bulk")
+    assert attempts.lanes == ["bulk", "bulk", "bulk"]
+    assert len(set(attempts.task_ids)) == 1
 
 
 def test_behind_sentinel_a_publish_gives_up_once_the_failover_timeout_is_spent(

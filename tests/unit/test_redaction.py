@@ -39,6 +39,27 @@ def test_show_texts_leaves_celerys_own_rendering() -> None:
     assert task_reprs(CANARY, "m", show_texts=True) == (None, None)
 
 
+def test_the_lane_is_shown_among_the_keyword_arguments_and_the_text_still_is_not() -> None:
+    argsrepr, kwargsrepr = task_reprs(CANARY, "m", lane="bulk")
+    assert argsrepr == f"({text_summary(CANARY)},)"
+    assert kwargsrepr == "{'model': 'm', 'lane': 'bulk'}"
+    assert task_reprs(CANARY, None, lane="interactive")[1] == "{'lane': 'interactive'}"
+    assert "123-45" not in f"{argsrepr}{kwargsrepr}"
+
+
+def test_show_texts_still_shows_the_lane_while_celery_renders_the_text() -> None:
+    assert task_reprs(CANARY, "m", show_texts=True, lane="bulk") == (
+        None,
+        "{'model': 'm', 'lane': 'bulk'}",
+    )
+
+
+def test_a_caller_that_names_no_lane_gets_the_rendering_it_had_before_lanes() -> None:
+    # worker/tasks.py renders a Celery retry's message this way until it passes the lane.
+    assert task_reprs(CANARY, "m") == (f"({text_summary(CANARY)},)", "{'model': 'm'}")
+    assert task_reprs(CANARY, "m", show_texts=True) == (None, None)
+
+
 def test_a_non_text_argument_is_shown_by_its_type_only() -> None:
     assert task_reprs(b"raw secret", None)[0] == "(<bytes>,)"
 
@@ -57,15 +78,20 @@ def test_the_sync_producer_publishes_the_redacted_reprs(
     producers.enqueue_text(CANARY, model="m")
     (options,) = sent
     assert options["args"] == (CANARY,)  # the worker still gets the text itself
-    assert (options["argsrepr"], options["kwargsrepr"]) == task_reprs(CANARY, "m")
+    assert (options["argsrepr"], options["kwargsrepr"]) == task_reprs(
+        CANARY, "m", lane="interactive"
+    )
+    assert options["kwargsrepr"] == "{'model': 'm', 'lane': 'interactive'}"
 
 
 def test_embeddings_show_texts_makes_the_sync_producer_leave_the_text_in(
     sent: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(client, "_settings", Settings.from_env({"EMBEDDINGS_SHOW_TEXTS": "1"}))
-    producers.enqueue_text(CANARY)
-    assert sent[0]["argsrepr"] is None and sent[0]["kwargsrepr"] is None
+    producers.enqueue_text(CANARY, lane="bulk")
+    # Celery renders the arguments, text included; the lane is still shown beside them.
+    assert sent[0]["argsrepr"] is None
+    assert sent[0]["kwargsrepr"] == "{'lane': 'bulk'}"
 
 
 @pytest.fixture
@@ -87,13 +113,14 @@ def test_the_async_producer_publishes_the_redacted_reprs(
 
     before_task_publish.connect(on_publish, weak=False)
     try:
-        aio._publish(memory_app, [("id-1", CANARY)], "m")
+        aio._publish(memory_app, [("id-1", CANARY)], "m", "bulk")
     finally:
         before_task_publish.disconnect(on_publish)
     (message,) = seen
     assert list(message["body"][0]) == [CANARY]  # the worker still gets the text
     headers = message["headers"]
-    assert (headers["argsrepr"], headers["kwargsrepr"]) == task_reprs(CANARY, "m")
+    assert (headers["argsrepr"], headers["kwargsrepr"]) == task_reprs(CANARY, "m", lane="bulk")
+    assert headers["kwargsrepr"] == "{'model': 'm', 'lane': 'bulk'}"
     assert "123-45" not in repr(headers)
 
 

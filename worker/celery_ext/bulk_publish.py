@@ -189,6 +189,7 @@ def publish_chunks(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     reprs: Reprs | None = None,
     task_ids: Sequence[str] | None = None,
+    queue: str | None = None,
 ) -> Iterator[list[AsyncResult]]:
     """Send one ``name`` task per ``(args, kwargs)`` of ``calls``, a chunk per transaction.
 
@@ -202,10 +203,15 @@ def publish_chunks(
     anything, when the broker is not Redis or a task routes where only ``send_task`` goes.
     ``reprs`` gives each task's displayed arguments (Flower, events, logs), as
     ``send_task(argsrepr=…, kwargsrepr=…)`` does. ``task_ids`` (one per call) replace
-    fresh ids, so a caller that sends a failed chunk again sends the same tasks.
+    fresh ids, so a caller that sends a failed chunk again sends the same tasks. ``queue``
+    names the queue every task goes to, with the queue's name as routing key, as
+    ``send_task(queue=…, exchange="", routing_key=…)`` does, whatever ``task_routes`` say;
+    None: where Celery's router sends the task.
     """
     parent = app.current_worker_task
-    sent = _publish(app, name, calls, chunk_size, subscribe=True, reprs=reprs, task_ids=task_ids)
+    sent = _publish(
+        app, name, calls, chunk_size, subscribe=True, reprs=reprs, task_ids=task_ids, queue=queue
+    )
     for chunk_ids in sent:
         results = []
         for task_id in chunk_ids:
@@ -225,15 +231,18 @@ def publish_chunk_ids(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     reprs: Reprs | None = None,
     task_ids: Sequence[str] | None = None,
+    queue: str | None = None,
 ) -> Iterator[list[str]]:
     """``publish_chunks`` yielding task ids, with no subscription and no ``AsyncResult``.
 
     For callers that wait with ``ResultWaiter``: an ``AsyncResult`` costs ~30 µs more per
     text, most of it its destructor's unsubscribe. ``task_ids`` (one per call) are used
     instead of fresh ones: a caller that derives them from its input can find a task it
-    sent before.
+    sent before. ``queue`` as for ``publish_chunks``.
     """
-    return _publish(app, name, calls, chunk_size, subscribe=False, reprs=reprs, task_ids=task_ids)
+    return _publish(
+        app, name, calls, chunk_size, subscribe=False, reprs=reprs, task_ids=task_ids, queue=queue
+    )
 
 
 def _publish(
@@ -245,6 +254,7 @@ def _publish(
     subscribe: bool,
     reprs: Reprs | None = None,
     task_ids: Sequence[str] | None = None,
+    queue: str | None = None,
 ) -> Iterator[list[str]]:
     if task_ids is not None and len(task_ids) != len(calls):
         raise ValueError(f"{len(task_ids)} task ids for {len(calls)} calls")
@@ -252,7 +262,7 @@ def _publish(
         scheme = _scheme(app.conf.broker_url)
         raise BulkPublishUnsupported(f"bulk publish needs a Redis or Sentinel broker, not {scheme}")
     settings = _Settings(app)
-    destinations = _destinations(app, settings, name, calls)
+    destinations = _destinations(app, settings, name, calls, queue)
     parent = app.current_worker_task
     root_id = parent_id = None
     if parent is not None:
@@ -341,16 +351,26 @@ def _destinations(
     settings: _Settings,
     name: str,
     calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+    queue: str | None = None,
 ) -> list[_Destination]:
-    """Each call's destination, from Celery's router; once for all when no routes are set."""
+    """Each call's destination, from Celery's router; once for all when no routes are set.
+
+    With ``queue``, the options ``send_task(queue=queue, exchange="", routing_key=queue)``
+    passes the router: they win over any route, so every call goes to ``queue``.
+    """
     router = app.amqp.router
+    options: dict[str, Any] = {}
+    if queue is not None:
+        options = {"queue": queue, "exchange": "", "routing_key": queue}
     try:
         if not settings.routes and calls:
             args, kwargs = calls[0]
-            return [_Destination(app, settings, router.route({}, name, args, kwargs, None))] * len(
-                calls
-            )
-        return [_Destination(app, settings, router.route({}, name, a, k, None)) for a, k in calls]
+            route = router.route(dict(options), name, args, kwargs, None)
+            return [_Destination(app, settings, route)] * len(calls)
+        return [
+            _Destination(app, settings, router.route(dict(options), name, a, k, None))
+            for a, k in calls
+        ]
     except _NotBulkable as exc:
         raise BulkPublishUnsupported(f"bulk publish cannot send {name!r} to {exc}") from exc
 
