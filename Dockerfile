@@ -28,9 +28,14 @@ COPY worker ./worker
 COPY producers ./producers
 COPY gateway ./gateway
 COPY embeddings_flower ./embeddings_flower
-COPY stubapi ./stubapi
-COPY devstack ./devstack
 RUN pip install --no-deps . && rm -rf build *.egg-info
+
+# The stub API (compose's `dev` profile: `python -m stubapi`) is not in the wheel, which holds
+# only what runs in production. It needs nothing beyond the standard library; it sits in a
+# directory of its own on PYTHONPATH, so it is found from any working directory and nothing
+# else is shadowed.
+COPY stubapi /opt/dev/stubapi
+ENV PYTHONPATH=/opt/dev
 
 USER app
 
