@@ -145,7 +145,9 @@ def embed_text_task(self: Task, text: Any, model: str | None = None) -> list[flo
             countdown,
         )
         # Celery builds the retry's message anew and would render the text into it.
-        argsrepr, kwargsrepr = task_reprs(text, model, show_texts=bool(settings.show_texts))
+        argsrepr, kwargsrepr = task_reprs(
+            text, model, show_texts=bool(settings.show_texts), lane=_lane(self.request)
+        )
         raise self.retry(
             exc=exc,
             countdown=countdown,

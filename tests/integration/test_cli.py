@@ -8,41 +8,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from celery import Celery
 
-from devstack import WorkerProcess
 from devstack.processes import wait_for
 from producers.cli import task_id_for
 from stubapi.vectors import vector_for
 from tests.integration.harness import REPO_ROOT, TEST_REDIS_URL
-from worker.names import BULK_QUEUE
 
 pytestmark = pytest.mark.integration
 
 DIMS = 16
-
-
-@pytest.fixture
-def start_worker(start_worker: Callable[..., WorkerProcess], app: Celery) -> Callable[..., Any]:
-    """The suite's workers, each also consuming the bulk lane, where embed-file sends.
-
-    Until the workers' own configuration consumes both lanes (the worker side of lanes), a
-    worker consumes only Celery's default queue, the interactive one: each is told at start
-    to add the bulk one. A worker that consumes it already answers so, and nothing changes.
-    """
-
-    def start(*args: Any, **kwargs: Any) -> WorkerProcess:
-        worker = start_worker(*args, **kwargs)
-        replies = app.control.add_consumer(BULK_QUEUE, destination=[worker.hostname], reply=True)
-        assert replies, f"{worker.hostname} did not answer add_consumer({BULK_QUEUE!r})"
-        return worker
-
-    return start
 
 
 def _cli_env() -> dict[str, str]:

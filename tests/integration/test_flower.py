@@ -105,11 +105,6 @@ def test_flower_shows_each_texts_lane_in_its_kwargs(run):
         assert tasks[task_id]["kwargs"] == "{'lane': 'interactive'}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/tasks.py renders a Celery retry's kwargsrepr without the lane until it "
-    "passes lane= to worker.redaction.task_reprs; strict, so that change turns this red",
-)
 def test_a_retried_text_still_shows_its_lane_in_flower(run):
     assert _final_tasks(run)[run.retried_id]["kwargs"] == "{'lane': 'interactive'}"
 
