@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from gateway import slow_clients
 from gateway.settings import (
     DEFAULT_HOST,
     DEFAULT_LOG_LEVEL,
@@ -129,8 +130,10 @@ EPILOG = """\
 Each flag stands for its variable and wins over it. Every other setting comes from the
 environment only: GATEWAY_API_KEYS (required, or GATEWAY_ALLOW_NO_AUTH=1),
 GATEWAY_MAX_BODY_BYTES, GATEWAY_REQUEST_TIMEOUT_S, GATEWAY_MAX_QUEUE_DEPTH,
-GATEWAY_WORKER_PING_TIMEOUT_S, GATEWAY_ACCESS_LOG, REDIS_URL, EMBEDDINGS_MODEL,
-EMBEDDINGS_DIMENSIONS, EMBEDDINGS_MAX_TEXT_CHARS (docs/gateway.md).
+GATEWAY_WORKER_PING_TIMEOUT_S, GATEWAY_ACCESS_LOG, GATEWAY_LIMIT_CONCURRENCY,
+GATEWAY_TIMEOUT_KEEP_ALIVE_S, GATEWAY_TIMEOUT_HEADERS_S, GATEWAY_TIMEOUT_BODY_S,
+GATEWAY_MAX_HEADER_BYTES, REDIS_URL, EMBEDDINGS_MODEL, EMBEDDINGS_DIMENSIONS,
+EMBEDDINGS_MAX_TEXT_CHARS (docs/gateway.md).
 
 exit status:
   0    stopped (Ctrl-C or SIGTERM) after serving
@@ -191,6 +194,7 @@ def app_from_env() -> FastAPI:
 
     settings = GatewaySettings.from_env()
     configure_logging(settings.log_level)
+    slow_clients.configure(settings)
     return create_app(settings)
 
 
@@ -208,6 +212,12 @@ def uvicorn_options(settings: GatewaySettings) -> Mapping[str, Any]:
         "workers": settings.workers,
         "access_log": settings.access_log,
         "log_level": settings.log_level,
+        # uvicorn's protocol with deadlines for reading a request; it reads them in each
+        # process from the same settings (app_from_env), as an import string for the same
+        # reason as the app.
+        "http": slow_clients.PROTOCOL,
+        "limit_concurrency": settings.limit_concurrency or None,
+        "timeout_keep_alive": settings.timeout_keep_alive_s,
     }
 
 

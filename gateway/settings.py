@@ -16,10 +16,15 @@ from worker.settings import DEFAULT_MAX_TEXT_CHARS, DEFAULT_MODEL, env_float, en
 
 __all__ = [
     "DEFAULT_HOST",
+    "DEFAULT_LIMIT_CONCURRENCY",
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_MAX_BODY_BYTES",
+    "DEFAULT_MAX_HEADER_BYTES",
     "DEFAULT_PORT",
     "DEFAULT_REQUEST_TIMEOUT_S",
+    "DEFAULT_TIMEOUT_BODY_S",
+    "DEFAULT_TIMEOUT_HEADERS_S",
+    "DEFAULT_TIMEOUT_KEEP_ALIVE_S",
     "DEFAULT_WORKERS",
     "LOG_LEVELS",
     "MAX_INPUTS",
@@ -43,6 +48,19 @@ DEFAULT_REQUEST_TIMEOUT_S = 60.0
 DEFAULT_WORKER_PING_TIMEOUT_S = 1.0
 # OpenAI's own limit of inputs per request.
 MAX_INPUTS = 2048
+# Open connections (idle keep-alive ones included) or requests in progress past which a new
+# request is answered 503 at once: below the common 1,024 open files per process, with room
+# for the gateway's Redis connections. 0: no limit.
+DEFAULT_LIMIT_CONCURRENCY = 1000
+# uvicorn's own default: an idle kept-alive connection is closed after this long.
+DEFAULT_TIMEOUT_KEEP_ALIVE_S = 5.0
+# A request's line and headers must arrive within this long of the connection opening (or
+# of its first byte on a kept-alive connection): a real client sends them in one packet.
+DEFAULT_TIMEOUT_HEADERS_S = 10.0
+# Its body must arrive within this long of its headers: 8 MiB in 60 s is 140 KB/s.
+DEFAULT_TIMEOUT_BODY_S = 60.0
+# A request line and headers larger than this get 431 (nginx and Node allow 8-16 KiB).
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -69,6 +87,13 @@ class GatewaySettings:
     ``workers`` (``GATEWAY_WORKERS``, default 1) is how many uvicorn processes share the port;
     ``log_level`` (``GATEWAY_LOG_LEVEL``, one of ``LOG_LEVELS``) applies to uvicorn and the
     gateway's own loggers.
+
+    Slow and idle clients (``gateway.slow_clients``): ``limit_concurrency``
+    (``GATEWAY_LIMIT_CONCURRENCY``, 1000; 0: none) open connections or requests in progress
+    past which a request gets 503; ``timeout_keep_alive_s`` (5 s) closes an idle kept-alive
+    connection; a request's line and headers must arrive within ``timeout_headers_s`` (10 s)
+    and its body within ``timeout_body_s`` (60 s) after them, or the connection is closed;
+    line and headers over ``max_header_bytes`` (64 KiB) get 431.
     """
 
     host: str = DEFAULT_HOST
@@ -85,6 +110,11 @@ class GatewaySettings:
     model: str = DEFAULT_MODEL
     dimensions: int = 0
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    limit_concurrency: int = DEFAULT_LIMIT_CONCURRENCY
+    timeout_keep_alive_s: float = DEFAULT_TIMEOUT_KEEP_ALIVE_S
+    timeout_headers_s: float = DEFAULT_TIMEOUT_HEADERS_S
+    timeout_body_s: float = DEFAULT_TIMEOUT_BODY_S
+    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
 
     def __post_init__(self) -> None:
         if not self.api_keys and not self.allow_no_auth:
@@ -103,9 +133,20 @@ class GatewaySettings:
                 f"GATEWAY_LOG_LEVEL={self.log_level!r} is invalid: use one of "
                 + ", ".join(LOG_LEVELS)
             )
-        for name in ("max_body_bytes", "request_timeout_s", "worker_ping_timeout_s"):
+        positive = (
+            "max_body_bytes",
+            "request_timeout_s",
+            "worker_ping_timeout_s",
+            "timeout_keep_alive_s",
+            "timeout_headers_s",
+            "timeout_body_s",
+            "max_header_bytes",
+        )
+        for name in positive:
             if getattr(self, name) <= 0:
                 raise EmbeddingConfigError(f"GATEWAY_{name.upper()} must be positive")
+        if self.limit_concurrency < 0:
+            raise EmbeddingConfigError("GATEWAY_LIMIT_CONCURRENCY must not be negative")
         if self.max_queue_depth < 0:
             raise EmbeddingConfigError("GATEWAY_MAX_QUEUE_DEPTH must not be negative")
         if self.dimensions < 0:
@@ -136,4 +177,15 @@ class GatewaySettings:
             model=env_str("EMBEDDINGS_MODEL", DEFAULT_MODEL, environ),
             dimensions=env_int("EMBEDDINGS_DIMENSIONS", 0, environ),
             max_text_chars=env_int("EMBEDDINGS_MAX_TEXT_CHARS", DEFAULT_MAX_TEXT_CHARS, environ),
+            limit_concurrency=env_int(
+                "GATEWAY_LIMIT_CONCURRENCY", DEFAULT_LIMIT_CONCURRENCY, environ
+            ),
+            timeout_keep_alive_s=env_float(
+                "GATEWAY_TIMEOUT_KEEP_ALIVE_S", DEFAULT_TIMEOUT_KEEP_ALIVE_S, environ
+            ),
+            timeout_headers_s=env_float(
+                "GATEWAY_TIMEOUT_HEADERS_S", DEFAULT_TIMEOUT_HEADERS_S, environ
+            ),
+            timeout_body_s=env_float("GATEWAY_TIMEOUT_BODY_S", DEFAULT_TIMEOUT_BODY_S, environ),
+            max_header_bytes=env_int("GATEWAY_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES, environ),
         )

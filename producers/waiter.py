@@ -16,6 +16,24 @@ master, so after a failover the subscription moves to the new master the same wa
 result published on the old master just before it died is read from its key if a replica
 had it, and is otherwise written again by the worker that reruns the unacked text.
 
+**One reader per connection.** asyncio streams allow one reading coroutine, and the reader
+task is always reading. redis-py's own health check reads from the connection of the
+coroutine that sends a command while nothing is subscribed (a ``PING``, then its reply):
+after an idle spell longer than ``health_check_interval`` the next ``SUBSCRIBE`` did that
+while the reader was reading, and failed the request with ``RuntimeError: readuntil()
+called while another coroutine is already waiting``. So the waiter subscribes to a channel
+of its own (the *anchor*, on which nothing but its own wake-ups is published) before any
+result channel and never leaves it: the connection never returns to the unsubscribed
+state, redis-py's health check is then sent by the reader and read by it, and the other
+coroutines only ever write ``SUBSCRIBE``/``UNSUBSCRIBE``, and only on a live connection.
+
+**A broken subscription is made anew, never blamed on a task.** Once the subscription
+exists, a failure of it (a read, a ``SUBSCRIBE``, an ``UNSUBSCRIBE``) never fails a
+waiting coroutine, whose text was published and is being embedded: the reader drops the
+connection, subscribes again to the anchor and every channel still awaited, and the
+confirmations read every stored result (``MGET``), retrying 0.2 s apart, doubling to 5 s.
+A waiter then gets its result, or :class:`EmbeddingResultTimeoutError` at its deadline.
+
 **Clean cancellation.** A waiting coroutine that is cancelled or times out removes its
 futures from the registry and unsubscribes from every channel nobody else waits on.
 """
@@ -24,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -52,6 +71,8 @@ MAX_RETRY_S = 5.0
 _DRAIN_MAX = 64
 # Keys per MGET: 256 results of ~8 KB keep one reply near 2 MB.
 _MGET_MAX = 256
+# The anchor channel's name, before a per-waiter id (see the module's docstring).
+ANCHOR_PREFIX = "embedding-result-waiter:"
 
 Decode = Callable[[bytes], dict[str, Any]]
 
@@ -64,8 +85,10 @@ class ResultWaiter:
     Celery's result meta, with a failure's exception already rebuilt (Celery's
     ``backend.decode_result``). The waiter owns ``client`` and closes it. Use it from one
     event loop only. ``subscribe_waits`` are the pauses, in seconds, before each new attempt
-    at a SUBSCRIBE Redis did not answer (behind Sentinel, enough to outlast a failover; by
-    default none: the first failure raises).
+    at the first SUBSCRIBE, while no subscription exists (behind Sentinel, enough to outlast
+    a failover; by default none: the first failure raises). ``poll_s`` (5 s) is how long the
+    reader waits for a message before it checks the connection again; ``retry_s`` (0.2 s)
+    the first pause before it makes a failed subscription anew, doubling to 5 s.
     """
 
     def __init__(
@@ -89,9 +112,14 @@ class ResultWaiter:
         self._unchecked: set[str] = set()
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
-        # Serialises SUBSCRIBE/UNSUBSCRIBE: the first one opens the connection, and two
-        # coroutines opening it at once would each take one.
+        # Serialises SUBSCRIBE/UNSUBSCRIBE and the reader's making of a new subscription: the
+        # first command opens the connection, and two coroutines opening it at once would
+        # each take one.
         self._command_lock = asyncio.Lock()
+        self._anchor = ANCHOR_PREFIX + uuid.uuid4().hex
+        # Set when the subscription failed: the reader makes it anew, and until then nobody
+        # else sends commands on it.
+        self._broken = False
 
     @property
     def waiting_keys(self) -> frozenset[str]:
@@ -103,15 +131,18 @@ class ResultWaiter:
         """Channels redis-py holds subscribed (an UNSUBSCRIBE leaves once Redis confirms it)."""
         if self._pubsub is None:
             return frozenset()
-        return frozenset(_text(channel) for channel in self._pubsub.channels)
+        channels = {_text(channel) for channel in self._pubsub.channels}
+        channels.discard(self._anchor)
+        return frozenset(channels)
 
     async def wait(self, task_ids: Sequence[str], timeout_s: float) -> list[Any]:
         """The results of ``task_ids``, in order, within ``timeout_s`` seconds.
 
         A task that failed re-raises its error, rebuilt as Celery's ``AsyncResult.get`` does
         (the first failure to arrive wins). Raises :class:`EmbeddingResultTimeoutError` when
-        the time is up and :class:`EmbeddingResultStoreUnavailableError` when Redis cannot
-        be reached to subscribe.
+        the time is up, and :class:`EmbeddingResultStoreUnavailableError` when no
+        subscription exists yet and Redis cannot be reached to make one; a subscription that
+        fails later is made anew while the waits go on.
         """
         loop = asyncio.get_running_loop()
         keys = [self._key_for(task_id) for task_id in task_ids]
@@ -216,12 +247,17 @@ class ResultWaiter:
     # -- Redis --------------------------------------------------------------------------
 
     async def _subscribe(self, keys: list[str]) -> None:
+        if self._reader is not None and not self._reader.done():
+            await self._subscribe_more(keys)
+            return
         for wait in [*self._subscribe_waits, None]:
             try:
                 async with self._command_lock:
+                    self._broken = False
                     if self._pubsub is None:
                         self._pubsub = self._client.pubsub()
-                    await self._pubsub.subscribe(*keys)
+                    # The anchor first: the connection must never be without a subscription.
+                    await self._pubsub.subscribe(self._anchor, *keys)
                 break
             except RedisError as exc:
                 if wait is None:
@@ -234,26 +270,61 @@ class ResultWaiter:
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(), name="embedding-result-reader")
 
+    async def _subscribe_more(self, keys: list[str]) -> None:
+        """SUBSCRIBE ``keys`` on the reader's connection; on failure leave them to the reader."""
+        async with self._command_lock:
+            pubsub = self._pubsub
+            if self._broken or pubsub is None:
+                return  # the reader's new subscription takes every awaited key
+            if not _connected(pubsub):
+                # Connecting means reading the handshake's replies, which only the reader may.
+                self._broken = True
+            else:
+                try:
+                    await pubsub.subscribe(*keys)
+                    return
+                except Exception as exc:  # the text was published: never fail its waiter
+                    self._broken = True
+                    log.warning(
+                        "subscribing to %d result channels failed (%s: %s); making the "
+                        "subscription anew",
+                        len(keys),
+                        type(exc).__name__,
+                        exc,
+                    )
+        await self._wake_reader()
+
+    async def _wake_reader(self) -> None:
+        """Make the reader's blocking read return now, so it sees ``_broken`` at once."""
+        try:
+            await self._client.publish(self._anchor, b"")
+        except Exception as exc:  # a dead connection wakes the reader by itself
+            log.debug("could not wake the result reader: %s", exc)
+
     async def _unsubscribe(self, keys: list[str]) -> None:
-        if not keys or self._pubsub is None:
+        if not keys:
             return
         try:
             async with self._command_lock:
-                await self._pubsub.unsubscribe(*keys)
-        except RedisError as exc:
+                pubsub = self._pubsub
+                # A new subscription takes only the awaited keys; and connecting is the
+                # reader's job (see _subscribe_more).
+                if self._broken or pubsub is None or not _connected(pubsub):
+                    return
+                await pubsub.unsubscribe(*keys)
+        except Exception as exc:
             # The reader unsubscribes a channel whose message finds no waiter, so a channel
             # left behind here costs one ignored message at most.
             log.warning("could not unsubscribe %d result channels: %s", len(keys), exc)
 
     async def _read(self) -> None:
         """The one reader: deliver messages, and read stored results after confirmations."""
-        assert self._pubsub is not None
         try:
-            await self._read_forever(self._pubsub)
+            await self._read_forever()
         finally:
             await self._close_connections()
 
-    async def _read_forever(self, pubsub: PubSub) -> None:
+    async def _read_forever(self) -> None:
         delay = self._retry_s
         me = asyncio.current_task()
         while True:
@@ -261,35 +332,62 @@ class ResultWaiter:
                 # A read below swallowed the cancellation (fakeredis does); stop anyway.
                 raise asyncio.CancelledError
             try:
-                message = await pubsub.get_message(timeout=self._poll_s)
-                handled = 0
-                stale: list[str] = []
-                while message is not None:
-                    self._on_message(message, stale)
-                    handled += 1
-                    if handled >= _DRAIN_MAX:
-                        break
-                    message = await pubsub.get_message(timeout=0)
-                if stale:
-                    await self._unsubscribe(stale)
-                if self._unchecked:
-                    await self._read_stored()
+                if self._broken:
+                    await self._subscribe_anew()
+                await self._read_burst()
                 delay = self._retry_s
                 await asyncio.sleep(0)  # let other coroutines run between bursts
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the reader must outlive any one failure
                 log.warning(
-                    "result subscription failed (%s: %s); retrying in %.1f s",
+                    "result subscription failed (%s: %s); subscribing anew in %.1f s",
                     type(exc).__name__,
                     exc,
                     delay,
                 )
+                self._broken = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_S)
 
+    async def _read_burst(self) -> None:
+        pubsub = self._pubsub
+        assert pubsub is not None
+        message = await pubsub.get_message(timeout=self._poll_s)
+        handled = 0
+        stale: list[str] = []
+        while message is not None:
+            self._on_message(message, stale)
+            handled += 1
+            if handled >= _DRAIN_MAX:
+                break
+            message = await pubsub.get_message(timeout=0)
+        if stale:
+            await self._unsubscribe(stale)
+        if self._unchecked:
+            await self._read_stored()
+
+    async def _subscribe_anew(self) -> None:
+        """Replace the subscription: a new connection, the anchor and every awaited channel.
+
+        Their confirmations read every stored result, so what was published while the old
+        one was failing is not missed.
+        """
+        async with self._command_lock:
+            old, self._pubsub = self._pubsub, self._client.pubsub()
+            if old is not None:
+                try:
+                    await old.aclose()
+                except Exception as exc:
+                    log.debug("closing the failed result subscription: %s", exc)
+            await self._pubsub.subscribe(self._anchor, *self._waiters)
+            self._broken = False
+        log.info("result subscription made anew for %d awaited texts", len(self._waiters))
+
     def _on_message(self, message: dict[str, Any], stale: list[str]) -> None:
         kind = message["type"]
+        if message["channel"] is not None and _text(message["channel"]) == self._anchor:
+            return  # a wake-up, or the anchor's own confirmation
         if kind == "subscribe":
             key = _text(message["channel"])
             if key in self._waiters:
@@ -325,3 +423,8 @@ class ResultWaiter:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _connected(pubsub: PubSub) -> bool:
+    connection = pubsub.connection
+    return connection is not None and bool(connection.is_connected)

@@ -168,4 +168,9 @@ class EmbeddingBreaker:
             self._opened_at = self._clock()
         if self._gauge is not None:
             self._gauge.set(STATE_VALUES[new])
+        if old == new:
+            # pybreaker notifies once per trial call that succeeds, and several can be in
+            # flight when it half-opens: only the first one changes anything.
+            log.debug("embeddings circuit breaker: still %s", new)
+            return
         log.warning("embeddings circuit breaker: %s -> %s", old, new)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -354,3 +355,37 @@ def test_a_celery_retry_countdown_is_the_in_process_backoff_over_the_task_settin
     )
     assert retry_countdown_s(retries, settings, random_) == max(MIN_RETRY_COUNTDOWN_S, expected)
     assert retry_countdown_s(retries, settings, random_) <= 60.0
+
+
+def test_only_real_transitions_are_logged_at_warning(client_with, breaker, caplog):
+    # Two trial calls in flight when the breaker half-opens both succeed; pybreaker closes
+    # it once per success, so the second tells the listener "closed -> closed".
+    api = ScriptedAPI(503, 503, 503)
+    client = client_with(api)
+    for _ in range(3):
+        with pytest.raises(EmbeddingServerError):
+            client.embed(["a"])
+    breaker.reset_timeout_s = 0.0
+    both_in_flight = threading.Barrier(2, timeout=5)
+    api_answer = api.__call__
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        both_in_flight.wait()
+        return api_answer(request)
+
+    trial_client = client_with(handler)
+    caplog.set_level(logging.DEBUG, logger="worker.breaker")
+    caplog.clear()
+    threads = [threading.Thread(target=trial_client.embed, args=([f"t{i}"],)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert breaker.state == "closed"
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "worker.breaker"]
+    warnings = [message for level, message in said if level == logging.WARNING]
+    assert warnings == [
+        "embeddings circuit breaker: open -> half-open",
+        "embeddings circuit breaker: half-open -> closed",
+    ]
+    assert (logging.DEBUG, "embeddings circuit breaker: still closed") in said

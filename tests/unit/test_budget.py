@@ -12,10 +12,11 @@ from collections.abc import Callable
 import fakeredis
 import pytest
 
+from stubapi.ratelimit import AccountLimit
 from worker.budget import Admission, BudgetGate, SharedBudget, estimate_tokens
 from worker.budget.shared import pause_for_exhausted_s
 from worker.embeddings.client import CallResult
-from worker.embeddings.ratelimit_headers import RateLimitHeaders
+from worker.embeddings.ratelimit_headers import RateLimitHeaders, parse_rate_limit_headers
 from worker.errors import EmbeddingBudgetWaitError, EmbeddingConfigError, EmbeddingRateLimitError
 from worker.settings import Settings
 
@@ -28,6 +29,16 @@ class Clock:
 
     def __call__(self) -> float:
         return self.ms
+
+
+class StubClock:
+    """The stub's limiter clock: monotonic seconds that move only when a test moves them."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -236,14 +247,62 @@ def test_token_estimates_err_on_the_high_side() -> None:
 
 
 def test_the_cluster_pauses_when_the_api_says_nothing_remains() -> None:
-    spent = RateLimitHeaders(remaining_requests=0, reset_requests_s=0.8, remaining_tokens=10)
-    assert pause_for_exhausted_s(spent, tokens_used=5) == 0.8
-    short_of_tokens = RateLimitHeaders(
-        remaining_requests=40, remaining_tokens=100, reset_tokens_s=2.0
+    # 0 of 500 requests left, 0.8 s until the bucket is full again: the next request is
+    # allowed once one of the 500 has come back, 0.8 / 500 s later.
+    spent = RateLimitHeaders(
+        limit_requests=500, remaining_requests=0, reset_requests_s=0.8, remaining_tokens=10
     )
-    assert pause_for_exhausted_s(short_of_tokens, tokens_used=500) == 2.0
+    assert pause_for_exhausted_s(spent, tokens_used=5) == pytest.approx(0.8 / 500)
+    # 100 of 1,000 tokens left, 2 s until all 1,000 are back: 400 more are needed for a call
+    # like this one, at 900 tokens per 2 s.
+    short_of_tokens = RateLimitHeaders(
+        remaining_requests=40, limit_tokens=1000, remaining_tokens=100, reset_tokens_s=2.0
+    )
+    assert pause_for_exhausted_s(short_of_tokens, tokens_used=500) == pytest.approx(2.0 * 400 / 900)
     assert pause_for_exhausted_s(short_of_tokens, tokens_used=50) == 0.0
     assert pause_for_exhausted_s(RateLimitHeaders(), tokens_used=50) == 0.0
+
+
+def test_without_the_limit_the_pause_falls_back_to_the_whole_reset() -> None:
+    # The refill rate cannot be told without the limit: waiting for the reset is the one
+    # wait that is surely long enough.
+    spent = RateLimitHeaders(remaining_requests=0, reset_requests_s=0.8)
+    assert pause_for_exhausted_s(spent, tokens_used=5) == 0.8
+    nonsense = RateLimitHeaders(limit_requests=0, remaining_requests=0, reset_requests_s=0.8)
+    assert pause_for_exhausted_s(nonsense, tokens_used=5) == 0.8
+
+
+def test_the_stubs_spent_minute_pauses_the_cluster_for_one_request_not_the_minute() -> None:
+    # The issue's case: 600 RPM spent 0.2 s into the minute. The headers say the limit is
+    # full again in 59.8 s, which at OpenAI is when the bucket is full, not when the next
+    # request is allowed (one every 0.1 s). The cluster used to pause for 59.8 s.
+    stub_clock = StubClock(0.2)
+    account = AccountLimit(rpm=600, window_s=60.0, clock=stub_clock)
+    decisions = [account.check(tokens=8) for _ in range(600)]
+    assert all(decision.allowed for decision in decisions)
+    limits = parse_rate_limit_headers(decisions[-1].headers)
+    assert (limits.limit_requests, limits.remaining_requests) == (600, 0)
+    assert limits.reset_requests_s == pytest.approx(59.8)
+    assert pause_for_exhausted_s(limits, tokens_used=8) == pytest.approx(59.8 / 600)
+
+
+def test_after_the_stubs_last_request_every_worker_waits_a_tenth_of_a_second(
+    make_budget, clock
+) -> None:
+    account = AccountLimit(rpm=600, window_s=60.0, clock=StubClock(0.2))
+    for _ in range(599):
+        account.check(tokens=8)
+    last = account.check(tokens=8)
+    budget = make_budget()
+    gate = BudgetGate.from_settings(budget, budget._settings)
+    call = CallResult([[0.1]], {"total_tokens": 8}, 0, 1.0, parse_rate_limit_headers(last.headers))
+    gate.after_call(MODEL, tokens_charged=8, call=call)
+    other_worker = make_budget()
+    waiting = other_worker.try_acquire(MODEL, 8)
+    assert not waiting.admitted
+    assert waiting.wait_s <= 0.1 + 0.001
+    clock.ms += 106  # the pause (0.1 s) and the learned 600 RPM's pacing at 95 %
+    assert other_worker.try_acquire(MODEL, 8).admitted
 
 
 class FakeBudget:
@@ -327,7 +386,9 @@ def test_a_call_settles_its_tokens_and_shares_the_apis_limits() -> None:
     limits = RateLimitHeaders(limit_requests=500, remaining_requests=0, reset_requests_s=0.3)
     call = CallResult([[0.1]], {"total_tokens": 40}, 0, 1.0, limits)
     gate.after_call(MODEL, tokens_charged=100, call=call)
-    assert budget.reports == [{"token_correction": -60, "limits": limits, "pause_s": 0.3}]
+    assert budget.reports == [
+        {"token_correction": -60, "limits": limits, "pause_s": pytest.approx(0.3 / 500)}
+    ]
 
 
 def test_a_call_with_nothing_to_report_costs_no_round_trip() -> None:

@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
-from gateway.cli import APP_FACTORY, FLAGS, main, parse_args, uvicorn_options
+from gateway.cli import (
+    APP_FACTORY,
+    FLAGS,
+    UPSTREAM_KEY_VARIABLES,
+    app_from_env,
+    main,
+    parse_args,
+    uvicorn_options,
+)
 from gateway.settings import GatewaySettings
 
 KEYS = {"GATEWAY_API_KEYS": "k"}
@@ -84,6 +92,37 @@ def test_the_upstream_key_is_dropped_before_the_processes_inherit_the_environmen
     environ = {**KEYS, "EMBEDDINGS_API_KEY": "sk-a", "OPENAI_API_KEY": "sk-b"}
     _serve([], environ)
     assert "EMBEDDINGS_API_KEY" not in environ and "OPENAI_API_KEY" not in environ
+
+
+def test_uvicorn_gets_the_guarded_protocol_the_concurrency_limit_and_keep_alive() -> None:
+    options = uvicorn_options(
+        GatewaySettings(api_keys=("k",), limit_concurrency=300, timeout_keep_alive_s=2.5)
+    )
+    assert options["http"] == "gateway.slow_clients:GuardedHttpToolsProtocol"
+    assert (options["limit_concurrency"], options["timeout_keep_alive"]) == (300, 2.5)
+
+
+def test_a_concurrency_limit_of_0_is_no_limit_for_uvicorn() -> None:
+    options = uvicorn_options(GatewaySettings(api_keys=("k",), limit_concurrency=0))
+    assert options["limit_concurrency"] is None
+
+
+def test_each_process_gives_the_guarded_protocol_its_deadlines(monkeypatch) -> None:
+    from gateway.slow_clients import GuardedHttpToolsProtocol
+
+    for name in ("timeout_headers_s", "timeout_body_s", "max_header_bytes"):
+        monkeypatch.setattr(GuardedHttpToolsProtocol, name, getattr(GuardedHttpToolsProtocol, name))
+    for name in UPSTREAM_KEY_VARIABLES:  # restored afterwards: app_from_env drops them
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GATEWAY_API_KEYS", "k")
+    monkeypatch.setenv("GATEWAY_TIMEOUT_HEADERS_S", "3")
+    monkeypatch.setenv("GATEWAY_TIMEOUT_BODY_S", "4")
+    monkeypatch.setenv("GATEWAY_MAX_HEADER_BYTES", "5000")
+    monkeypatch.setattr("gateway.app.create_app", lambda settings: settings)
+    app_from_env()
+    assert GuardedHttpToolsProtocol.timeout_headers_s == 3.0
+    assert GuardedHttpToolsProtocol.timeout_body_s == 4.0
+    assert GuardedHttpToolsProtocol.max_header_bytes == 5000
 
 
 def test_access_log_and_log_level_reach_uvicorn() -> None:

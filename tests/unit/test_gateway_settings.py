@@ -63,6 +63,13 @@ def test_keys_are_comma_separated_stripped_and_hidden_from_repr() -> None:
         ("GATEWAY_ALLOW_NO_AUTH", "maybe"),
         ("GATEWAY_ACCESS_LOG", "loud"),
         ("EMBEDDINGS_DIMENSIONS", "many"),
+        ("GATEWAY_LIMIT_CONCURRENCY", "-1"),
+        ("GATEWAY_LIMIT_CONCURRENCY", "lots"),
+        ("GATEWAY_TIMEOUT_KEEP_ALIVE_S", "0"),
+        ("GATEWAY_TIMEOUT_HEADERS_S", "0"),
+        ("GATEWAY_TIMEOUT_HEADERS_S", "soon"),
+        ("GATEWAY_TIMEOUT_BODY_S", "-2"),
+        ("GATEWAY_MAX_HEADER_BYTES", "0"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(name: str, value: str) -> None:
@@ -113,3 +120,28 @@ def test_python_m_gateway_without_keys_exits_2_naming_the_variable() -> None:
     )
     assert done.returncode == 2
     assert "GATEWAY_API_KEYS" in done.stderr
+
+
+def test_slow_and_idle_clients_have_documented_limits_by_default() -> None:
+    settings = GatewaySettings.from_env({"GATEWAY_API_KEYS": "k"})
+    assert settings.limit_concurrency == 1000
+    assert settings.timeout_keep_alive_s == 5.0
+    assert (settings.timeout_headers_s, settings.timeout_body_s) == (10.0, 60.0)
+    assert settings.max_header_bytes == 64 * 1024
+
+
+def test_the_slow_client_limits_are_read_from_the_environment() -> None:
+    settings = GatewaySettings.from_env(
+        {
+            "GATEWAY_API_KEYS": "k",
+            "GATEWAY_LIMIT_CONCURRENCY": "0",
+            "GATEWAY_TIMEOUT_KEEP_ALIVE_S": "1.5",
+            "GATEWAY_TIMEOUT_HEADERS_S": "2",
+            "GATEWAY_TIMEOUT_BODY_S": "30",
+            "GATEWAY_MAX_HEADER_BYTES": "16384",
+        }
+    )
+    assert settings.limit_concurrency == 0
+    assert settings.timeout_keep_alive_s == 1.5
+    assert (settings.timeout_headers_s, settings.timeout_body_s) == (2.0, 30.0)
+    assert settings.max_header_bytes == 16384

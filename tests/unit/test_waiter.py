@@ -8,6 +8,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 import worker
 from producers.waiter import ResultWaiter
@@ -190,3 +191,112 @@ async def _until_unsubscribed(redis: Any, task_id: str) -> None:
     async with asyncio.timeout(5):
         while await _numsub(redis, task_id) > 0:
             await asyncio.sleep(0.001)
+
+
+class SubscribesThatFail(fakeredis.FakeAsyncRedis):
+    """A fake Redis whose pub/sub raises ``error`` from the SUBSCRIBEs numbered in ``failing``."""
+
+    failing: frozenset[int] = frozenset()
+    error: Exception = RuntimeError(
+        "readuntil() called while another coroutine is already waiting for incoming data"
+    )
+    subscribes = 0
+    pubsubs = 0
+
+    def pubsub(self, **kwargs: Any) -> Any:
+        pubsub = super().pubsub(**kwargs)
+        subscribe = pubsub.subscribe
+        owner = self
+        owner.pubsubs += 1
+
+        async def counted(*args: Any, **options: Any) -> Any:
+            owner.subscribes += 1
+            if owner.subscribes in owner.failing:
+                raise owner.error
+            return await subscribe(*args, **options)
+
+        pubsub.subscribe = counted
+        return pubsub
+
+
+def _run_failing(
+    failing: set[int], scenario: Callable[[ResultWaiter, Any, SubscribesThatFail], Awaitable[None]]
+) -> None:
+    async def main() -> None:
+        server = fakeredis.FakeServer()
+        fake = SubscribesThatFail(server=server)
+        fake.failing = frozenset(failing)
+        waiter = ResultWaiter(
+            fake, key_for=_key, decode=_backend().decode_result, poll_s=0.05, retry_s=0.001
+        )
+        observer = fakeredis.FakeAsyncRedis(server=server)
+        try:
+            await scenario(waiter, observer, fake)
+        finally:
+            await waiter.aclose()
+            await observer.aclose()
+
+    asyncio.run(main())
+
+
+def test_a_later_subscribe_that_fails_is_made_anew_and_the_stored_result_read() -> None:
+    # The issue's 502: a SUBSCRIBE that raised after the waiter's first one failed the
+    # request although its text was published and embedded.
+    async def scenario(waiter: ResultWaiter, redis: Any, fake: SubscribesThatFail) -> None:
+        await redis.set(_key("first"), _meta("first", "SUCCESS", VECTOR))
+        assert await waiter.wait(["first"], timeout_s=5) == [VECTOR]
+        await redis.set(_key("second"), _meta("second", "SUCCESS", [2.0] * 8))
+        assert await waiter.wait(["second"], timeout_s=5) == [[2.0] * 8]
+        assert fake.pubsubs == 2  # the failed subscription was replaced by a new one
+        assert waiter.waiting_keys == frozenset()
+
+    _run_failing({2}, scenario)
+
+
+def test_a_result_published_after_a_failed_subscribe_reaches_every_waiter() -> None:
+    async def scenario(waiter: ResultWaiter, redis: Any, fake: SubscribesThatFail) -> None:
+        early = asyncio.create_task(waiter.wait(["early"], timeout_s=5))
+        await _until_subscribed(redis, "early")
+        late = asyncio.create_task(waiter.wait(["late"], timeout_s=5))
+        await _until_subscribed(redis, "late")  # on the new subscription
+        await redis.publish(_key("early"), _meta("early", "SUCCESS", VECTOR))
+        await redis.publish(_key("late"), _meta("late", "SUCCESS", [3.0] * 8))
+        assert await early == [VECTOR]
+        assert await late == [[3.0] * 8]
+        assert fake.pubsubs == 2
+        # (fakeredis keeps a closed connection's channels; Redis drops them.)
+        await _until_unsubscribed(redis, "late")
+        await _until(lambda: waiter.subscribed_channels == frozenset())
+
+    _run_failing({2}, scenario)
+
+
+def test_a_subscription_that_cannot_be_made_anew_leaves_waiters_to_their_timeout() -> None:
+    async def scenario(waiter: ResultWaiter, redis: Any, fake: SubscribesThatFail) -> None:
+        await redis.set(_key("first"), _meta("first", "SUCCESS", VECTOR))
+        assert await waiter.wait(["first"], timeout_s=5) == [VECTOR]
+        fake.failing = frozenset(range(2, 10_000))
+        fake.error = RedisConnectionError("Connection refused")
+        with pytest.raises(EmbeddingResultTimeoutError):
+            await waiter.wait(["never"], timeout_s=0.2)
+        assert fake.subscribes > 3  # the reader kept trying, backing off
+        fake.failing = frozenset()
+        await redis.set(_key("back"), _meta("back", "SUCCESS", VECTOR))
+        assert await waiter.wait(["back"], timeout_s=5) == [VECTOR]
+
+    _run_failing(set(), scenario)
+
+
+def test_the_waiters_own_channel_is_neither_reported_nor_left() -> None:
+    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+        await redis.set(_key("one"), _meta("one", "SUCCESS", VECTOR))
+        assert await waiter.wait(["one"], timeout_s=5) == [VECTOR]
+        await _until(lambda: waiter.subscribed_channels == frozenset())
+        anchors = [c for c in await redis.pubsub_channels() if c.startswith(b"embedding-result")]
+        assert len(anchors) == 1  # kept: the connection never goes back to unsubscribed
+        await redis.publish(anchors[0], b"")  # a wake-up is not a result, nor a stale channel
+        await redis.set(_key("two"), _meta("two", "SUCCESS", VECTOR))
+        assert await waiter.wait(["two"], timeout_s=5) == [VECTOR]
+        assert await redis.pubsub_channels() == anchors
+
+    _run(scenario)

@@ -67,19 +67,39 @@ def estimate_tokens(text: str) -> int:
 def pause_for_exhausted_s(limits: RateLimitHeaders, tokens_used: int) -> float:
     """Seconds to pause the cluster when the API says the next call would be refused, else 0.
 
-    That is when no request remains, or fewer tokens remain than this call used; the pause
-    lasts until the API's own reset of that limit.
+    That is when no request remains, or fewer tokens remain than this call used. The pause
+    lasts until the next such call would be allowed, not until the limit is full again:
+    OpenAI's ``x-ratelimit-reset-*`` is the time until the bucket is *full* (0 of 600 RPM
+    left reads "59.8s" while a request comes back every 0.1 s), so waiting for the reset
+    stalled every worker for a minute. With the limit known, the bucket refills at
+    ``(limit - remaining) / reset`` per second, and the pause is what is missing at that
+    rate: one request, or this call's tokens less those remaining. Without the limit the
+    rate is unknown and the pause is the whole reset. A server whose reset is the end of a
+    fixed window answers a call sent too early with a 429, whose own hint then pauses the
+    cluster (``BudgetGate.after_rate_limit``).
     """
     pauses = [0.0]
     if limits.remaining_requests == 0 and limits.reset_requests_s is not None:
-        pauses.append(limits.reset_requests_s)
+        pauses.append(
+            _refill_s(1, limits.limit_requests, limits.remaining_requests, limits.reset_requests_s)
+        )
     if (
         limits.remaining_tokens is not None
         and limits.remaining_tokens < tokens_used
         and limits.reset_tokens_s is not None
     ):
-        pauses.append(limits.reset_tokens_s)
+        missing = tokens_used - limits.remaining_tokens
+        pauses.append(
+            _refill_s(missing, limits.limit_tokens, limits.remaining_tokens, limits.reset_tokens_s)
+        )
     return max(pauses)
+
+
+def _refill_s(missing: int, limit: int | None, remaining: int, reset_s: float) -> float:
+    """Seconds until ``missing`` more units are back, if the bucket refills evenly until full."""
+    if limit is None or limit <= remaining:
+        return reset_s
+    return min(reset_s, reset_s * missing / (limit - remaining))
 
 
 @dataclass(frozen=True)
