@@ -55,6 +55,7 @@ class LaneRun:
     web_ms: list[float] = field(default_factory=list)
     gateway_ms: list[float] = field(default_factory=list)
     idle_ms: list[float] = field(default_factory=list)
+    idle_gateway_ms: list[float] = field(default_factory=list)
     calls: int = 0
     inputs: int = 0
     rate_limited: int = 0
@@ -153,6 +154,20 @@ async def _gateway_wave(url: str, concurrency: int, lane: str, wave: int) -> lis
         return list(await asyncio.gather(*(one(i) for i in range(concurrency))))
 
 
+def _waves_while(
+    backfill: Backfill, gateway: GatewayProcess, args: argparse.Namespace, lane: str, run: LaneRun
+) -> None:
+    """A wave of one-text gateway requests every 2 s while the backfill runs."""
+    wave = 0
+    while not backfill.done():
+        started = time.perf_counter()
+        latencies = asyncio.run(_gateway_wave(gateway.url, args.gateway_concurrency, lane, wave))
+        if not backfill.done():  # a wave that outlived the backfill measured an idle fleet
+            run.gateway_ms.extend(latencies)
+        wave += 1
+        threading.Event().wait(max(0.0, 2.0 - (time.perf_counter() - started)))
+
+
 def _run_cell(
     args: argparse.Namespace, stub: StubProcess, workers: int, rpm: int, mode: str, log_dir: Path
 ) -> LaneRun:
@@ -189,22 +204,31 @@ def _run_cell(
             gateway = GatewayProcess({**env, "GATEWAY_API_KEYS": GATEWAY_KEY}, log_dir / "gw.log")
             procs.append(gateway)
             gateway.wait_ready()
+            if workers == 1:
+                # The same waves with no backfill: what a wave of this size costs anyway.
+                for wave in range(3):
+                    run.idle_gateway_ms += asyncio.run(
+                        _gateway_wave(gateway.url, args.gateway_concurrency, web_lane, -1 - wave)
+                    )
         print(f"bench lanes: {tag}: backfill with web texts ...", file=sys.stderr, flush=True)
         stub.reset()
         backfill = Backfill(env, log_dir, lines, tag + "-mixed")
         wait_for(lambda: _lines_in(backfill.output) >= lines // 20, 300, "the backfill to run")
+        waves = None
+        if gateway is not None:
+            waves = threading.Thread(
+                target=_waves_while, args=(backfill, gateway, args, web_lane, run), daemon=True
+            )
+            waves.start()
         n = 0
         while not backfill.done():
             started = time.perf_counter()
             run.web_ms.append(_web_text_ms(app, f"web {tag} {n}", web_lane))
-            if gateway is not None and n % 4 == 3:
-                wave = asyncio.run(
-                    _gateway_wave(gateway.url, args.gateway_concurrency, web_lane, n)
-                )
-                run.gateway_ms.extend(wave)
             n += 1
             threading.Event().wait(max(0.0, args.interval_s - (time.perf_counter() - started)))
         run.mixed_s = backfill.wait()
+        if waves is not None:
+            waves.join()
         stats = stub.stats()
         run.calls, run.inputs = stats["ok_calls"], stats["total_inputs"]
         run.rate_limited = stats["rate_limited_calls"]
@@ -242,11 +266,13 @@ def _table(runs: list[LaneRun], header: str) -> str:
         )
     idle = [r for r in runs if r.idle_ms]
     if idle:
-        lines += ["", "Idle, one worker, one text at a time (enqueue → vector):", ""]
+        lines += ["", "Idle, one worker (no backfill):", ""]
         for r in idle:
             lines.append(
-                f"- {r.mode}: p50 {_ms(r.idle_ms, 50)} ms, p95 {_ms(r.idle_ms, 95)} ms "
-                f"({len(r.idle_ms)} texts)"
+                f"- {r.mode}: one text at a time (enqueue → vector) p50 {_ms(r.idle_ms, 50)} ms, "
+                f"p95 {_ms(r.idle_ms, 95)} ms ({len(r.idle_ms)} texts); a wave of one-text "
+                f"gateway requests p50 {_ms(r.idle_gateway_ms, 50)} ms, "
+                f"p95 {_ms(r.idle_gateway_ms, 95)} ms ({len(r.idle_gateway_ms)} requests)"
             )
     return "\n".join(lines) + "\n"
 
