@@ -356,6 +356,13 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
         self._poll_command = "BLMOVE"
         self.client.connection.send_command("BLMOVE", first, first, "RIGHT", "RIGHT", timeout or 0)
 
+    def _note_full(self) -> None:
+        if not self._redis_full:
+            log.warning("Redis is full (maxmemory): taking no new texts until it has "
+                        "room; acks still free it")  # fmt: skip
+        self._redis_full = True
+        self._hot = False
+
     def _ordered(self, queues: list[str]) -> list[str]:
         """``queues`` with those of ``queues_first`` ahead, in that order; the rest as given."""
         if not self.queues_first:
@@ -375,10 +382,7 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
                 self.client.parse_response(self.client.connection, self._poll_command, **options)
             except OutOfMemoryError:
                 # The connection is fine, and Redis answers; it has no room.
-                if not self._redis_full:
-                    log.warning("Redis is full (maxmemory): taking no new texts until it has "
-                                "room; acks still free it")  # fmt: skip
-                self._redis_full = True
+                self._note_full()
                 raise Empty() from None
             except self.connection_errors:
                 self.client.connection.disconnect()
@@ -387,7 +391,12 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
                 log.warning("Redis has room again: taking texts")
                 self._redis_full = False
             # Even after a timeout: another priority or queue may hold a message.
-            fetched = self._fetch(self._polled_keys)
+            try:
+                fetched = self._fetch(self._polled_keys)
+            except OutOfMemoryError:
+                # After a PING (no wait), the fetch is the first command a full Redis refuses.
+                self._note_full()
+                raise Empty() from None
             self._hot = fetched is not None
             if fetched is None:
                 raise Empty()
