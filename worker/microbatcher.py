@@ -109,8 +109,8 @@ class MicroBatcher:
         self._arrivals: dict[str, ArrivalGaps] = {}  # per model; the flush policy reads it
         self._closing = False
         self._stopping = threading.Event()
-        # Ends a wait for budget early: an interactive text arrived (its batch asks at once,
-        # in its lane), or the worker is stopping.
+        # Ends a wait for budget early: the first interactive text arrived (its batch asks at
+        # once, in its lane), or the worker is stopping.
         self._admission_wake = threading.Event()
         self._admission: BudgetAdmission | None = None
         if gate is not None:
@@ -153,6 +153,12 @@ class MicroBatcher:
             predictive = self.flush_policy is FlushPolicy.PREDICTIVE
             if predictive:  # only that policy reads arrival gaps: no per-text cost otherwise
                 self._observe_arrival(key, now)
+            # The first interactive text to wait changes the lane the next batch asks in.
+            wake_admission = (
+                lane == LANE_INTERACTIVE
+                and self._admission is not None
+                and not self._waiting.has_interactive(key)
+            )
             queued = self._waiting.add(key, Waiting(text, future, now, task_id, lane=lane))
             metrics.PENDING_TEXTS.set(self._waiting.pending)
             # Wake the dispatcher only when this text changes what it waits for: a first text
@@ -164,7 +170,7 @@ class MicroBatcher:
                 queued == 1 or queued == self.batch_size or (predictive and self._is_due(key, now))
             ):
                 self._cond.notify()
-        if lane == LANE_INTERACTIVE and self._admission is not None:
+        if wake_admission:
             self._admission_wake.set()
         return future
 
