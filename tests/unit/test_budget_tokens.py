@@ -10,6 +10,7 @@ import fakeredis
 import httpx
 import pytest
 
+import worker.tokens as tokens
 from tests.unit.conftest import ok_response
 from worker.budget import BudgetGate, SharedBudget
 from worker.budget.admission import BudgetAdmission
@@ -17,6 +18,7 @@ from worker.budget.split_calls import MeteredCalls
 from worker.embeddings import EmbeddingBatcher, EmbeddingConfig
 from worker.names import LANE_INTERACTIVE
 from worker.settings import Settings
+from worker.tokens import CL100K_BASE, ESTIMATE, estimate_tokens, token_counter
 
 FOX = "The quick brown fox jumps over the lazy dog"  # 9 cl100k_base tokens, 44 bytes
 TEXTS = [FOX] * 8
@@ -40,6 +42,13 @@ class Clock:
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
+
+
+@pytest.fixture(autouse=True)
+def _cl100k_loaded() -> None:
+    # A budget counts exactly once the encoding has loaded (in the background); these tests
+    # are about what it counts then.
+    token_counter(CL100K_BASE)
 
 
 @pytest.fixture
@@ -91,6 +100,16 @@ def test_the_tokenizer_setting_decides_how_a_model_is_counted(make_admission) ->
     )
     assert admission.ask("text-embedding-3-small", TEXTS, LANE_INTERACTIVE).tokens == ESTIMATED
     assert admission.ask("my-deployment", TEXTS, LANE_INTERACTIVE).tokens == EXACT
+
+
+def test_a_call_asked_while_the_encoding_still_loads_is_charged_the_estimate(
+    make_admission, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tokens, "_counters", {ESTIMATE: estimate_tokens})
+    monkeypatch.setattr(tokens, "_background", {CL100K_BASE: threading.Thread()})  # loading
+    admission = make_admission()
+    verdict = admission.ask("text-embedding-3-small", TEXTS, LANE_INTERACTIVE)
+    assert (verdict.admitted, verdict.tokens) == (True, ESTIMATED)
 
 
 def test_a_split_call_is_admitted_on_its_exact_tokens(clock: Clock) -> None:

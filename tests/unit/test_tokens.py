@@ -68,6 +68,35 @@ def test_a_damaged_encoding_file_is_refused_not_used(monkeypatch: pytest.MonkeyP
         tokens._load_cl100k()
 
 
+@pytest.fixture
+def unloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process as if it had not loaded cl100k_base yet."""
+    monkeypatch.setattr(tokens, "_counters", {ESTIMATE: estimate_tokens})
+    monkeypatch.setattr(tokens, "_background", {})
+
+
+@pytest.mark.usefixtures("unloaded")
+def test_an_encoding_not_loaded_yet_loads_in_the_background_without_waiting() -> None:
+    assert tokens.loaded_counter(CL100K_BASE) is None
+    tokens._background[CL100K_BASE].join(timeout=30)
+    counter = tokens.loaded_counter(CL100K_BASE)
+    assert counter is not None
+    assert counter("hello world") == 2
+
+
+@pytest.mark.usefixtures("unloaded")
+def test_a_background_load_that_fails_logs_once_and_leaves_the_estimate(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(tokens, "_CL100K_SHA256", "0" * 64)
+    assert tokens.loaded_counter(CL100K_BASE) is None
+    tokens._background[CL100K_BASE].join(timeout=30)
+    assert tokens.loaded_counter(CL100K_BASE) is None  # and no second load is started
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1
+    assert "damaged" in errors[0].getMessage()
+
+
 def test_counting_needs_no_network_and_writes_no_cache(tmp_path: object) -> None:
     # tiktoken.get_encoding("cl100k_base") would download the file (or read its cache); a
     # proxy that refuses everything and an unwritable cache dir prove neither happens.

@@ -28,7 +28,7 @@ from worker.errors import EmbeddingBudgetWaitError
 from worker.names import LANE_INTERACTIVE
 from worker.redis_client import bounded_client
 from worker.settings import Settings
-from worker.tokens import count_tokens, estimate_tokens
+from worker.tokens import estimate_tokens, loaded_counter
 from worker.waiting import floor_every
 
 __all__ = [
@@ -105,6 +105,8 @@ class SharedBudget:
         self._caller_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._floor_every = floor_every(settings.bulk_floor_share)
         self._report = client.register_script(_script("report.lua"))
+        # The encoding loads now, in the background: see count_tokens.
+        loaded_counter(settings.encoding_for(settings.model))
         # Workers of one provider share a budget; another base URL is another account.
         self._prefix = (
             "embeddings:budget:"
@@ -133,9 +135,12 @@ class SharedBudget:
 
         Exact when the model's encoding is known (``Settings.encoding_for``: OpenAI's
         embedding models count cl100k_base), else the estimate; ``report`` settles either
-        from the call's ``usage``.
+        from the call's ``usage``. The process's first calls do not wait for the encoding to
+        load (about 0.3 s from this budget's creation): until it has, they are charged the
+        estimate, as every call was before tokens were counted exactly.
         """
-        return count_tokens(texts, self._settings.encoding_for(model))
+        count = loaded_counter(self._settings.encoding_for(model)) or estimate_tokens
+        return sum(map(count, texts))
 
     def _now_arg(self) -> str:
         return "" if self._now_ms is None else repr(float(self._now_ms()))
