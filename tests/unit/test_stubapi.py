@@ -28,6 +28,8 @@ from stubapi import FaultPlan, FaultRule, StubConfig, StubServer, vector_for
 from stubapi.__main__ import build_parser
 from stubapi.faults import parse_fault
 from stubapi.vectors import INVALID_INPUT_MESSAGE
+from worker.embeddings import EmbeddingBatcher, EmbeddingConfig
+from worker.errors import EmbeddingAPIError
 
 DIMS = 8
 MODEL = "text-embedding-3-small"
@@ -230,6 +232,22 @@ def test_an_input_over_8192_tokens_fails_the_whole_call_with_openais_400(
     assert served.status_code == 200
     assert served.json()["usage"]["total_tokens"] == 1 + 8192
     assert server.stats()["inputs_per_call"] == [2]
+
+
+def test_the_workers_client_isolates_an_over_long_input_and_embeds_its_neighbours(
+    server: StubServer,
+) -> None:
+    config = EmbeddingConfig(
+        base_url=server.base_url, api_key="sk-test", encoding_format="float", max_retries=0
+    )
+    texts = [f"neighbour {i}" for i in range(7)] + ["a" + " a" * 8192]  # 8,193 tokens
+    with EmbeddingBatcher(config) as batcher:
+        outcomes = batcher.embed_isolated(texts, MODEL)
+    assert outcomes[:7] == [vector_for(t, DIMS) for t in texts[:7]]
+    rejected = outcomes[7]
+    assert isinstance(rejected, EmbeddingAPIError)
+    assert rejected.status_code == 400
+    assert rejected.api_message is not None and "8192 tokens" in rejected.api_message
 
 
 def test_429_fault_sets_retry_after_and_is_consumed(
