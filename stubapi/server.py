@@ -28,9 +28,10 @@ from stubapi.vectors import (
     MAX_INPUTS,
     RequestError,
     embeddings_response,
-    estimate_tokens,
+    input_tokens,
     parse_embeddings_request,
 )
+from worker.tokens import CL100K_BASE, token_counter
 
 __all__ = ["StubServer", "serve"]
 
@@ -217,12 +218,13 @@ class _Handler(BaseHTTPRequestHandler):
                 max_inputs=config.max_inputs,
                 reject_substring=config.reject_substring,
             )
+            tokens = input_tokens(texts)
             problem = None
         except RequestError as exc:
-            texts, problem = [], exc
+            texts, tokens, problem = [], 0, exc
         headers = {}
         if limiter.enabled:
-            decision = limiter.check(sum(map(estimate_tokens, texts)))
+            decision = limiter.check(tokens)
             headers = decision.headers
             if not decision.allowed:
                 model_named = _model_named(body) if problem else model
@@ -239,7 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return fault.status, payload, {**headers, **fault_headers}, None, False
         if problem is not None:
             return 400, _error_body(problem.message, param=problem.param), headers, None, False
-        payload = embeddings_response(texts, model, encoding, dimensions)
+        payload = embeddings_response(texts, model, encoding, dimensions, tokens)
         return 200, payload, headers, texts, False
 
     def _post_faults(self, body: bytes) -> None:
@@ -355,6 +357,9 @@ class StubServer:
         if self._httpd is not None:
             raise RuntimeError("the stub server is already running")
         self._state.stopping = threading.Event()
+        # Loaded before the first request (about 0.4 s, once per process), so that request
+        # takes the configured latency, not the tokenizer's load on top.
+        token_counter(CL100K_BASE)
         httpd = _HTTPServer((self._state.initial.host, self._state.initial.port), self._state)
         self._port = httpd.server_address[1]
         self._httpd = httpd

@@ -11,8 +11,11 @@ import sys
 from array import array
 from functools import lru_cache
 
+from worker.tokens import CL100K_BASE, MAX_INPUT_TOKENS, token_counter
+
 __all__ = [
     "DEFAULT_DIMENSIONS",
+    "INPUT_TOO_LONG_MESSAGE",
     "INVALID_INPUT_MESSAGE",
     "MAX_DIMENSIONS",
     "MAX_INPUTS",
@@ -20,7 +23,7 @@ __all__ = [
     "embedding_base64",
     "embedding_json",
     "embeddings_response",
-    "estimate_tokens",
+    "input_tokens",
     "parse_embeddings_request",
     "vector_for",
 ]
@@ -29,6 +32,9 @@ DEFAULT_DIMENSIONS = 1536
 MAX_DIMENSIONS = 16384
 MAX_INPUTS = 2048
 INVALID_INPUT_MESSAGE = "'$.input' is invalid. Please check the API reference: https://platform.openai.com/docs/api-reference."
+# OpenAI's words for an input over the model's limit: the whole call fails, naming neither
+# the input nor its count, so a client must split the call to find it.
+INPUT_TOO_LONG_MESSAGE = f"Invalid 'input': maximum context length is {MAX_INPUT_TOKENS} tokens."
 
 # Eight decimals keep the JSON about half the size of repr() and, more importantly,
 # let one C-level %-format call render a whole vector (repr per float is ~2x slower).
@@ -88,15 +94,24 @@ def embedding_base64(text: str, dimensions: int = DEFAULT_DIMENSIONS) -> str:
     return base64.b64encode(packed.tobytes()).decode("ascii")
 
 
-def estimate_tokens(text: str) -> int:
-    """Cheap token estimate (about four characters per token), at least one per text."""
-    return max(1, len(text) // 4)
+def input_tokens(texts: list[str]) -> int:
+    """The tokens of ``texts`` as OpenAI counts them for its embedding models (cl100k_base,
+    with the worker's own tokenizer); ``RequestError`` when one is over ``MAX_INPUT_TOKENS``."""
+    count = token_counter(CL100K_BASE)
+    total = 0
+    for text in texts:
+        tokens = count(text)
+        if tokens > MAX_INPUT_TOKENS:
+            raise RequestError(INPUT_TOO_LONG_MESSAGE, None)
+        total += tokens
+    return total
 
 
 def embeddings_response(
-    texts: list[str], model: str, encoding_format: str, dimensions: int
+    texts: list[str], model: str, encoding_format: str, dimensions: int, tokens: int
 ) -> bytes:
-    """Serialise an OpenAI-style embeddings response body for ``texts``, in input order."""
+    """Serialise an OpenAI-style embeddings response body for ``texts``, in input order, with
+    ``tokens`` (``input_tokens(texts)``) as its usage."""
     # Assembled from cached per-text fragments: json.dumps of 2,000 x 1,536 floats takes
     # seconds, which would make the stub the bottleneck of any benchmark.
     if encoding_format == "base64":
@@ -106,7 +121,6 @@ def embeddings_response(
     data = ",".join(
         f'{{"object":"embedding","index":{i},"embedding":{v}}}' for i, v in enumerate(vectors)
     )
-    tokens = sum(map(estimate_tokens, texts))
     usage = f'{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}'
     return (
         f'{{"object":"list","data":[{data}],"model":{json.dumps(model)},"usage":{usage}}}'.encode()

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from worker.errors import EmbeddingConfigError
 from worker.flush_policy import FlushPolicy
+from worker.tokens import ENCODINGS, ESTIMATE, MODEL_ENCODINGS
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -84,6 +85,9 @@ DEFAULT_TPM_LIMIT = 0
 DEFAULT_MODEL_LIMITS = ""  # "model=RPM:TPM,other-model=RPM:TPM"
 DEFAULT_SHARED_BUDGET = 1  # 0 turns it off: each process backs off on its own, as the seed does
 DEFAULT_LIMITER_URL = ""  # empty: the broker's Redis (or the result backend's)
+# Token encodings per model (worker/tokens): "" keeps the built-in table (OpenAI's embedding
+# models count cl100k_base exactly, any other model the estimate); see Settings.encoding_for.
+DEFAULT_TOKENIZER = ""  # "MODEL=ENCODING,…", and at most one bare ENCODING for the rest
 # The vector cache (worker/vector_cache.py): off unless a Redis is named for it.
 DEFAULT_CACHE_URL = ""
 DEFAULT_CACHE_TTL_S = 30 * 86_400
@@ -229,6 +233,7 @@ class Settings:
     limiter_max_wait_s: float = DEFAULT_LIMITER_MAX_WAIT_S
     limit_headroom: float = DEFAULT_LIMIT_HEADROOM
     bulk_floor_share: float = DEFAULT_BULK_FLOOR_SHARE  # of calls, while both lanes wait
+    tokenizer: str = DEFAULT_TOKENIZER  # each model's token encoding (encoding_for)
     # The vector cache: never pay twice for one text.
     cache_url: str = DEFAULT_CACHE_URL
     cache_ttl_s: int = DEFAULT_CACHE_TTL_S
@@ -297,6 +302,7 @@ class Settings:
                 f"EMBEDDINGS_BULK_FLOOR_SHARE must be in [0, 1], got {self.bulk_floor_share!r}"
             )
         self.limits_for(self.model)  # parses EMBEDDINGS_MODEL_LIMITS, naming it when bad
+        self.encoding_for(self.model)  # parses EMBEDDINGS_TOKENIZER, naming it when bad
         _check_positive("cache_ttl_s", self.cache_ttl_s)
         if self.cache_in_broker_db not in (0, 1):
             raise EmbeddingConfigError("EMBEDDINGS_CACHE_IN_BROKER_DB must be 0 or 1")
@@ -314,6 +320,22 @@ class Settings:
         0 means not configured: the budget then learns the limit from the API's headers.
         """
         return _parse_model_limits(self.model_limits).get(model, (self.rpm_limit, self.tpm_limit))
+
+    def encoding_for(self, model: str) -> str:
+        """The token encoding of ``model`` (one of ``worker.tokens.ENCODINGS``).
+
+        Its ``EMBEDDINGS_TOKENIZER`` entry ``MODEL=ENCODING``; else the bare ``ENCODING`` entry
+        if there is one (``cl100k_base`` for an Azure deployment's own names, ``estimate`` to
+        count every model by the estimate); else OpenAI's table (``MODEL_ENCODINGS``), and
+        ``estimate`` for any model not in it.
+        """
+        per_model, rest = _parse_tokenizer(self.tokenizer)
+        found = per_model.get(model)
+        if found is not None:
+            return found
+        if rest is not None:
+            return rest
+        return MODEL_ENCODINGS.get(model, ESTIMATE)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -341,6 +363,31 @@ def _parse_model_limits(raw: str) -> Mapping[str, tuple[int, int]]:
             ) from exc
         limits[model.strip()] = (rpm, tpm)
     return MappingProxyType(limits)
+
+
+@functools.cache
+def _parse_tokenizer(raw: str) -> tuple[Mapping[str, str], str | None]:
+    # Cached: the budget asks for a model's encoding before every API call.
+    per_model: dict[str, str] = {}
+    rest: str | None = None
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        model, sep, encoding = (part.strip() for part in entry.rpartition("="))
+        try:
+            if encoding not in ENCODINGS:
+                raise ValueError(f"unknown encoding {encoding!r}: one of {', '.join(ENCODINGS)}")
+            if sep and not model:
+                raise ValueError("expected MODEL=ENCODING or ENCODING")
+            if not sep and rest is not None:
+                raise ValueError("a second bare ENCODING; name the model as MODEL=ENCODING")
+        except ValueError as exc:
+            raise EmbeddingConfigError(
+                f"{ENV_PREFIX}TOKENIZER entry {entry!r} is invalid: {exc}"
+            ) from exc
+        if sep:
+            per_model[model] = encoding
+        else:
+            rest = encoding
+    return MappingProxyType(per_model), rest
 
 
 def _check_celery_settings(settings: Settings) -> None:

@@ -1,4 +1,5 @@
-"""Checks a worker makes before it takes its first text, with a one-line error when one fails.
+"""Checks a worker makes before it takes its first text, with a one-line error when one fails,
+and the token encoding it loads before then.
 
 ``connect_signals()`` (called by ``worker.tasks``, the module only workers load) hooks
 Celery's ``celeryd_init``, sent before the worker connects to the broker. Producers, the
@@ -15,6 +16,7 @@ from celery.signals import celeryd_init
 
 from worker.errors import EmbeddingConfigError
 from worker.settings import Settings
+from worker.tokens import token_counter
 
 __all__ = ["check_worker_settings", "connect_signals", "is_local_base_url", "require_api_key"]
 
@@ -53,10 +55,14 @@ def require_api_key(settings: Settings) -> None:
 def check_worker_settings(**_: Any) -> None:
     """Exit with one line (no traceback) naming the variable when the worker cannot run.
 
+    It also loads the model's token encoding (worker/tokens), checking the shipped file: the
+    0.3-1 s of CPU, which holds the GIL, would otherwise delay the first texts' calls.
     ``SystemExit``, not an exception: Celery's signal dispatch logs and swallows exceptions.
     """
     try:
-        require_api_key(Settings.from_env())
+        settings = Settings.from_env()
+        require_api_key(settings)
+        token_counter(settings.encoding_for(settings.model))
     except EmbeddingConfigError as exc:
         raise SystemExit(f"worker not started: {exc}") from None
 

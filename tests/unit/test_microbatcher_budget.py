@@ -62,6 +62,9 @@ class ScriptedBudget:
         self.first = list(first)
         self.asked = 0
 
+    def count_tokens(self, model: str, texts: list[str]) -> int:
+        return len(texts)
+
     def try_acquire(self, model: str, tokens: int, lane: str = "interactive") -> Admission:
         self.asked += 1
         return self.first.pop(0) if self.first else self.answer
@@ -193,6 +196,9 @@ class CountingBudget:
     def __init__(self, budget: SharedBudget) -> None:
         self.budget = budget
         self.admitted = 0
+
+    def count_tokens(self, model: str, texts: list[str]) -> int:
+        return self.budget.count_tokens(model, texts)
 
     def try_acquire(self, model: str, tokens: int, lane: str = "interactive") -> Admission:
         admission = self.budget.try_acquire(model, tokens)

@@ -1,4 +1,5 @@
-"""A worker with no API key refuses to start, unless its API is a local server."""
+"""A worker with no API key refuses to start, unless its API is a local server; it loads its
+token encoding before its first text."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sys
 
 import pytest
 
+import worker.tokens as tokens
 from devstack import REPO_ROOT
 from worker.errors import EmbeddingConfigError
 from worker.settings import Settings
@@ -62,6 +64,27 @@ def test_the_worker_start_check_exits_with_one_line(monkeypatch: pytest.MonkeyPa
         check_worker_settings()
     monkeypatch.setenv("EMBEDDINGS_BASE_URL", "http://127.0.0.1:8900/v1")
     check_worker_settings()  # a local stub needs no key
+
+
+def test_the_worker_start_loads_the_models_token_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokens, "_counters", {tokens.ESTIMATE: tokens.estimate_tokens})
+    monkeypatch.setenv("EMBEDDINGS_BASE_URL", "http://127.0.0.1:8900/v1")
+    check_worker_settings()
+    counter = tokens.loaded_counter(tokens.CL100K_BASE)  # no waiting: loaded already
+    assert counter is not None
+    assert counter("hello world") == 2
+
+
+def test_a_damaged_encoding_file_stops_the_worker_with_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tokens, "_counters", {tokens.ESTIMATE: tokens.estimate_tokens})
+    monkeypatch.setattr(tokens, "_CL100K_SHA256", "0" * 64)
+    monkeypatch.setenv("EMBEDDINGS_BASE_URL", "http://127.0.0.1:8900/v1")
+    with pytest.raises(SystemExit, match=r"^worker not started: .*cl100k_base.tiktoken is damaged"):
+        check_worker_settings()
+    monkeypatch.setenv("EMBEDDINGS_TOKENIZER", "estimate")  # a provider counted by the estimate
+    check_worker_settings()
 
 
 def test_celery_worker_refuses_to_start_without_a_key_for_a_remote_api() -> None:

@@ -28,6 +28,8 @@ from stubapi import FaultPlan, FaultRule, StubConfig, StubServer, vector_for
 from stubapi.__main__ import build_parser
 from stubapi.faults import parse_fault
 from stubapi.vectors import INVALID_INPUT_MESSAGE
+from worker.embeddings import EmbeddingBatcher, EmbeddingConfig
+from worker.errors import EmbeddingAPIError
 
 DIMS = 8
 MODEL = "text-embedding-3-small"
@@ -100,7 +102,8 @@ def test_response_is_openai_shaped_and_matches_vector_for(client: httpx.Client) 
     assert body["data"] == [
         {"object": "embedding", "index": 0, "embedding": vector_for(text, DIMS)}
     ]
-    assert body["usage"] == {"prompt_tokens": len(text) // 4, "total_tokens": len(text) // 4}
+    # cl100k_base, as OpenAI counts it: "The", " quick", " brown", … " dog".
+    assert body["usage"] == {"prompt_tokens": 9, "total_tokens": 9}
 
 
 def test_indexes_match_input_order(client: httpx.Client) -> None:
@@ -109,7 +112,7 @@ def test_indexes_match_input_order(client: httpx.Client) -> None:
     assert [item["index"] for item in body["data"]] == list(range(51))
     assert [item["embedding"] for item in body["data"]] == [vector_for(t, DIMS) for t in texts]
     assert body["data"][3]["embedding"] == body["data"][50]["embedding"]
-    assert body["usage"]["prompt_tokens"] == 51  # every short text counts as at least one token
+    assert body["usage"]["prompt_tokens"] == 51 * 3  # "text", " ", then up to 3 digits
 
 
 def test_path_without_v1_prefix_is_also_served(http: httpx.Client, server: StubServer) -> None:
@@ -208,6 +211,43 @@ def test_poison_text_rejects_whole_call_without_naming_index(
     assert embed(client, ["xBLOCKEDx"]).status_code == 400
     assert embed(client, ["__REJECT__"]).status_code == 200
     assert server.stats()["inputs_per_call"] == [3, 1]
+
+
+def test_an_input_over_8192_tokens_fails_the_whole_call_with_openais_400(
+    server: StubServer, client: httpx.Client
+) -> None:
+    at_limit = "a" + " a" * 8191  # 8,192 cl100k_base tokens: "a", then " a" each
+    over = at_limit + " a"
+    response = embed(client, ["fine", over])
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": {
+            "message": "Invalid 'input': maximum context length is 8192 tokens.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+    }
+    served = embed(client, ["fine", at_limit])
+    assert served.status_code == 200
+    assert served.json()["usage"]["total_tokens"] == 1 + 8192
+    assert server.stats()["inputs_per_call"] == [2]
+
+
+def test_the_workers_client_isolates_an_over_long_input_and_embeds_its_neighbours(
+    server: StubServer,
+) -> None:
+    config = EmbeddingConfig(
+        base_url=server.base_url, api_key="sk-test", encoding_format="float", max_retries=0
+    )
+    texts = [f"neighbour {i}" for i in range(7)] + ["a" + " a" * 8192]  # 8,193 tokens
+    with EmbeddingBatcher(config) as batcher:
+        outcomes = batcher.embed_isolated(texts, MODEL)
+    assert outcomes[:7] == [vector_for(t, DIMS) for t in texts[:7]]
+    rejected = outcomes[7]
+    assert isinstance(rejected, EmbeddingAPIError)
+    assert rejected.status_code == 400
+    assert rejected.api_message is not None and "8192 tokens" in rejected.api_message
 
 
 def test_429_fault_sets_retry_after_and_is_consumed(

@@ -336,12 +336,12 @@ def test_tokens_are_charged_as_usage_reports_them_and_refused_ones_still_count(
     http: httpx.Client, servers: list[StubServer], clock: FakeClock
 ) -> None:
     servers.append(server := start(clock, tpm=600))  # ten tokens per window
-    first = embed(http, server, ["x" * 16, "y" * 8])  # 4 + 2 tokens
+    first = embed(http, server, ["one two three four", "five six"])  # 4 + 2 cl100k tokens
     assert first.status_code == 200
     assert first.json()["usage"]["total_tokens"] == 6
     assert first.headers["x-ratelimit-remaining-tokens"] == "4"
     assert "x-ratelimit-limit-requests" not in first.headers
-    refused = embed(http, server, "z" * 20, model="text-embedding-3-large")  # 5 tokens
+    refused = embed(http, server, "a b c d e", model="text-embedding-3-large")  # 5 tokens
     assert refused.status_code == 429
     error = refused.json()["error"]
     assert error["type"] == "tokens"

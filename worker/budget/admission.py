@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from worker.budget.gate import BudgetGate
-from worker.budget.shared import estimate_tokens
 from worker.budget.split_calls import MeteredCalls
 from worker.embeddings.batcher import EmbeddingBatcher
 from worker.errors import EmbeddingBudgetWaitError, EmbeddingError, EmbeddingRateLimitError
@@ -65,7 +64,7 @@ class BudgetAdmission:
 
     def ask(self, model: str, texts: list[str], lane: str) -> Verdict:
         """Whether a call of ``texts`` in ``lane`` may leave now."""
-        tokens = sum(map(estimate_tokens, texts))
+        tokens = self.gate.budget.count_tokens(model, texts)
         try:
             admission = self.gate.try_admit(model, tokens, lane)
         except EmbeddingBudgetWaitError as exc:

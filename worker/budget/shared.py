@@ -17,7 +17,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 
@@ -28,6 +28,7 @@ from worker.errors import EmbeddingBudgetWaitError
 from worker.names import LANE_INTERACTIVE
 from worker.redis_client import bounded_client
 from worker.settings import Settings
+from worker.tokens import estimate_tokens, loaded_counter
 from worker.waiting import floor_every
 
 __all__ = [
@@ -52,16 +53,6 @@ YIELD_RECHECK_MS = 20
 
 def _script(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
-
-
-def estimate_tokens(text: str) -> int:
-    """A conservative token count for ``text``: one token per two UTF-8 bytes, at least one.
-
-    BPE tokens cover 3-4 bytes of natural language and code, so this over-counts; the
-    call's ``usage.total_tokens`` settles the difference. (tiktoken would be exact, but it
-    downloads its encodings at run time, which an offline worker cannot.)
-    """
-    return max(1, math.ceil(len(text.encode("utf-8", "surrogatepass")) / 2))
 
 
 def pause_for_exhausted_s(limits: RateLimitHeaders, tokens_used: int) -> float:
@@ -134,6 +125,8 @@ class SharedBudget:
         self._caller_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._floor_every = floor_every(settings.bulk_floor_share)
         self._report = client.register_script(_script("report.lua"))
+        # The encoding loads now, in the background: see count_tokens.
+        loaded_counter(settings.encoding_for(settings.model))
         # Workers of one provider share a budget; another base URL is another account.
         self._prefix = (
             "embeddings:budget:"
@@ -156,6 +149,18 @@ class SharedBudget:
     def close(self) -> None:
         """Close the Redis connections."""
         self._client.close()
+
+    def count_tokens(self, model: str, texts: Iterable[str]) -> int:
+        """The tokens a call of ``texts`` to ``model`` is charged before it leaves.
+
+        Exact when the model's encoding is known (``Settings.encoding_for``: OpenAI's
+        embedding models count cl100k_base), else the estimate; ``report`` settles either
+        from the call's ``usage``. The process's first calls do not wait for the encoding to
+        load (about 0.3 s from this budget's creation): until it has, they are charged the
+        estimate, as every call was before tokens were counted exactly.
+        """
+        count = loaded_counter(self._settings.encoding_for(model)) or estimate_tokens
+        return sum(map(count, texts))
 
     def _now_arg(self) -> str:
         return "" if self._now_ms is None else repr(float(self._now_ms()))

@@ -15,7 +15,6 @@ import threading
 from collections.abc import Callable, Sequence
 
 from worker.budget.gate import BudgetGate
-from worker.budget.shared import estimate_tokens
 from worker.embeddings.client import CallResult, EmbeddingClient
 from worker.errors import EmbeddingBudgetWaitError, EmbeddingRateLimitError
 from worker.names import LANE_INTERACTIVE
@@ -51,7 +50,7 @@ class MeteredCalls:
         """One call of ``texts``, once the budget admits it in ``lane``; raises the call's
         typed error."""
         key = model or self._client.config.model
-        tokens = sum(map(estimate_tokens, texts))
+        tokens = self._gate.budget.count_tokens(key, texts)
         self._wait_for_admission(key, tokens, lane)
         try:
             call = self._client.embed(texts, model)
