@@ -32,6 +32,7 @@ DATA_FILES = {
     "worker/celery_ext/store_result.lua",
     "worker/budget/acquire.lua",
     "worker/budget/report.lua",
+    "worker/tokens/cl100k_base.tiktoken",
     "embeddings_flower/flowerconfig.py",
 }
 
