@@ -28,7 +28,7 @@ ESTIMATED = 8 * 22  # one token per two UTF-8 bytes
 # and a call may start 50 ms (the headroom of one second) ahead of its slot.
 TPM = 6000
 MS_PER_TOKEN = 60_000 / (TPM * 0.95)
-TOLERANCE_MS = 50.0
+TOLERANCE_MS = 5.0  # a tenth of the 5% headroom of a second (worker/budget/shared.py)
 
 
 class Clock:

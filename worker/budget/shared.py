@@ -41,8 +41,13 @@ __all__ = [
 # A model's state outlives its last call by this long, so learned limits survive a lull.
 STATE_TTL_MS = 3_600_000
 # The provider's quantization window we assume: OpenAI enforces per-minute limits over
-# periods as short as a second, so a burst may use at most the headroom of one second's share.
+# periods as short as a second. Paced at (1 - headroom) of the limit, a second holds a
+# headroom's worth of slack (52.6 ms at 5%). A tenth of it lets a late call catch up (a
+# slot's lateness is otherwise lost for good; a thread's wake-up is a few ms); the rest is
+# margin for the jitter between an admission and its call reaching the provider, which four
+# busy workers on two cores showed (docs/design.md, "The shared budget").
 _QUANTUM_MS = 1000.0
+_TOLERANCE_SHARE = 0.1
 _Arg = str | int | float
 # A waiting interactive call's demand entry outlives the wait it was told by this much, so it
 # is still there when it asks again; a process that died leaves it only this long.
@@ -212,4 +217,4 @@ class SharedBudget:
         return bool(started)
 
     def _tolerance_ms(self) -> float:
-        return self._settings.limit_headroom * _QUANTUM_MS
+        return self._settings.limit_headroom * _QUANTUM_MS * _TOLERANCE_SHARE
