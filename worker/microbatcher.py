@@ -303,7 +303,7 @@ class MicroBatcher:
                 unchecked = self._waiting.unchecked(model, head) if self._cache else []
                 if self._admission is None and not unchecked:
                     return self._pop_batch(model, 0)
-                interactive = self._waiting.has_interactive(model)
+                interactive = self._waiting.has_interactive(model, head)
             if unchecked:
                 self._serve_from_cache(model, unchecked)
                 continue

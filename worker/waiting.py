@@ -139,10 +139,16 @@ class WaitingTexts:
         """When ``model``'s oldest queued text began to wait; it must have one."""
         return self._queues[model].oldest_since()
 
-    def has_interactive(self, model: str) -> bool:
-        """Whether an interactive text of ``model`` is queued (it heads the next batch)."""
+    def has_interactive(self, model: str, texts: list[str] | None = None) -> bool:
+        """Whether an interactive text of ``model`` is queued; with ``texts``, one of those
+        (a batch's head, which in bulk's turn may hold none of the waiting ones)."""
         queue = self._queues.get(model)
-        return queue is not None and bool(queue.interactive)
+        if queue is None or not queue.interactive:
+            return False
+        if texts is None:
+            return True
+        wanted = set(texts)
+        return any(waiting.text in wanted for waiting in queue.interactive)
 
     def head(self, model: str) -> list[str]:
         """The first ``batch_size`` distinct texts of ``model``'s queue: interactive ones first,

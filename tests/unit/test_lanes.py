@@ -105,6 +105,15 @@ def test_while_interactive_texts_keep_coming_every_fifth_batch_is_bulks():
         batch = waiting.pop_batch(MODEL)
         lanes.append("bulk" if batch.texts[0].startswith("bulk") else "web")
     assert lanes == ["web"] * 4 + ["bulk"] + ["web"] * 4 + ["bulk"]
+    # In bulk's turn the head holds no interactive text, so its call asks the budget as bulk.
+    turn = WaitingTexts(batch_size=2, floor_every=1)
+    for n in range(4):
+        turn.add(MODEL, _waiting(f"bulk {n}", LANE_BULK))
+        turn.add(MODEL, _waiting(f"web {n}", LANE_INTERACTIVE))
+    turn.pop_batch(MODEL)
+    assert turn.head(MODEL) == ["bulk 0", "bulk 1"]
+    assert not turn.has_interactive(MODEL, turn.head(MODEL))
+    assert turn.has_interactive(MODEL)
     # With no bulk text waiting, no turn is owed: interactive texts keep going first.
     only_web = WaitingTexts(batch_size=2, floor_every=1)
     for n in range(4):
