@@ -304,12 +304,13 @@ class MicroBatcher:
                 if self._admission is None and not unchecked:
                     return self._pop_batch(model, 0)
                 interactive = self._waiting.has_interactive(model, head)
+                riders = interactive and self._waiting.has_bulk(model, head)
             if unchecked:
                 self._serve_from_cache(model, unchecked)
                 continue
             assert self._admission is not None
             lane = LANE_INTERACTIVE if interactive else LANE_BULK
-            verdict = self._admission.ask(model, head, lane)
+            verdict = self._admission.ask(model, head, lane, serves_bulk=riders)
             if verdict.error is not None:
                 self._fail_queued(model, verdict.error)
                 continue

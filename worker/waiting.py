@@ -8,7 +8,7 @@ Each model's queue has two lanes (docs/lanes.md). A batch takes interactive text
 bulk ones, each lane oldest first: an interactive text goes into the next call that leaves,
 in the place of the bulk text that would otherwise have been last in it, and that bulk text
 heads the next call. So that bulk is never starved, once ``floor_every`` batches in a row
-held interactive texts while bulk ones waited, the next batch takes bulk texts first.
+held interactive texts only while bulk ones waited, the next batch takes bulk texts first.
 
 Not thread-safe: the micro-batcher holds its condition's lock around every method.
 """
@@ -69,6 +69,11 @@ class Batch:
         return [waiting for text in self.texts for waiting in self.entries.get(text, [])]
 
     @property
+    def serves_bulk(self) -> bool:
+        """Whether any of its texts is bulk: then bulk is served, whatever the lane."""
+        return any(w.lane == LANE_BULK for w in self.all_entries())
+
+    @property
     def lane(self) -> str:
         """Interactive when any of its texts is: the budget serves the call as interactive."""
         interactive = any(w.lane == LANE_INTERACTIVE for w in self.all_entries())
@@ -107,7 +112,7 @@ class WaitingTexts:
         self.batch_size = batch_size
         self.floor_every = floor_every
         self.pending = 0  # entries in the queues (not in calls)
-        # Batches with interactive texts taken in a row while bulk texts waited.
+        # Batches of interactive texts only, taken in a row while bulk texts waited.
         self._interactive_in_a_row = 0
         self._queues: OrderedDict[str, _Lanes] = OrderedDict()
         self._in_calls: dict[tuple[str, str], list[Waiting]] = {}
@@ -143,12 +148,12 @@ class WaitingTexts:
         """Whether an interactive text of ``model`` is queued; with ``texts``, one of those
         (a batch's head, which in bulk's turn may hold none of the waiting ones)."""
         queue = self._queues.get(model)
-        if queue is None or not queue.interactive:
-            return False
-        if texts is None:
-            return True
-        wanted = set(texts)
-        return any(waiting.text in wanted for waiting in queue.interactive)
+        return queue is not None and _any_of(queue.interactive, texts)
+
+    def has_bulk(self, model: str, texts: list[str]) -> bool:
+        """Whether one of ``texts`` (a batch's head) waits in ``model``'s bulk lane."""
+        queue = self._queues.get(model)
+        return queue is not None and _any_of(queue.bulk, texts)
 
     def head(self, model: str) -> list[str]:
         """The first ``batch_size`` distinct texts of ``model``'s queue: interactive ones first,
@@ -207,9 +212,10 @@ class WaitingTexts:
             batch.entries[waiting.text].append(waiting)
         for text in texts:
             self._in_calls[(model, text)] = batch.entries[text]
-        if bulk_turn or not bulk_waits:
+        if bulk_turn or not bulk_waits or batch.serves_bulk:
+            # Bulk was served (in its turn, or riding along), or nothing of it waits.
             self._interactive_in_a_row = 0
-        elif batch.lane == LANE_INTERACTIVE:
+        else:
             self._interactive_in_a_row = min(self._interactive_in_a_row + 1, self.floor_every)
         return batch
 
@@ -256,3 +262,11 @@ class WaitingTexts:
                 del self._queues[model]
             self.pending -= len(taken)
         return taken
+
+
+def _any_of(lane: deque[Waiting], texts: list[str] | None) -> bool:
+    """Whether ``lane`` holds any entry, or with ``texts``, an entry of one of them."""
+    if not lane or texts is None:
+        return bool(lane)
+    wanted = set(texts)
+    return any(waiting.text in wanted for waiting in lane)

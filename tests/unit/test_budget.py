@@ -315,7 +315,9 @@ class FakeBudget:
         self.reports: list[dict[str, object]] = []
         self.pause_started = True
 
-    def try_acquire(self, model: str, tokens: int, lane: str = "interactive") -> Admission:
+    def try_acquire(
+        self, model: str, tokens: int, lane: str = "interactive", *, serves_bulk: bool = False
+    ) -> Admission:
         answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer

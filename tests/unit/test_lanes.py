@@ -123,6 +123,16 @@ def test_while_interactive_texts_keep_coming_every_fifth_batch_is_bulks():
     assert only_web.head(MODEL) == ["web 2", "web 3"]
 
 
+def test_a_batch_with_bulk_riders_serves_bulk_so_it_owes_no_bulk_turn():
+    waiting = WaitingTexts(batch_size=4, floor_every=1)
+    for n in range(12):
+        waiting.add(MODEL, _waiting(f"bulk {n}", LANE_BULK))
+    for n in range(3):
+        waiting.add(MODEL, _waiting(f"web {n}", LANE_INTERACTIVE))
+        batch = waiting.pop_batch(MODEL)
+        assert batch.texts[0] == f"web {n}" and batch.serves_bulk
+
+
 def test_texts_sent_back_after_a_429_head_their_own_lanes_in_order():
     waiting = WaitingTexts(batch_size=8)
     waiting.add(MODEL, _waiting("bulk later", LANE_BULK, since=5))
@@ -223,6 +233,18 @@ def test_bulk_keeps_its_floor_share_when_both_lanes_are_saturated(budgets):
         clock.ms += 10
     assert 195 <= len(lanes) <= 202  # the limit still holds: 20 s at 10 a second
     assert lanes.count(LANE_BULK) / len(lanes) == pytest.approx(0.2, abs=0.02)
+
+
+def test_interactive_calls_carrying_bulk_riders_owe_bulk_no_turn(budgets):
+    web, backfill, clock = budgets(rpm_limit=600, limit_headroom=0.0, bulk_floor_share=0.2)
+    lanes: list[str] = []
+    for _ in range(1_000):  # both ask every 10 ms; the web calls carry bulk texts along
+        if web.try_acquire(MODEL, 1, LANE_INTERACTIVE, serves_bulk=True).admitted:
+            lanes.append(LANE_INTERACTIVE)
+        if backfill.try_acquire(MODEL, 1, LANE_BULK).admitted:
+            lanes.append(LANE_BULK)
+        clock.ms += 10
+    assert len(lanes) >= 95 and lanes.count(LANE_BULK) == 0
 
 
 def test_a_dead_processs_demand_expires_and_bulk_goes_on(budgets):

@@ -65,7 +65,9 @@ class ScriptedBudget:
     def count_tokens(self, model: str, texts: list[str]) -> int:
         return len(texts)
 
-    def try_acquire(self, model: str, tokens: int, lane: str = "interactive") -> Admission:
+    def try_acquire(
+        self, model: str, tokens: int, lane: str = "interactive", *, serves_bulk: bool = False
+    ) -> Admission:
         self.asked += 1
         return self.first.pop(0) if self.first else self.answer
 
@@ -200,7 +202,9 @@ class CountingBudget:
     def count_tokens(self, model: str, texts: list[str]) -> int:
         return self.budget.count_tokens(model, texts)
 
-    def try_acquire(self, model: str, tokens: int, lane: str = "interactive") -> Admission:
+    def try_acquire(
+        self, model: str, tokens: int, lane: str = "interactive", *, serves_bulk: bool = False
+    ) -> Admission:
         admission = self.budget.try_acquire(model, tokens)
         self.admitted += admission.admitted
         return admission

@@ -6,9 +6,9 @@
 --
 -- Lanes (docs/lanes.md): an interactive call that must wait records itself in the model's
 -- demand set until it is admitted (or its entry expires: a worker that died). While anyone's
--- interactive call waits, bulk calls are refused; but once `floor_every` interactive calls
--- went in a row while a bulk call waited, the next slot is bulk's, so bulk keeps a floor share
--- of the budget when both lanes are saturated.
+-- interactive call waits, bulk calls are refused; but once `floor_every` calls of interactive
+-- texts only went in a row while a bulk call waited, the next slot is bulk's, so bulk keeps a
+-- floor share of the budget when both lanes are saturated.
 --
 -- KEYS[1]  the model's budget hash
 -- KEYS[2]  the model's demand set: interactive callers waiting, scored by expiry in ms
@@ -25,6 +25,7 @@
 --          first (0: the lanes share the budget first come, first served)
 -- ARGV[11] how long a demand entry outlives the wait it was told, in ms
 -- ARGV[12] the shortest wait a yielding bulk call is told, in ms
+-- ARGV[13] '1' when an interactive call also carries bulk texts: bulk is served by it
 -- Returns {admitted 1|0, wait in ms as a string, 1 if the wait is a cluster pause else 0}.
 local now
 if ARGV[7] ~= '' then
@@ -91,7 +92,7 @@ if interactive then
 end
 if rpm > 0 or tpm > 0 then
   -- Counted only under a limit: without one no call waits, and nothing is written.
-  if interactive then
+  if interactive and ARGV[13] ~= '1' then
     redis.call('HSET', KEYS[1], 'since_bulk', math.min(since_bulk + 1, floor_every))
   else
     redis.call('HSET', KEYS[1], 'since_bulk', 0, 'bulk_waits_until', 0)

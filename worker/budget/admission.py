@@ -62,11 +62,12 @@ class BudgetAdmission:
             batcher.client, gate, admitting=self.lock, stopping=stopping, clock=clock
         )
 
-    def ask(self, model: str, texts: list[str], lane: str) -> Verdict:
-        """Whether a call of ``texts`` in ``lane`` may leave now."""
+    def ask(self, model: str, texts: list[str], lane: str, *, serves_bulk: bool = False) -> Verdict:
+        """Whether a call of ``texts`` in ``lane`` may leave now; ``serves_bulk``: an
+        interactive call that carries bulk texts too."""
         tokens = self.gate.budget.count_tokens(model, texts)
         try:
-            admission = self.gate.try_admit(model, tokens, lane)
+            admission = self.gate.try_admit(model, tokens, lane, serves_bulk=serves_bulk)
         except EmbeddingBudgetWaitError as exc:
             return Verdict(error=exc)
         if admission.admitted:

@@ -73,14 +73,16 @@ class BudgetGate:
             jitter_factor=settings.jitter_factor,
         )
 
-    def try_admit(self, model: str, tokens: int, lane: str = LANE_INTERACTIVE) -> Admission:
+    def try_admit(
+        self, model: str, tokens: int, lane: str = LANE_INTERACTIVE, *, serves_bulk: bool = False
+    ) -> Admission:
         """The budget's answer for a call of ``tokens`` in ``lane``; a Redis blip reads as a
         short wait.
 
         Raises ``EmbeddingBudgetWaitError`` once Redis has been unreachable ``max_wait_s``.
         """
         try:
-            admission = self.budget.try_acquire(model, tokens, lane)
+            admission = self.budget.try_acquire(model, tokens, lane, serves_bulk=serves_bulk)
         except EmbeddingBudgetWaitError:
             metrics.BUDGET_UNAVAILABLE.inc()
             now = self._clock()

@@ -170,17 +170,21 @@ class SharedBudget:
     def _now_arg(self) -> str:
         return "" if self._now_ms is None else repr(float(self._now_ms()))
 
-    def try_acquire(self, model: str, tokens: int, lane: str = LANE_INTERACTIVE) -> Admission:
+    def try_acquire(
+        self, model: str, tokens: int, lane: str = LANE_INTERACTIVE, *, serves_bulk: bool = False
+    ) -> Admission:
         """Take 1 request and ``tokens`` from ``model``'s budget, or say how long to wait.
 
         A refusal takes nothing. An interactive call told to wait makes bulk calls of every
-        process yield until it is admitted, but for bulk's floor share (docs/lanes.md).
+        process yield until it is admitted, but for bulk's floor share (docs/lanes.md);
+        ``serves_bulk``: the interactive call carries bulk texts too, so bulk is served.
         """
         rpm, tpm = self._settings.limits_for(model)
         headroom = self._settings.limit_headroom
         args: list[_Arg] = [rpm, tpm, tokens, headroom, self._tolerance_ms(), STATE_TTL_MS,
                             self._now_arg(), lane, self._caller_id, self._floor_every,
-                            DEMAND_MARGIN_MS, YIELD_RECHECK_MS]  # fmt: skip
+                            DEMAND_MARGIN_MS, YIELD_RECHECK_MS,
+                            "1" if serves_bulk else "0"]  # fmt: skip
         keys = [self.key(model), self.demand_key(model)]
         try:
             admitted, wait_ms, paused = self._acquire(keys=keys, args=args)
