@@ -252,7 +252,7 @@ class Settings:
     redis_failover_timeout_s: float = DEFAULT_REDIS_FAILOVER_TIMEOUT_S
     unacked_restore_interval_s: int = DEFAULT_UNACKED_RESTORE_INTERVAL_S
     worker_pool: str = DEFAULT_WORKER_POOL
-    worker_concurrency: int = 0  # 0: pool_size × batch_size + batch_size
+    worker_concurrency: int = 0  # 0: pool_size × batch_size + 2 × batch_size
     worker_prefetch_multiplier: int = DEFAULT_WORKER_PREFETCH_MULTIPLIER
 
     def __post_init__(self) -> None:

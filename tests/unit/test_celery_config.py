@@ -83,9 +83,9 @@ def test_worker_and_broker_settings_come_from_their_variables() -> None:
         assert options["unacked_restore_interval"] == 2
 
 
-def test_the_default_concurrency_holds_every_call_in_flight_plus_one_batch_forming() -> None:
-    assert celery_config(Settings())["worker_concurrency"] == 3 * 8 + 8
-    assert celery_config(Settings(pool_size=2, batch_size=16))["worker_concurrency"] == 48
+def test_the_default_concurrency_holds_every_call_in_flight_plus_two_batches_forming() -> None:
+    assert celery_config(Settings())["worker_concurrency"] == 3 * 8 + 2 * 8
+    assert celery_config(Settings(pool_size=2, batch_size=16))["worker_concurrency"] == 64
 
 
 def test_messages_are_json_only_and_results_use_the_vector_serializer() -> None:

@@ -170,9 +170,11 @@ def _results(settings: Settings) -> dict[str, Any]:
 
 
 def _worker(settings: Settings) -> dict[str, Any]:
-    # Enough threads for pool_size calls in flight plus one batch forming.
+    # Enough threads for pool_size calls in flight plus two batches forming: at a prefetch of
+    # 1 (lanes) a worker holds no texts beyond its threads, and the second batch keeps calls
+    # full while the next texts are fetched on a busy machine.
     concurrency = settings.worker_concurrency or (
-        settings.pool_size * settings.batch_size + settings.batch_size
+        settings.pool_size * settings.batch_size + 2 * settings.batch_size
     )
     return {
         "worker_pool": settings.worker_pool,
