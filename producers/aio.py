@@ -72,7 +72,7 @@ from worker.errors import (
     EmbeddingQueueUnavailableError,
 )
 from worker.redaction import task_reprs
-from worker.redis_client import REDIS_SCHEMES, async_redis_from_url
+from worker.redis_client import REDIS_SCHEMES, async_redis_from_url, without_backend_class
 from worker.validation import validate_text, validate_texts
 
 __all__ = [
@@ -406,9 +406,7 @@ def redis_for_url(url: str, app: Celery) -> Redis:
     ``REDIS_SENTINEL_MASTER`` (``worker.redis_client``), which reconnects to the new master
     after a failover.
     """
-    scheme, _, _ = url.partition("://")
-    if "+" in scheme:  # as celery.app.backends.by_url reads it
-        url = url.split("+", 1)[1]
+    url = without_backend_class(url)  # as celery.app.backends.by_url reads it
     if urlsplit(url).scheme not in REDIS_SCHEMES:
         raise EmbeddingConfigError(
             "async producers need Redis: CELERY_BROKER_URL and CELERY_RESULT_BACKEND must be "

@@ -34,6 +34,7 @@ __all__ = [
     "bounded_client",
     "redis_from_url",
     "sentinel_target",
+    "without_backend_class",
 ]
 
 REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
@@ -53,6 +54,14 @@ class SentinelTarget:
     hosts: tuple[tuple[str, int], ...]
     db: int = 0
     password: str | None = field(default=None, repr=False)
+
+
+def without_backend_class(url: str) -> str:
+    """``url`` without a leading ``module:Class+`` (the backend class Celery's
+    ``by_url`` reads before a result backend URL). Only a ``+`` before the ``://`` counts:
+    a password may hold one too."""
+    scheme, _, _ = url.partition("://")
+    return url.split("+", 1)[1] if "+" in scheme else url
 
 
 def sentinel_target(url: str) -> SentinelTarget:

@@ -22,7 +22,7 @@ from worker.embeddings.config import EmbeddingConfig
 from worker.errors import EmbeddingConfigError
 from worker.flush_policy import FlushPolicy
 from worker.microbatcher import MicroBatcher
-from worker.redis_client import REDIS_SCHEMES
+from worker.redis_client import REDIS_SCHEMES, without_backend_class
 from worker.revocation import RevokeList
 from worker.settings import Settings
 from worker.vector_cache import VectorCache
@@ -96,19 +96,10 @@ def get_microbatcher() -> MicroBatcher:
         return _microbatcher
 
 
-def _without_backend_class(url: str) -> str:
-    """``url`` without a leading ``module:Class+`` (Celery's backend-class prefix).
-
-    Split at the first ``+`` before any ``://``: a password may hold a ``+`` too.
-    """
-    prefix, plus, rest = url.partition("+")
-    return rest if plus and "://" not in prefix else url
-
-
 def limiter_url(settings: Settings, broker_url: str, result_backend: str) -> str | None:
     """The Redis of the shared budget: ``EMBEDDINGS_LIMITER_URL``, else the broker's or the
     result backend's, whichever is Redis; None when none is."""
-    candidates = [settings.limiter_url, broker_url, _without_backend_class(result_backend)]
+    candidates = [settings.limiter_url, broker_url, without_backend_class(result_backend)]
     for url in candidates:
         if url and urlsplit(url).scheme in REDIS_SCHEMES:
             return url
