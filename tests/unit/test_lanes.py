@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 
@@ -10,6 +9,7 @@ import fakeredis
 import httpx
 import pytest
 
+from devstack import wait_for
 from tests.unit.test_budget import MODEL, Clock
 from tests.unit.test_microbatcher import Recorder
 from worker import app as celery_app
@@ -167,7 +167,7 @@ def test_an_interactive_text_leaves_in_the_next_call_even_behind_a_bulk_backlog(
     microbatcher = MicroBatcher(batcher, flush_interval_s=0.01)
     try:
         futures = [microbatcher.submit(f"bulk {n}", lane=LANE_BULK) for n in range(8)]
-        _wait_until(lambda: len(recorder.calls) == 1 or recorder.gate.is_set(), "first call")
+        wait_for(lambda: microbatcher.pending == 0, 5, "the first call to take its 8 texts")
         futures += [microbatcher.submit(f"bulk {n}", lane=LANE_BULK) for n in range(8, 24)]
         web = microbatcher.submit("web text", lane=LANE_INTERACTIVE)
         recorder.gate.set()
@@ -179,15 +179,6 @@ def test_an_interactive_text_leaves_in_the_next_call_even_behind_a_bulk_backlog(
     assert inputs[1] == ["web text"] + [f"bulk {n}" for n in range(8, 15)]
     assert inputs[2][0] == "bulk 15"  # the displaced bulk text goes first in the call after
     assert sum(len(call) for call in inputs) == 25 and len(inputs) == 4
-
-
-def _wait_until(condition: Callable[[], bool], what: str) -> None:
-    done = threading.Event()
-    for _ in range(500):
-        if condition():
-            return
-        done.wait(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # The shared budget
