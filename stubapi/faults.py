@@ -246,7 +246,9 @@ class CallStats:
             self._calls = self._ok = self._failed = self._rate_limited = 0
             self._peak = self._current
             self._inputs_per_call: list[int] = []
-            self._text_hashes: set[int] = set()
+            # Each distinct text's hash, to the index (in ``inputs_per_call``) of the first
+            # call that embedded it: tests count what the API did before a given text left.
+            self._first_call_of: dict[int, int] = {}
 
     def begin(self) -> int:
         """Record the start of an embeddings call; pass the returned token to ``end``."""
@@ -270,9 +272,16 @@ class CallStats:
                 self._rate_limited += rate_limited
                 return
             self._ok += 1
+            index = len(self._inputs_per_call)
             self._inputs_per_call.append(len(texts))
             # Hashes, not texts: a long benchmark may send millions of distinct inputs.
-            self._text_hashes.update(map(hash, texts))
+            for text_hash in map(hash, texts):
+                self._first_call_of.setdefault(text_hash, index)
+
+    def first_call_of(self, text: str) -> int | None:
+        """The index in ``inputs_per_call`` of the first call that embedded ``text``, if any."""
+        with self._lock:
+            return self._first_call_of.get(hash(text))
 
     def snapshot(self) -> dict[str, Any]:
         """The stats as a JSON-friendly dict."""
@@ -286,7 +295,7 @@ class CallStats:
                 "total_inputs": sum(self._inputs_per_call),
                 "peak_concurrency": self._peak,
                 "current_concurrency": self._current,
-                "texts_seen": len(self._text_hashes),
+                "texts_seen": len(self._first_call_of),
             }
 
 

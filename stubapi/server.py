@@ -429,6 +429,10 @@ class StubServer:
         """Call statistics, the same dict as ``GET /_stub/stats``."""
         return self._state.stats.snapshot()
 
+    def first_call_of(self, text: str) -> int | None:
+        """The index in ``stats()["inputs_per_call"]`` of the first call that embedded ``text``."""
+        return self._state.stats.first_call_of(text)
+
     def reset(self) -> None:
         """Clear faults, stats and rate-limit counters and restore the constructor's settings."""
         self._state.reset()

@@ -45,5 +45,10 @@ def test_two_workers_share_a_backlog_each_text_once_in_full_calls(start_worker, 
     # Each text reached the API once: a text embedded twice would push total_inputs past 2000.
     assert api["total_inputs"] == TEXTS
     assert api["failed_calls"] == 0
-    assert per_call >= 7.9
     assert max(api["inputs_per_call"]) <= 8
+    # Full calls, but for the partial ones each worker's batching explains: its first text
+    # leaves alone (nagle: no call in flight on an idle worker), the backlog's tail, and one
+    # where a busy machine let its calls end before its intake refilled them. A worker that
+    # did not batch would send hundreds.
+    partial = [n for n in api["inputs_per_call"] if n < 8]
+    assert len(partial) <= 3 * len(workers), partial
