@@ -335,12 +335,15 @@ class BatchStore:
         errors: list[str] = []
         embed = self._embed_config()
         for position, request in enumerate(batch.requests):
+            # Ids from the batch's and the request's position: uuid4 per line cost a tenth
+            # of a 50,000-line batch's time.
+            request_id = f"{batch.id[6:]}_{position}"
             if position in answered:
-                line, ok, tokens = _answer(request, embed)
+                line, ok, tokens = _answer(request, embed, request_id)
                 (output if ok else errors).append(line)
                 batch.tokens += tokens
             else:
-                errors.append(_unfinished(request["custom_id"], status))
+                errors.append(_unfinished(request["custom_id"], status, request_id))
         rng.shuffle(output)
         rng.shuffle(errors)
         batch.completed, batch.failed = len(output), len(errors)
@@ -377,10 +380,10 @@ def _request_problem(raw: bytes, endpoint: str, seen: set[str]) -> dict[str, Any
     return request
 
 
-def _answer(request: dict[str, Any], embed: StubConfig) -> tuple[str, bool, int]:
+def _answer(request: dict[str, Any], embed: StubConfig, unique: str) -> tuple[str, bool, int]:
     """The output or error line of one request, whether it succeeded, and its tokens."""
     custom_id = request["custom_id"]
-    request_id = f"req_{uuid.uuid4().hex[:24]}"
+    request_id = f"req_{unique}"
     try:
         texts, model, encoding, dimensions = parse_embeddings_request(
             json.dumps(request["body"]).encode(),
@@ -398,19 +401,19 @@ def _answer(request: dict[str, Any], embed: StubConfig) -> tuple[str, bool, int]
         }
         response = {"status_code": 400, "request_id": request_id, "body": {"error": error}}
         line = {
-            "id": f"batch_req_{uuid.uuid4().hex[:24]}",
+            "id": f"batch_req_{unique}",
             "custom_id": custom_id,
             "response": response,
             "error": None,
         }
         return json.dumps(line), False, 0
     body = embeddings_response(texts, model, encoding, dimensions, tokens).decode()
-    head = json.dumps({"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": custom_id})
+    head = json.dumps({"id": f"batch_req_{unique}", "custom_id": custom_id})
     answer = f'{{"status_code":200,"request_id":"{request_id}","body":{body}}}'
     return f'{head[:-1]},"response":{answer},"error":null}}', True, tokens
 
 
-def _unfinished(custom_id: str, status: str) -> str:
+def _unfinished(custom_id: str, status: str, unique: str) -> str:
     code, message = {
         "expired": (
             "batch_expired",
@@ -422,7 +425,7 @@ def _unfinished(custom_id: str, status: str) -> str:
         ),
     }[status]
     line = {
-        "id": f"batch_req_{uuid.uuid4().hex[:24]}",
+        "id": f"batch_req_{unique}",
         "custom_id": custom_id,
         "response": None,
         "error": {"code": code, "message": message},
