@@ -10,7 +10,7 @@ API key and base URL are checked with one call before anything is uploaded.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +187,8 @@ def _run(
         console.print(str(exc), style="red", markup=False)
         return 2
     except KeyboardInterrupt:
+        if options.retry_failed and failed_only:
+            compact_output(options.output)
         running = sum(1 for plan in journal.live() if plan.batch_id or plan.file_id)
         console.print(
             f"interrupted: {summary.ok + summary.failed} records written this run, all saved; "
@@ -218,7 +220,7 @@ def _run(
 
 def _read(
     ctx: RunContext,
-    items: object,
+    items: Iterable[Item],
     skip: set[str],
     failed_only: set[str],
     retry_failed: bool,
@@ -228,7 +230,7 @@ def _read(
     summary = ctx.summary
     fresh: list[str] = []
     retried = 0
-    for item in items:  # type: ignore[attr-defined]
+    for item in items:
         summary.texts += 1
         key = record_key(item.id)
         if key in skip:

@@ -45,6 +45,10 @@ def reattach(ctx: RunContext, plan: PlanState) -> None:
         _create(ctx, plan, plan.file_id)
         return
     known = [cid for cid in plan.custom_ids if cid in ctx.items]
+    if not known:
+        # Every line is written already (another route?) or edited since: nothing to send.
+        ctx.journal.finished(plan, "abandoned")
+        return
     texts = ((cid, ctx.items[cid].text or "") for cid in known)
     # One plan was cut within the limits when first made, so it still fits in one file.
     for planned in plan_batches(texts, ctx.body, ctx.limits):
