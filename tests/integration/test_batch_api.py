@@ -315,3 +315,34 @@ def test_cached_lines_are_not_submitted_and_batch_results_fill_the_cache(
     assert second.returncode == 0, second.stderr
     assert _batches(stub)["batch_requests"] == 41  # only the new line went in a batch
     _assert_embedded(tmp_path / "second.jsonl", [*texts, "one new line"])
+
+
+def test_a_failed_batch_is_resubmitted_saying_why(
+    stub: StubServer, tmp_path: Path, run: Runner
+) -> None:
+    stub.batch_routes.batches.force(Forced("failed"))
+    texts = [f"failing line {n}" for n in range(20)]
+    source, output = tmp_path / "f.txt", tmp_path / "f.out.jsonl"
+    _write_lines(source, texts)
+    done = run(source, output)
+    assert done.returncode == 0, done.stderr
+    assert "failed (The stub was told to fail this batch.): resubmitting its 20" in done.stderr
+    assert _batches(stub)["statuses"] == {"completed": 1, "failed": 1}
+    _assert_embedded(output, texts)
+
+
+def test_lines_whose_batches_keep_expiring_get_error_records_after_the_last_attempt(
+    stub: StubServer, tmp_path: Path, run: Runner
+) -> None:
+    for _ in range(2):
+        stub.batch_routes.batches.force(Forced("expired", completed_fraction=0.5))
+    texts = [f"unlucky line {n}" for n in range(8)]
+    source, output = tmp_path / "x.txt", tmp_path / "x.out.jsonl"
+    _write_lines(source, texts)
+    done = run(source, output, EMBEDDINGS_BATCH_MAX_ATTEMPTS="2")
+    assert done.returncode == 1
+    records = _records(output)
+    errors = [r["error"] for r in records.values() if "error" in r]
+    assert len(records) == 8 and len(errors) == 2  # 8 → 4 unfinished → 2 unfinished
+    assert all("not embedded after 2 batches" in e and "expired" in e for e in errors)
+    assert _batches(stub)["batch_requests"] == 12
