@@ -414,6 +414,29 @@ def _parser() -> argparse.ArgumentParser:
         help="re-try ids with errors; their error lines are replaced",
     )
     parser.add_argument("--redis-url", help="broker and results (default REDIS_URL)")
+    batch = parser.add_argument_group(
+        "Batch API (docs/batch-api.md)",
+        "half the price, within 24 hours, without the queue or a worker; --lane, --window, "
+        "--timeout, --stall-warning and --redis-url do not apply",
+    )
+    batch.add_argument(
+        "--batch-api",
+        action="store_true",
+        help="embed through OpenAI's Batch API; a re-run re-attaches to the batches "
+        "submitted (ids in OUTPUT.batches) and submits nothing twice",
+    )
+    batch.add_argument(
+        "--cancel",
+        action="store_true",
+        help="with --batch-api: cancel the batches submitted for OUTPUT and write what they "
+        "embedded; a later run submits the rest",
+    )
+    batch.add_argument(
+        "--poll-interval",
+        type=float,
+        help="with --batch-api: seconds between polls (default "
+        "EMBEDDINGS_BATCH_POLL_INTERVAL_S, 30)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -442,6 +465,29 @@ def _summary_table(summary: Summary, output: Path) -> Table:
     return table
 
 
+def _batch_api(
+    args: argparse.Namespace, console: Console, fmt: str, field: str, output: Path
+) -> int:
+    if not args.batch_api:
+        console.print("--cancel and --poll-interval go with --batch-api", style="red")
+        return 2
+    from producers.batch_api import BatchRunOptions, run_batch_api
+
+    options = BatchRunOptions(
+        source=args.input,
+        output=output,
+        fmt=fmt,
+        field=field,
+        id_field=args.id_field,
+        model=args.model,
+        retry_failed=args.retry_failed,
+        cancel=args.cancel,
+        show_progress=not args.no_progress,
+        poll_interval_s=args.poll_interval,
+    )
+    return run_batch_api(options, console)
+
+
 def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = None) -> int:
     """Run ``embed-file``; ``embedder`` replaces the queue (tests)."""
     args = _parser().parse_args(argv)
@@ -455,6 +501,8 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
     fmt = args.format or guess_format(args.input)
     field = (args.column or args.field) if fmt == "csv" else args.field
     output: Path = args.output or args.input.with_name(args.input.name + ".embeddings.jsonl")
+    if args.batch_api or args.cancel or args.poll_interval is not None:
+        return _batch_api(args, console, fmt, field, output)
     cached = [0]
     queue_stats: QueueStats | None = None
     task_id_of: Callable[[Item], str] | None = None

@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=env("STUB_API_LIMIT_WINDOW_S", "1"),
         help="window in which a per-minute limit is enforced pro rata (STUB_API_LIMIT_WINDOW_S)",
     )
+    parser.add_argument(
+        "--batch-delay-s",
+        type=float,
+        default=env("STUB_API_BATCH_DELAY_S", "0.5"),
+        help="seconds a Batch API batch takes from validating to completed "
+        "(STUB_API_BATCH_DELAY_S)",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request at DEBUG level")
     return parser
 
@@ -109,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rpm=args.rpm,
             tpm=args.tpm,
             limit_window_s=args.limit_window_s,
+            batch_delay_s=args.batch_delay_s,
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType, TracebackType
 from typing import Any, Self
 
+from stubapi.batch_routes import BatchRoutes
+from stubapi.batches import BatchConfig
 from stubapi.faults import (
     DEFAULT_REJECT_SUBSTRING,
     FaultRule,
@@ -87,10 +89,13 @@ def _model_named(body: bytes) -> str:
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], state: StubState) -> None:
+    def __init__(
+        self, address: tuple[str, int], state: StubState, batch_routes: BatchRoutes
+    ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.state = state
+        self.batch_routes = batch_routes
         self.connections: set[socket.socket] = set()
         self.connections_lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -134,6 +139,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
     def _dispatch(self, method: str) -> None:
         # Drain the body before anything else: leftover bytes would be read as the
         # next request on this keep-alive connection.
@@ -146,7 +154,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, _error_body("A valid Content-Length header is required."))
             return
         body = self.rfile.read(length) if length else b""
-        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        path, _, query = self.path.partition("?")
+        path = path.rstrip("/") or "/"
+        # The Files and Batches endpoints (stubapi/batch_routes.py) answer their own paths.
+        reply = self.server.batch_routes.handle(method, path, query, self.headers, body)
+        if reply is not None:
+            self._send(reply.status, reply.body, content_type=reply.content_type)
+            return
         state = self.server.state
         reads: dict[str, Callable[[], Any]] = {
             "/_stub/health": lambda: {"ok": True},
@@ -170,9 +184,15 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, _error_body(f"Unknown path {path}.", code="not_found"))
 
-    def _send(self, status: int, body: bytes, headers: Mapping[str, str] | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        body: bytes,
+        headers: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
@@ -270,6 +290,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _post_reset(self, _body: bytes) -> None:
         self.server.state.reset()
+        self.server.batch_routes.reset()
         self._send_json({"ok": True})
 
 
@@ -291,8 +312,10 @@ class StubServer:
         limit_hints: tuple[str, ...] = LIMIT_HINTS,
         *,
         limit_clock: Callable[[], float] = time.monotonic,
+        batch: BatchConfig | None = None,
     ) -> None:
-        """``limit_clock`` (monotonic seconds) lets tests place calls in rate-limit windows."""
+        """``limit_clock`` (monotonic seconds) lets tests place calls in rate-limit windows;
+        ``batch`` sets the Batch API's processing delay and limits (stubapi/batches.py)."""
         config = StubConfig(
             host,
             port,
@@ -307,6 +330,7 @@ class StubServer:
             limit_hints,
         )
         self._state = StubState(config, limit_clock)
+        self._batch_routes = BatchRoutes(lambda: self._state.config, batch)
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._port: int | None = None
@@ -360,7 +384,8 @@ class StubServer:
         # Loaded before the first request (about 0.4 s, once per process), so that request
         # takes the configured latency, not the tokenizer's load on top.
         token_counter(CL100K_BASE)
-        httpd = _HTTPServer((self._state.initial.host, self._state.initial.port), self._state)
+        address = (self._state.initial.host, self._state.initial.port)
+        httpd = _HTTPServer(address, self._state, self._batch_routes)
         self._port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -433,9 +458,16 @@ class StubServer:
         """The index in ``stats()["inputs_per_call"]`` of the first call that embedded ``text``."""
         return self._state.stats.first_call_of(text)
 
+    @property
+    def batch_routes(self) -> BatchRoutes:
+        """The Files and Batches endpoints' state: ``.batches`` (stats, configure, force)."""
+        return self._batch_routes
+
     def reset(self) -> None:
-        """Clear faults, stats and rate-limit counters and restore the constructor's settings."""
+        """Clear faults, stats, rate-limit counters, files and batches, and restore the
+        constructor's settings."""
         self._state.reset()
+        self._batch_routes.reset()
 
 
 def serve(
@@ -449,6 +481,7 @@ def serve(
     rpm: int = 0,
     tpm: int = 0,
     limit_window_s: float = 1.0,
+    batch_delay_s: float | None = None,
 ) -> None:
     """Serve in the foreground until SIGINT/SIGTERM or ``stop``; announces the URL on stdout."""
     stop_event = threading.Event() if stop is None else stop
@@ -473,6 +506,7 @@ def serve(
             rpm=rpm,
             tpm=tpm,
             limit_window_s=limit_window_s,
+            batch=None if batch_delay_s is None else BatchConfig(delay_s=batch_delay_s),
         )
         with server:
             print(f"stub API listening on {server.base_url}", flush=True)

@@ -109,6 +109,23 @@ DEFAULT_WORKER_POOL = "threads"
 # One message reserved per thread: every text a worker holds is in its micro-batcher, where
 # interactive texts go first, none in the thread pool's first-come queue (docs/lanes.md).
 DEFAULT_WORKER_PREFETCH_MULTIPLIER = 1
+# `embed-file --batch-api` (producers/batch_api, docs/batch-api.md). OpenAI's limits per batch:
+# requests per input file, embedding inputs across a batch's requests, bytes per input file.
+BATCH_API_MAX_REQUESTS = 50_000
+BATCH_API_MAX_INPUTS = 50_000
+BATCH_API_MAX_FILE_BYTES = 200_000_000
+DEFAULT_BATCH_MAX_REQUESTS = BATCH_API_MAX_REQUESTS
+DEFAULT_BATCH_MAX_INPUTS = BATCH_API_MAX_INPUTS
+DEFAULT_BATCH_MAX_FILE_BYTES = BATCH_API_MAX_FILE_BYTES
+# Batches take minutes to hours: a poll every half minute costs nothing and shows progress.
+DEFAULT_BATCH_POLL_INTERVAL_S = 30.0
+# A line's submissions, counting resubmissions after its batch expired or failed.
+DEFAULT_BATCH_MAX_ATTEMPTS = 3
+# US dollars per million input tokens, MODEL=ONLINE:BATCH (OpenAI's list prices, 2025).
+DEFAULT_PRICE_TABLE = (
+    "text-embedding-3-small=0.02:0.01,text-embedding-3-large=0.13:0.065,"
+    "text-embedding-ada-002=0.10:0.05"
+)
 
 # Settings read from variables other than EMBEDDINGS_<FIELD>: Redis's, kombu's and Celery's
 # own names, which operators already know.
@@ -254,6 +271,13 @@ class Settings:
     worker_pool: str = DEFAULT_WORKER_POOL
     worker_concurrency: int = 0  # 0: pool_size × batch_size + 2 × batch_size
     worker_prefetch_multiplier: int = DEFAULT_WORKER_PREFETCH_MULTIPLIER
+    # `embed-file --batch-api`: limits per batch (at most OpenAI's), polling, resubmissions.
+    batch_max_requests: int = DEFAULT_BATCH_MAX_REQUESTS
+    batch_max_inputs: int = DEFAULT_BATCH_MAX_INPUTS
+    batch_max_file_bytes: int = DEFAULT_BATCH_MAX_FILE_BYTES
+    batch_poll_interval_s: float = DEFAULT_BATCH_POLL_INTERVAL_S
+    batch_max_attempts: int = DEFAULT_BATCH_MAX_ATTEMPTS
+    price_table: str = DEFAULT_PRICE_TABLE  # USD per 1M tokens: see prices_for
 
     def __post_init__(self) -> None:
         _check_celery_settings(self)
@@ -309,6 +333,7 @@ class Settings:
         _check_cache_placement(self)
         if self.show_texts not in (0, 1):
             raise EmbeddingConfigError("EMBEDDINGS_SHOW_TEXTS must be 0 or 1")
+        _check_batch_settings(self)
         if not self.base_url.startswith(("http://", "https://")):
             raise EmbeddingConfigError(
                 f"EMBEDDINGS_BASE_URL must start with http:// or https://, got {self.base_url!r}"
@@ -336,6 +361,11 @@ class Settings:
         if rest is not None:
             return rest
         return MODEL_ENCODINGS.get(model, ESTIMATE)
+
+    def prices_for(self, model: str) -> tuple[float, float] | None:
+        """``(online, batch)`` US dollars per million input tokens of ``model``, from
+        ``EMBEDDINGS_PRICE_TABLE``; None when the table does not name the model."""
+        return _parse_price_table(self.price_table).get(model)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -388,6 +418,43 @@ def _parse_tokenizer(raw: str) -> tuple[Mapping[str, str], str | None]:
         else:
             rest = encoding
     return MappingProxyType(per_model), rest
+
+
+@functools.cache
+def _parse_price_table(raw: str) -> Mapping[str, tuple[float, float]]:
+    prices: dict[str, tuple[float, float]] = {}
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        model, sep, pair = entry.rpartition("=")
+        online_text, colon, batch_text = pair.partition(":")
+        try:
+            if not (sep and colon and model.strip()):
+                raise ValueError("expected MODEL=ONLINE:BATCH (US dollars per 1M tokens)")
+            online, batch = float(online_text), float(batch_text)
+            if not (math.isfinite(online) and math.isfinite(batch)) or min(online, batch) < 0:
+                raise ValueError("prices must be finite and not negative")
+        except ValueError as exc:
+            raise EmbeddingConfigError(
+                f"{ENV_PREFIX}PRICE_TABLE entry {entry!r} is invalid: {exc}"
+            ) from exc
+        prices[model.strip()] = (online, batch)
+    return MappingProxyType(prices)
+
+
+def _check_batch_settings(settings: Settings) -> None:
+    limits = {
+        "batch_max_requests": (settings.batch_max_requests, BATCH_API_MAX_REQUESTS),
+        "batch_max_inputs": (settings.batch_max_inputs, BATCH_API_MAX_INPUTS),
+        "batch_max_file_bytes": (settings.batch_max_file_bytes, BATCH_API_MAX_FILE_BYTES),
+    }
+    for name, (value, api_limit) in limits.items():
+        if not 1 <= value <= api_limit:
+            raise EmbeddingConfigError(
+                f"{env_variable(name)} must be between 1 and {api_limit} (the Batch API's "
+                f"limit), got {value!r}"
+            )
+    _check_positive("batch_poll_interval_s", settings.batch_poll_interval_s)
+    _check_positive("batch_max_attempts", settings.batch_max_attempts)
+    _parse_price_table(settings.price_table)
 
 
 def _check_celery_settings(settings: Settings) -> None:
