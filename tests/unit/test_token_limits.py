@@ -4,6 +4,7 @@ sync and async producers and by embed-file's records; the gateway's is in test_g
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 from pathlib import Path
@@ -242,3 +243,23 @@ def test_embed_files_record_over_the_limit_is_an_error_line_and_the_rest_go_on(
     items = list(read_items(path, "lines", max_chars=DEFAULT_MAX_TEXT_CHARS, tokens=_limit()))
     assert [(i.line, i.text) for i in items if i.error is None] == [(1, "first"), (3, "third")]
     assert [(i.line, i.error) for i in items if i.error] == [(2, f"line 2: text {OVER_MESSAGE}")]
+
+
+def test_embed_file_writes_an_error_line_for_it_and_embeds_the_rest(tmp_path: Path) -> None:
+    from producers import cli
+    from tests.unit.test_cli import FakeEmbedder
+
+    source = tmp_path / "in.jsonl"
+    records = [
+        {"id": "a", "text": "first"},
+        {"id": "b", "text": OVERLONG},
+        {"id": "c", "text": "x"},
+    ]
+    source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    output = tmp_path / "out.jsonl"
+    embedder = FakeEmbedder()
+    assert cli.main([str(source), "-o", str(output), "--no-progress"], embedder=embedder) == 1
+    assert embedder.texts == ["first", "x"]  # the over-long text never reached the queue
+    written = {r["id"]: r for r in map(json.loads, output.read_text().splitlines())}
+    assert written["b"] == {"id": "b", "line": 2, "error": f"line 2: text {OVER_MESSAGE}"}
+    assert "embedding" in written["a"] and "embedding" in written["c"]
