@@ -73,7 +73,7 @@ from worker.errors import (
 )
 from worker.redaction import task_reprs
 from worker.redis_client import REDIS_SCHEMES, async_redis_from_url, without_backend_class
-from worker.validation import validate_text, validate_texts
+from worker.validation import TokenLimit, token_limit, validate_text, validate_texts
 
 __all__ = [
     "DEFAULT_PUBLISH_THREADS",
@@ -171,18 +171,22 @@ class AsyncProducer:
             self._max_chars = producer_settings().max_text_chars
         return self._max_chars
 
+    def _tokens(self, model: str | None) -> TokenLimit | None:
+        # EMBEDDINGS_MAX_INPUT_TOKENS and the model's encoding (worker.validation).
+        return token_limit(producer_settings(), model)
+
     async def enqueue_text(
         self, text: str, *, model: str | None = None, lane: str = LANE_INTERACTIVE
     ) -> AsyncEmbeddingResult:
         """Check ``text`` and ``lane``, and enqueue it as one task; if either is bad, nothing."""
-        checked = validate_text(text, max_chars=self.max_text_chars)
+        checked = validate_text(text, max_chars=self.max_text_chars, tokens=self._tokens(model))
         return (await self._publish([checked], model, check_lane(lane)))[0]
 
     async def enqueue_texts(
         self, texts: Iterable[str], *, model: str | None = None, lane: str = LANE_INTERACTIVE
     ) -> list[AsyncEmbeddingResult]:
         """Check every text and ``lane``, then enqueue each text as its own task, in order."""
-        checked = validate_texts(texts, max_chars=self.max_text_chars)
+        checked = validate_texts(texts, max_chars=self.max_text_chars, tokens=self._tokens(model))
         return await self._publish(checked, model, check_lane(lane))
 
     async def embed_text(
@@ -194,7 +198,7 @@ class AsyncProducer:
         lane: str = LANE_INTERACTIVE,
     ) -> list[float]:
         """Enqueue ``text`` in ``lane`` and await its vector for up to ``timeout`` seconds."""
-        checked = validate_text(text, max_chars=self.max_text_chars)
+        checked = validate_text(text, max_chars=self.max_text_chars, tokens=self._tokens(model))
         vectors = await self.embed_texts_checked([checked], model=model, timeout=timeout, lane=lane)
         return vectors[0]
 
@@ -207,7 +211,7 @@ class AsyncProducer:
         lane: str = LANE_INTERACTIVE,
     ) -> list[list[float]]:
         """Enqueue ``texts`` one task each in ``lane``; await all vectors, in order, in time."""
-        checked = validate_texts(texts, max_chars=self.max_text_chars)
+        checked = validate_texts(texts, max_chars=self.max_text_chars, tokens=self._tokens(model))
         return await self.embed_texts_checked(checked, model=model, timeout=timeout, lane=lane)
 
     async def embed_texts_checked(

@@ -85,6 +85,7 @@ from worker.errors import (
     EmbeddingError,
 )
 from worker.settings import Settings
+from worker.validation import token_limit
 from worker.vector_cache import VectorCache
 
 __all__ = [
@@ -585,6 +586,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
             field=field,
             id_field=args.id_field,
             max_chars=settings.max_text_chars,
+            tokens=token_limit(settings, args.model),
         )
         with progress, open(output, "a", encoding="utf-8") as out:
             bar = progress.add_task(f"embedding {args.input.name}", total=total)

@@ -39,7 +39,7 @@ from worker.names import EMBED_TEXT_TASK, queue_for_lane
 from worker.redaction import task_reprs
 from worker.revocation import RevokeList
 from worker.settings import Settings
-from worker.validation import validate_model, validate_text, validate_texts
+from worker.validation import TokenLimit, token_limit, validate_model, validate_text, validate_texts
 
 __all__ = [
     "EMBED_TEXT_TASK",
@@ -95,6 +95,10 @@ def producer_settings() -> Settings:
 
 def _max_chars() -> int:
     return producer_settings().max_text_chars
+
+
+def _tokens(model: str | None) -> TokenLimit | None:
+    return token_limit(producer_settings(), model)
 
 
 def publish_retry_policy(app: Celery) -> dict[str, float]:
@@ -203,8 +207,8 @@ def enqueue_text(
     interactive texts); anything else raises ``EmbeddingInputError`` before anything is
     enqueued.
     """
-    checked = validate_text(text, max_chars=_max_chars())
     checked_model = validate_model(model)
+    checked = validate_text(text, max_chars=_max_chars(), tokens=_tokens(checked_model))
     return _send(checked, checked_model, app or default_app, lane=check_lane(lane))
 
 
@@ -438,8 +442,8 @@ def enqueue_texts(
     ``ResultSet.join_native`` leaves the last result None once any of them was waited for
     with ``get()`` (docs/reliability.md, "Known upstream issues").
     """
-    checked = validate_texts(texts, max_chars=_max_chars())
     checked_model = validate_model(model)
+    checked = validate_texts(texts, max_chars=_max_chars(), tokens=_tokens(checked_model))
     return enqueue_many(
         checked, model=checked_model, app=app, chunk_size=chunk_size, lane=check_lane(lane)
     )
@@ -498,8 +502,8 @@ def embed_texts(
     ``TimeoutError``. Results are read with one subscription, not one per text.
     """
     target = app or default_app
-    checked = validate_texts(texts, max_chars=_max_chars())
     checked_model = validate_model(model)
+    checked = validate_texts(texts, max_chars=_max_chars(), tokens=_tokens(checked_model))
     lane = check_lane(lane)
     if not bulk_publish.supports_bulk_wait(target):
         results = enqueue_many(checked, model=checked_model, app=target, lane=lane)

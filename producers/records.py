@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from worker.errors import EmbeddingInputError
-from worker.validation import validate_text
+from worker.validation import TokenLimit, validate_text
 
 __all__ = [
     "FORMATS",
@@ -66,9 +66,16 @@ def _open(path: Path) -> TextIO:
     return open(path, encoding="utf-8", errors="surrogateescape", newline="")
 
 
-def _checked(line: int, record_id: Any, text: object, max_chars: int) -> Item:
+@dataclass(frozen=True)
+class _Limits:
+    max_chars: int
+    tokens: TokenLimit | None
+
+
+def _checked(line: int, record_id: Any, text: object, limits: _Limits) -> Item:
     try:
-        return Item(line, record_id, text=validate_text(text, max_chars=max_chars))
+        checked = validate_text(text, max_chars=limits.max_chars, tokens=limits.tokens)
+        return Item(line, record_id, text=checked)
     except (EmbeddingInputError, TypeError) as exc:
         return Item(line, record_id, error=f"line {line}: {exc}")
 
@@ -77,12 +84,12 @@ def _scalar_id(value: Any, line: int) -> Any:
     return value if isinstance(value, (str, int, float)) and not isinstance(value, bool) else line
 
 
-def _read_lines(f: TextIO, max_chars: int) -> Iterator[Item]:
+def _read_lines(f: TextIO, limits: _Limits) -> Iterator[Item]:
     for n, raw in enumerate(f, start=1):
-        yield _checked(n, n, raw.rstrip("\r\n"), max_chars)
+        yield _checked(n, n, raw.rstrip("\r\n"), limits)
 
 
-def _read_jsonl(f: TextIO, field: str, id_field: str, max_chars: int) -> Iterator[Item]:
+def _read_jsonl(f: TextIO, field: str, id_field: str, limits: _Limits) -> Iterator[Item]:
     for n, raw in enumerate(f, start=1):
         try:
             obj = json.loads(raw)
@@ -96,10 +103,10 @@ def _read_jsonl(f: TextIO, field: str, id_field: str, max_chars: int) -> Iterato
         if field not in obj:
             yield Item(n, record_id, error=f"line {n}: no field {field!r}")
             continue
-        yield _checked(n, record_id, obj[field], max_chars)
+        yield _checked(n, record_id, obj[field], limits)
 
 
-def _read_csv(f: TextIO, column: str, id_column: str, max_chars: int) -> Iterator[Item]:
+def _read_csv(f: TextIO, column: str, id_column: str, limits: _Limits) -> Iterator[Item]:
     reader = csv.reader(f)
     header = next(reader, None)
     if header is None:
@@ -118,7 +125,7 @@ def _read_csv(f: TextIO, column: str, id_column: str, max_chars: int) -> Iterato
         if text_at >= len(row):
             yield Item(start, record_id, error=f"line {start}: no value for column {column!r}")
             continue
-        yield _checked(start, record_id, row[text_at], max_chars)
+        yield _checked(start, record_id, row[text_at], limits)
 
 
 def read_items(
@@ -128,19 +135,23 @@ def read_items(
     field: str = "text",
     id_field: str = "id",
     max_chars: int,
+    tokens: TokenLimit | None = None,
 ) -> Iterator[Item]:
     """Yield ``path``'s records one at a time, each checked as the API would check it.
 
     ``field`` is the JSONL field or CSV column holding the text; ``id_field`` the one holding
-    the id (the line number when absent).
+    the id (the line number when absent). A text over ``max_chars`` characters or over
+    ``tokens`` (``worker.validation.token_limit``) is an ``Item`` with an error naming its
+    count and the limit; the records after it go on.
     """
+    limits = _Limits(max_chars, tokens)
     with _open(path) as f:
         if fmt == "lines":
-            yield from _read_lines(f, max_chars)
+            yield from _read_lines(f, limits)
         elif fmt == "jsonl":
-            yield from _read_jsonl(f, field, id_field, max_chars)
+            yield from _read_jsonl(f, field, id_field, limits)
         elif fmt == "csv":
-            yield from _read_csv(f, field, id_field, max_chars)
+            yield from _read_csv(f, field, id_field, limits)
         else:
             raise UsageError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
 

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from worker.errors import EmbeddingConfigError
 from worker.flush_policy import FlushPolicy
-from worker.tokens import ENCODINGS, ESTIMATE, MODEL_ENCODINGS
+from worker.tokens import ENCODINGS, ESTIMATE, MAX_INPUT_TOKENS, MODEL_ENCODINGS
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -56,6 +56,10 @@ DEFAULT_POOL_SIZE = 3
 DEFAULT_POOL_TIMEOUT_S = 60.0
 # OpenAI allows 8,192 tokens per input; English averages about 4 characters a token.
 DEFAULT_MAX_TEXT_CHARS = 32_768
+# OpenAI's limits per input and per request, checked before a text is enqueued
+# (worker/validation.py); 0 turns either check off.
+DEFAULT_MAX_INPUT_TOKENS = MAX_INPUT_TOKENS
+DEFAULT_MAX_REQUEST_TOKENS = 300_000
 DEFAULT_FLUSH_INTERVAL_S = 0.1
 # When a partial batch leaves before flush_interval_s; see worker/flush_policy.py.
 DEFAULT_FLUSH_POLICY = "nagle"
@@ -228,6 +232,8 @@ class Settings:
     pool_size: int = DEFAULT_POOL_SIZE
     pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
+    max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS  # per text, in the model's encoding
+    max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS  # per API call, all its texts
     flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
     flush_policy: str = DEFAULT_FLUSH_POLICY  # one of FLUSH_POLICIES
     task_max_retries: int = DEFAULT_TASK_MAX_RETRIES
@@ -310,6 +316,12 @@ class Settings:
             )
         if self.encoding_format not in ("float", "base64"):
             raise EmbeddingConfigError("EMBEDDINGS_ENCODING_FORMAT must be 'float' or 'base64'")
+        for name in ("max_input_tokens", "max_request_tokens"):
+            if getattr(self, name) < 0:
+                raise EmbeddingConfigError(
+                    f"{ENV_PREFIX}{name.upper()} must be 0 (no check) or a positive integer, "
+                    f"got {getattr(self, name)!r}"
+                )
         for name in ("rpm_limit", "tpm_limit"):
             if getattr(self, name) < 0:
                 raise EmbeddingConfigError(

@@ -23,11 +23,15 @@ import hashlib
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from worker.errors import EmbeddingConfigError
+from worker.errors import EmbeddingConfigError, EmbeddingInputError
+
+if TYPE_CHECKING:
+    import tiktoken
 
 __all__ = [
     "CL100K_BASE",
@@ -36,9 +40,11 @@ __all__ = [
     "MAX_INPUT_TOKENS",
     "MODEL_ENCODINGS",
     "count_tokens",
+    "decode_tokens",
     "estimate_tokens",
     "loaded_counter",
     "token_counter",
+    "vocabulary_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +76,7 @@ _CL100K_PATTERN = (
 
 _load_lock = threading.Lock()
 _counters: dict[str, Callable[[str], int]] = {ESTIMATE: lambda text: estimate_tokens(text)}
+_encodings: dict[str, tiktoken.Encoding] = {}  # guarded by _load_lock
 _background: dict[str, threading.Thread] = {}  # guarded by _background_lock
 _background_lock = threading.Lock()
 
@@ -95,8 +102,45 @@ def token_counter(encoding: str) -> Callable[[str], int]:
     _check(encoding)
     with _load_lock:
         if encoding not in _counters:
-            _counters[encoding] = _load_cl100k()
+            loaded = _load_cl100k()
+            encode = loaded.encode_ordinary  # special-token text counts as the plain text
+            _encodings[encoding] = loaded
+            _counters[encoding] = lambda text: len(encode(text))
         return _counters[encoding]
+
+
+def vocabulary_size(encoding: str) -> int | None:
+    """How many token ids ``encoding`` has (ids are 0 to this less one); None: the estimate,
+    which has no tokens to decode. Loads the encoding like ``token_counter``."""
+    if encoding == ESTIMATE:
+        return None
+    return _encoding(encoding).n_vocab
+
+
+def decode_tokens(tokens: Sequence[int], encoding: str) -> str:
+    """The text ``tokens`` encode in ``encoding`` (not ``estimate``, which cannot decode).
+
+    Raises ``EmbeddingInputError`` naming the first id outside the vocabulary and its
+    offset. Bytes that are not UTF-8, as when an array is cut inside
+    a character (LangChain cuts long texts every 8,191 tokens), become U+FFFD, as tiktoken's
+    own ``decode`` does, so no array is refused for where it was cut.
+    """
+    loaded = _encoding(encoding)
+    size = loaded.n_vocab
+    for offset, token in enumerate(tokens):
+        if not 0 <= token < size:
+            raise EmbeddingInputError(
+                f"token id {token} at offset {offset} is not in {encoding} (ids 0 to {size - 1})"
+            )
+    return loaded.decode_bytes(tokens).decode("utf-8", errors="replace")
+
+
+def _encoding(name: str) -> tiktoken.Encoding:
+    _check(name)
+    if name == ESTIMATE:
+        raise EmbeddingConfigError("the estimate has no tokens to decode: it counts bytes")
+    token_counter(name)  # loads it once, as counting does
+    return _encodings[name]
 
 
 def loaded_counter(encoding: str) -> Callable[[str], int] | None:
@@ -135,7 +179,7 @@ def _load_in_background(encoding: str) -> None:
         log.error("%s; counting tokens by the estimate instead", exc)
 
 
-def _load_cl100k() -> Callable[[str], int]:
+def _load_cl100k() -> tiktoken.Encoding:
     # Imported here: a producer or the gateway that never counts tokens never loads it.
     import tiktoken
 
@@ -149,8 +193,8 @@ def _load_cl100k() -> Callable[[str], int]:
     # One "base64-token rank" pair per line; whitespace-split pairs parse in half the time.
     fields = data.split()
     ranks = dict(zip(map(binascii.a2b_base64, fields[0::2]), map(int, fields[1::2]), strict=True))
-    encoding = tiktoken.Encoding(
+    # No special tokens: their text counts as the plain text it is, and their ids (100257
+    # on) are not ids an embedding input may hold.
+    return tiktoken.Encoding(
         CL100K_BASE, pat_str=_CL100K_PATTERN, mergeable_ranks=ranks, special_tokens={}
     )
-    encode = encoding.encode_ordinary  # special-token text counts as the plain text it is
-    return lambda text: len(encode(text))
