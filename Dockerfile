@@ -42,4 +42,4 @@ USER app
 # Flower: `embeddings-flower` (compose's flower service) refuses to start without
 # FLOWER_BASIC_AUTH from any directory; ./flowerconfig.py applies the same rules to a
 # `celery -A worker flower` started here in /app.
-CMD ["celery", "-A", "worker", "worker", "--loglevel=INFO"]
+CMD ["celery", "-A", "worker", "worker", "--without-mingle", "--loglevel=INFO"]

@@ -141,8 +141,14 @@ class StubProcess(_Process):
         return config
 
 
+def worker_argv(hostname: str, loglevel: str, extra_args: Sequence[str] = ()) -> list[str]:
+    """The worker command of the Dockerfile and compose, run by this interpreter."""
+    return [sys.executable, "-m", "celery", "-A", "worker", "worker", "--without-mingle",
+            "-n", hostname, f"--loglevel={loglevel}", *extra_args]  # fmt: skip
+
+
 class WorkerProcess(_Process):
-    """A real ``celery -A worker worker``, started as an operator would, with no pool flags."""
+    """A real ``celery -A worker worker --without-mingle``, as the Dockerfile runs it."""
 
     def __init__(
         self,
@@ -153,9 +159,7 @@ class WorkerProcess(_Process):
         extra_args: Sequence[str] = (),
     ) -> None:
         self.hostname = f"{name}-{uuid.uuid4().hex[:8]}@localhost"
-        argv = [sys.executable, "-m", "celery", "-A", "worker", "worker", "-n", self.hostname,
-                f"--loglevel={loglevel}", *extra_args]  # fmt: skip
-        super().__init__(argv, env, log_path)
+        super().__init__(worker_argv(self.hostname, loglevel, extra_args), env, log_path)
 
     def wait_ready(self, app: Any, timeout_s: float = 30.0) -> None:
         """Wait until the worker answers a broadcast ping."""
@@ -163,7 +167,7 @@ class WorkerProcess(_Process):
         def answers() -> bool:
             if not self.alive():
                 raise RuntimeError(f"worker exited early:\n{self.log()}")
-            return bool(app.control.ping(destination=[self.hostname], timeout=0.5))
+            return bool(app.control.ping(destination=[self.hostname], timeout=0.25))
 
         wait_for(answers, timeout_s, f"worker {self.hostname} to answer a ping")
 

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from devstack import REPO_ROOT
+from devstack.processes import worker_argv
 
 SECRET_NAME = re.compile(r"KEY|SECRET|PASSWORD|TOKEN|AUTH", re.IGNORECASE)
 
@@ -228,3 +229,19 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path):
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_worker_runs_the_same_command_in_compose_the_image_the_readme_and_the_tests(
+    services,
+):
+    """One worker command everywhere, mingle off (docs/operations.md, "Start a worker")."""
+    command = services["worker"]["command"]
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", dockerfile, re.M).group(1))  # type: ignore[union-attr]
+    assert command == cmd
+    assert command[:4] == ["celery", "-A", "worker", "worker"] and "--without-mingle" in command
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert "celery -A worker worker --without-mingle --loglevel=INFO" in readme
+    # The tests' workers too: devstack's argv after the interpreter, less the name and level.
+    argv = worker_argv("w@localhost", "INFO")
+    assert argv[argv.index("celery") :] == [*command[:-1], "-n", "w@localhost", "--loglevel=INFO"]
