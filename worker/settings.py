@@ -386,25 +386,43 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+def _model_pairs(
+    raw: str, variable: str, expected: str, parse: Callable[[str, str], tuple[_T, _T]]
+) -> Mapping[str, tuple[_T, _T]]:
+    """``MODEL=A:B`` entries, comma-separated, each checked by ``parse`` (ValueError: bad)."""
+    pairs: dict[str, tuple[_T, _T]] = {}
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        model, sep, pair = entry.rpartition("=")
+        first, colon, second = pair.partition(":")
+        try:
+            if not (sep and colon and model.strip()):
+                raise ValueError(f"expected {expected}")
+            pairs[model.strip()] = parse(first, second)
+        except ValueError as exc:
+            raise EmbeddingConfigError(
+                f"{ENV_PREFIX}{variable} entry {entry!r} is invalid: {exc}"
+            ) from exc
+    return MappingProxyType(pairs)
+
+
+def _rpm_tpm(rpm_text: str, tpm_text: str) -> tuple[int, int]:
+    rpm, tpm = int(rpm_text), int(tpm_text)
+    if rpm < 0 or tpm < 0:
+        raise ValueError("limits must not be negative")
+    return rpm, tpm
+
+
+def _online_batch_prices(online_text: str, batch_text: str) -> tuple[float, float]:
+    online, batch = float(online_text), float(batch_text)
+    if not (math.isfinite(online) and math.isfinite(batch)) or min(online, batch) < 0:
+        raise ValueError("prices must be finite and not negative")
+    return online, batch
+
+
 @functools.cache
 def _parse_model_limits(raw: str) -> Mapping[str, tuple[int, int]]:
     # Cached: the budget asks for a model's limits before every API call.
-    limits: dict[str, tuple[int, int]] = {}
-    for entry in filter(None, (part.strip() for part in raw.split(","))):
-        model, sep, pair = entry.rpartition("=")
-        rpm_text, colon, tpm_text = pair.partition(":")
-        try:
-            if not (sep and colon and model.strip()):
-                raise ValueError("expected MODEL=RPM:TPM")
-            rpm, tpm = int(rpm_text), int(tpm_text)
-            if rpm < 0 or tpm < 0:
-                raise ValueError("limits must not be negative")
-        except ValueError as exc:
-            raise EmbeddingConfigError(
-                f"{ENV_PREFIX}MODEL_LIMITS entry {entry!r} is invalid: {exc}"
-            ) from exc
-        limits[model.strip()] = (rpm, tpm)
-    return MappingProxyType(limits)
+    return _model_pairs(raw, "MODEL_LIMITS", "MODEL=RPM:TPM", _rpm_tpm)
 
 
 @functools.cache
@@ -434,22 +452,9 @@ def _parse_tokenizer(raw: str) -> tuple[Mapping[str, str], str | None]:
 
 @functools.cache
 def _parse_price_table(raw: str) -> Mapping[str, tuple[float, float]]:
-    prices: dict[str, tuple[float, float]] = {}
-    for entry in filter(None, (part.strip() for part in raw.split(","))):
-        model, sep, pair = entry.rpartition("=")
-        online_text, colon, batch_text = pair.partition(":")
-        try:
-            if not (sep and colon and model.strip()):
-                raise ValueError("expected MODEL=ONLINE:BATCH (US dollars per 1M tokens)")
-            online, batch = float(online_text), float(batch_text)
-            if not (math.isfinite(online) and math.isfinite(batch)) or min(online, batch) < 0:
-                raise ValueError("prices must be finite and not negative")
-        except ValueError as exc:
-            raise EmbeddingConfigError(
-                f"{ENV_PREFIX}PRICE_TABLE entry {entry!r} is invalid: {exc}"
-            ) from exc
-        prices[model.strip()] = (online, batch)
-    return MappingProxyType(prices)
+    return _model_pairs(
+        raw, "PRICE_TABLE", "MODEL=ONLINE:BATCH (US dollars per 1M tokens)", _online_batch_prices
+    )
 
 
 def _check_batch_settings(settings: Settings) -> None:
