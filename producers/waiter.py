@@ -139,29 +139,42 @@ class ResultWaiter:
         """The results of ``task_ids``, in order, within ``timeout_s`` seconds.
 
         A task that failed re-raises its error, rebuilt as Celery's ``AsyncResult.get`` does
-        (the first failure to arrive wins). Raises :class:`EmbeddingResultTimeoutError` when
-        the time is up, and :class:`EmbeddingResultStoreUnavailableError` when no
-        subscription exists yet and Redis cannot be reached to make one; a subscription that
-        fails later is made anew while the waits go on.
+        (the first in order of those failed when the wait ends). Raises
+        :class:`EmbeddingResultTimeoutError` when the time is up, and
+        :class:`EmbeddingResultStoreUnavailableError` when no subscription exists yet and Redis
+        cannot be reached to make one; a subscription that fails later is made anew while the
+        waits go on.
         """
         loop = asyncio.get_running_loop()
         keys = [self._key_for(task_id) for task_id in task_ids]
         futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in keys]
         new_keys = self._register(keys, futures)
-        scope = asyncio.timeout(timeout_s)
+        deadline = loop.time() + timeout_s
         try:
-            async with scope:
-                if new_keys:
-                    await self._subscribe(new_keys)
-                return list(await asyncio.gather(*futures))
-        except TimeoutError as exc:
-            if not scope.expired():
-                raise  # a task's own error that happens to be a TimeoutError
-            missing = sum(f.cancelled() or not f.done() for f in futures)
-            raise EmbeddingResultTimeoutError(
-                f"no result for {missing} of {len(keys)} texts within {timeout_s:g} s; "
-                "they may still finish and can be read later by their ids"
-            ) from exc
+            if new_keys:
+                # Only the subscribing is bounded by cancellation: redis-py may swallow the
+                # cancel of a command it is sending (and then retry), and a timeout scope
+                # whose one cancel was swallowed never fires again. The wait below is
+                # bounded by asyncio.wait's own timer instead, which always fires.
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        await self._subscribe(new_keys)
+                except TimeoutError:
+                    pass  # the wait below finds what is already stored, or times out
+            done, pending = await asyncio.wait(
+                futures,
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_EXCEPTION,
+            )
+            for future in futures:  # in order: the first failure among those done wins
+                if future in done and not future.cancelled() and future.exception() is not None:
+                    raise future.exception()  # type: ignore[misc]
+            if pending:
+                raise EmbeddingResultTimeoutError(
+                    f"no result for {len(pending)} of {len(keys)} texts within "
+                    f"{timeout_s:g} s; they may still finish and can be read later by their ids"
+                )
+            return [future.result() for future in futures]
         finally:
             await self._unsubscribe(self._release(keys, futures))
 

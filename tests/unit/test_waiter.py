@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -298,5 +299,27 @@ def test_the_waiters_own_channel_is_neither_reported_nor_left() -> None:
         await redis.set(_key("two"), _meta("two", "SUCCESS", VECTOR))
         assert await waiter.wait(["two"], timeout_s=5) == [VECTOR]
         assert await redis.pubsub_channels() == anchors
+
+    _run(scenario)
+
+
+def test_a_cancel_swallowed_while_subscribing_still_ends_the_wait_at_its_timeout() -> None:
+    """redis-py may swallow the cancel of a command it is sending and retry it; the timeout
+    scope's one cancel is then spent, and the wait must still end at its deadline."""
+
+    async def scenario(waiter: ResultWaiter, observer: Any) -> None:
+        subscribe = waiter._subscribe
+
+        async def swallowing_subscribe(keys: list[str]) -> None:
+            # Where the wait's timeout lands; swallowed, as the command is retried.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(1)
+            await subscribe(keys)
+
+        waiter._subscribe = swallowing_subscribe  # type: ignore[method-assign]
+        async with asyncio.timeout(5):  # a hung wait fails here with a bare TimeoutError
+            with pytest.raises(EmbeddingResultTimeoutError):
+                await waiter.wait(["never-finishes"], timeout_s=0.01)
+        assert await _numsub(observer, "never-finishes") == 0
 
     _run(scenario)
