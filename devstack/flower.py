@@ -46,7 +46,7 @@ class FlowerProcess(_Process):
         full_env = {k: v for k, v in env.items() if k != "FLOWER_ADDRESS"}
         super().__init__(argv, {**full_env, "FLOWER_BASIC_AUTH": basic_auth}, log_path, cwd)
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
         """Wait until Flower answers ``/healthcheck`` (which needs no auth)."""
 
         def healthy() -> bool:

@@ -115,7 +115,7 @@ class StubProcess(_Process):
         argv += ["--rpm", str(rpm), "--tpm", str(tpm), "--limit-window-s", str(limit_window_s)]
         super().__init__(argv, os.environ, log_path)
 
-    def wait_ready(self, timeout_s: float = 15.0) -> None:
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
         def healthy() -> bool:
             if not self.alive():
                 raise RuntimeError(f"stub API exited early:\n{self.log()}")
@@ -161,7 +161,7 @@ class WorkerProcess(_Process):
         self.hostname = f"{name}-{uuid.uuid4().hex[:8]}@localhost"
         super().__init__(worker_argv(self.hostname, loglevel, extra_args), env, log_path)
 
-    def wait_ready(self, app: Any, timeout_s: float = 30.0) -> None:
+    def wait_ready(self, app: Any, timeout_s: float = 90.0) -> None:
         """Wait until the worker answers a broadcast ping."""
 
         def answers() -> bool:
@@ -182,7 +182,7 @@ class GatewayProcess(_Process):
         full_env = {**env, "GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(self.port)}
         super().__init__([sys.executable, "-m", "gateway"], full_env, log_path)
 
-    def wait_ready(self, timeout_s: float = 30.0) -> None:
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
         """Wait until ``/healthz`` answers 200 (Redis reachable)."""
 
         def healthy() -> bool:

@@ -130,7 +130,7 @@ def test_an_async_producer_behind_sentinel_awaits_every_vector_through_master_ki
             await producer.aclose()
 
     try:
-        worker.wait_ready(app, timeout_s=60)
+        worker.wait_ready(app)
         lost = asyncio.run(main())
         total = 20 + KILLS * (CALLS_PER_KILL * TEXTS_PER_CALL + 1)
         print(f"async producer behind Sentinel: {total} texts, {KILLS} failovers, lost {len(lost)}")
@@ -169,8 +169,8 @@ def test_the_gateway_behind_sentinel_serves_requests_before_and_after_a_failover
         return [item["embedding"] for item in response.json()["data"]]
 
     try:
-        worker.wait_ready(app, timeout_s=60)
-        gateway.wait_ready(timeout_s=60)
+        worker.wait_ready(app)
+        gateway.wait_ready()
         before = ["through the gateway", "behind Sentinel"]
         assert all(_right(t, v) for t, v in zip(before, embed(before), strict=True))
         switch_s = cluster.kill_master()

@@ -153,7 +153,7 @@ def test_a_bulk_enqueued_text_sends_the_same_events_as_one_sent_singly(
             for r in (single, bulk)
         )
 
-    wait_for(both_succeeded, 30, "task-succeeded events of both texts")
+    wait_for(both_succeeded, 60, "task-succeeded events of both texts")
     kinds = {r.id: [e["type"] for e in event_log.for_task(r.id)] for r in (single, bulk)}
     assert kinds[single.id] == ["task-sent", "task-received", "task-started", "task-succeeded"]
     assert kinds[bulk.id] == kinds[single.id]

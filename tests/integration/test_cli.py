@@ -151,7 +151,7 @@ def test_a_rerun_collects_results_already_stored_instead_of_enqueueing_the_texts
     start_worker(stub.base_url)
     ids = [task_id_for(source, n, t, None) for n, t in ((1, "one"), (2, "two"), (3, "three"))]
     keys = [f"celery-task-meta-{task_id}" for task_id in ids]
-    wait_for(lambda: clean_redis.exists(*keys) == 3, 30, "the three results stored")
+    wait_for(lambda: clean_redis.exists(*keys) == 3, 60, "the three results stored")
     # Without the sidecar only the stored results can say these texts were paid for.
     output.with_name(output.name + ".pending").unlink()
     retried = _run_cli(str(source), "-o", str(output), "--retry-failed")

@@ -59,7 +59,7 @@ def test_a_redis_restart_mid_run_is_survived_and_every_text_finishes(
     stub.set_latency_ms(100)
     texts = [f"across a redis restart {i}" for i in range(400)]
     results = [producers.enqueue_text(text, app=app) for text in texts]
-    wait_for(lambda: stub.stats()["ok_calls"] >= 5, 30, "the worker to be mid-run")
+    wait_for(lambda: stub.stats()["ok_calls"] >= 5, 60, "the worker to be mid-run")
 
     private_redis.stop()
     started = time.monotonic()

@@ -64,7 +64,7 @@ def test_killing_the_master_mid_run_loses_no_text_and_shows_no_failure(
     texts: list[str] = []
     results: list[AsyncResult] = []
     try:
-        worker.wait_ready(app, timeout_s=60)
+        worker.wait_ready(app)
         # 100 texts take the worker about 1.3 s at 300 ms per call: each kill lands mid-run.
         stub.set_latency_ms(300)
         failures_seen: set[str] = set()
@@ -122,7 +122,7 @@ def test_killing_the_master_mid_run_loses_no_text_and_shows_no_failure(
         assert worker.alive()
         # The shared budget and the queue gauge reach the master through the Sentinels too.
         assert "no Redis for the shared rate-limit budget" not in worker.log()
-        wait_for(lambda: _queue_depth(metrics_port) == 0.0, 30, "the queue gauge to read 0")
+        wait_for(lambda: _queue_depth(metrics_port) == 0.0, 60, "the queue gauge to read 0")
     finally:
         # Celery unsubscribes a collected result over the network: collect them while the
         # Sentinels and a master still answer, even when the test failed.
@@ -198,7 +198,7 @@ def test_a_bulk_enqueue_rides_out_a_master_kill_and_every_text_gets_its_vector(
     killer: list[threading.Thread] = []
     results: list[Any] = []
     try:
-        worker.wait_ready(app, timeout_s=60)
+        worker.wait_ready(app)
         # enqueue_texts (results subscribed per chunk) behind Sentinel, no kill: 3 chunks.
         original = redis.client.Pipeline.execute
         spy = TransactionSpy()

@@ -59,7 +59,7 @@ def test_a_worker_killed_with_sigkill_mid_run_loses_no_text_once_a_replacement_r
         stats = stub.stats()
         return stats["ok_calls"] >= 10 and stats["current_concurrency"] > 0
 
-    wait_for(mid_run, 30, "the doomed worker to be mid-run with calls in flight")
+    wait_for(mid_run, 60, "the doomed worker to be mid-run with calls in flight")
     doomed.kill()
     killed_at = time.monotonic()
     queued = queued_texts(clean_redis)
@@ -119,7 +119,7 @@ def test_a_warm_shutdown_finishes_calls_in_flight_and_returns_the_rest_to_the_qu
         stats = stub.stats()
         return stats["ok_calls"] >= 3 and stats["current_concurrency"] > 0
 
-    wait_for(mid_run, 30, "the leaving worker to be mid-run with calls in flight")
+    wait_for(mid_run, 60, "the leaving worker to be mid-run with calls in flight")
     exit_code = first.stop()  # SIGTERM, then wait for the exit
     assert exit_code == 0, first.log()
 

@@ -121,7 +121,7 @@ def test_a_worker_killed_mid_run_loses_no_text_of_either_lane(start_worker, stub
     fault = {"BROKER_VISIBILITY_TIMEOUT": "10", "BROKER_UNACKED_RESTORE_INTERVAL": "1"}
     bulk = _backfill(app, 1200, "kill")
     doomed = start_worker(stub.base_url, fault, name="doomed")
-    wait_for(lambda: stub.stats()["ok_calls"] >= 10, 30, "the backfill to be under way")
+    wait_for(lambda: stub.stats()["ok_calls"] >= 10, 60, "the backfill to be under way")
     web_texts = [f"web text before the kill {i}" for i in range(40)]
     web = [producers.enqueue_text(text, app=app) for text in web_texts]
     doomed.kill()

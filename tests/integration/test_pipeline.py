@@ -29,18 +29,20 @@ def test_two_thousand_texts_enqueued_one_by_one_end_in_full_calls(start_worker, 
     stub.set_latency_ms(50)
     texts = [f"document {i}: the quick brown fox {i % 37}" for i in range(2000)]
     results = [producers.enqueue_text(text, app=app) for text in texts]
-    # The worker starts on the backlog, at its defaults (0.1 s flush interval, nagle). Were
-    # it running while this process enqueued, a busy machine could make the enqueueing
-    # slower than the worker's calls, and nagle then rightly sends the partial batch waiting
-    # when its last call ends: a test of the machine's speed, not of the batching.
-    start_worker(stub.base_url)
+    # The worker starts on the backlog, and a partial batch waits 2 s for texts: calls fill
+    # by count however slowly a busy machine feeds its threads. At the default (nagle,
+    # 0.1 s) a starved intake rightly sends what waits when the calls in flight end;
+    # scripts/bench b1 measures the default's texts per call on an unshared machine.
+    start_worker(
+        stub.base_url, {"EMBEDDINGS_FLUSH_POLICY": "interval", "EMBEDDINGS_FLUSH_INTERVAL_S": "2"}
+    )
     vectors = [result.get(timeout=120) for result in results]
     assert all(result.state == "SUCCESS" for result in results)
     for text, vector in zip(texts, vectors, strict=True):
         assert vector == _expected(text)
     stats = stub.stats()
     assert stats["total_inputs"] == 2000
-    assert stats["ok_calls"] <= 252, f"{stats['ok_calls']} calls for 2000 texts"
+    assert stats["ok_calls"] <= 251, f"{stats['ok_calls']} calls for 2000 texts"
     assert max(stats["inputs_per_call"]) <= 8
 
 

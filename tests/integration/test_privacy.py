@@ -81,7 +81,7 @@ def run(
                 tasks = flower.api("tasks")
                 return all(tasks.get(i, {}).get("state") in ("SUCCESS", "FAILURE") for i in ids)
 
-            wait_for(all_final, 30, "Flower to see every canary task in a final state")
+            wait_for(all_final, 60, "Flower to see every canary task in a final state")
             payloads = [json.dumps(flower.api("tasks"))]
             payloads += [json.dumps(flower.api(f"task/info/{i}")) for i in ids]
         finally:

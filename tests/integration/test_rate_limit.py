@@ -21,7 +21,13 @@ def test_four_workers_under_a_configured_limit_stay_within_it_in_full_calls(
     stub.configure(rpm=CALLS_PER_S * 60, limit_window_s=1.0)
     texts = [f"budgeted text {i}: lorem ipsum {i % 41}" for i in range(TEXTS)]
     results = producers.enqueue_texts(texts, app=app)
-    env = {"EMBEDDINGS_RPM_LIMIT": str(CALLS_PER_S * 60)}
+    # A partial batch waits 2 s for texts, so calls fill by count however slowly a busy
+    # machine feeds the workers (scripts/bench limits measures the default policy's fill).
+    env = {
+        "EMBEDDINGS_RPM_LIMIT": str(CALLS_PER_S * 60),
+        "EMBEDDINGS_FLUSH_POLICY": "interval",
+        "EMBEDDINGS_FLUSH_INTERVAL_S": "2",
+    }
     workers = [start_worker(stub.base_url, env, name=f"budget{i}") for i in range(4)]
 
     vectors = [result.get(timeout=120) for result in results]
@@ -40,4 +46,5 @@ def test_four_workers_under_a_configured_limit_stay_within_it_in_full_calls(
     assert api["total_inputs"] == TEXTS
     assert sum(1 for r in runs if r) >= 2, runs  # the budget was shared, not won by one
     assert api["rate_limited_calls"] <= 0.01 * api["calls"]
-    assert per_call >= 7.9
+    partial = [n for n in api["inputs_per_call"] if n < 8]
+    assert len(partial) <= len(workers), partial  # each worker's share of the tail

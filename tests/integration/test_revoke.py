@@ -39,7 +39,7 @@ def test_texts_revoked_before_any_worker_starts_are_never_embedded(
     start_worker(stub.base_url, name="late")
     after = producers.enqueue_text("after the revoked ones", app=app)
     assert after.get(timeout=30) == expected("after the revoked ones")
-    wait_for(lambda: _drained(clean_redis), 30, "every revoked message to be acked")
+    wait_for(lambda: _drained(clean_redis), 60, "every revoked message to be acked")
     assert stub.stats()["texts_seen"] == 1
     assert {r.state for r in results} == {"REVOKED"}
     assert all(isinstance(r.result, Exception) for r in results)
@@ -57,16 +57,16 @@ def test_texts_revoked_while_waiting_in_the_micro_batcher_never_reach_the_api(
     )
     stub.set_latency_ms(3000)
     blocker = producers.enqueue_text("in the call", app=app)
-    wait_for(lambda: stub.stats()["current_concurrency"] == 1, 30, "the first call to be held")
+    wait_for(lambda: stub.stats()["current_concurrency"] == 1, 60, "the first call to be held")
     waiting = [producers.enqueue_text(f"waiting {i}", app=app) for i in range(8)]
-    wait_for(lambda: _pending_texts(port) == 8, 30, "8 texts to wait in the micro-batcher")
+    wait_for(lambda: _pending_texts(port) == 8, 60, "8 texts to wait in the micro-batcher")
 
     producers.revoke([r.id for r in waiting], app=app)
     stub.set_latency_ms(20)
     wait_all_ready([blocker, *waiting], 60, "every text to finish")
     assert blocker.get(timeout=1) == expected("in the call")
     assert {r.state for r in waiting} == {"REVOKED"}
-    wait_for(lambda: _drained(clean_redis), 30, "every message to be acked")
+    wait_for(lambda: _drained(clean_redis), 60, "every message to be acked")
     assert stub.stats()["texts_seen"] == 1
     assert stub.stats()["calls"] == 1
 

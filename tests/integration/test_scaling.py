@@ -11,15 +11,19 @@ pytestmark = pytest.mark.integration
 
 TEXTS = 2000
 DIMS = 16
+# A partial batch waits 2 s for texts: calls fill by count from a backlog however slowly a
+# busy machine feeds each worker's threads. At the default (nagle, 0.1 s) a starved intake
+# rightly sends what waits when the calls in flight end; scripts/bench b2 measures the
+# default's texts per call, where the machine is not shared.
+FILL_BY_COUNT = {"EMBEDDINGS_FLUSH_POLICY": "interval", "EMBEDDINGS_FLUSH_INTERVAL_S": "2"}
 
 
 def test_two_workers_share_a_backlog_each_text_once_in_full_calls(start_worker, stub, app):
     stub.set_latency_ms(50)
     texts = [f"scaled text {i}: lorem ipsum {i % 53}" for i in range(TEXTS)]
-    # Default settings, 0.1 s flush interval included: with a backlog, calls fill by count.
     # Both are ready before the backlog lands (one bulk enqueue), so both meet it from the
     # start: a worker that started first on a busy machine could drain it alone.
-    workers = [start_worker(stub.base_url, name=f"scale{i}") for i in range(2)]
+    workers = [start_worker(stub.base_url, FILL_BY_COUNT, name=f"scale{i}") for i in range(2)]
     results = producers.enqueue_texts(texts, app=app)
 
     vectors = [result.get(timeout=120) for result in results]
@@ -46,9 +50,6 @@ def test_two_workers_share_a_backlog_each_text_once_in_full_calls(start_worker, 
     assert api["total_inputs"] == TEXTS
     assert api["failed_calls"] == 0
     assert max(api["inputs_per_call"]) <= 8
-    # Full calls, but for the partial ones each worker's batching explains: its first text
-    # leaves alone (nagle: no call in flight on an idle worker), the backlog's tail, and one
-    # where a busy machine let its calls end before its intake refilled them. A worker that
-    # did not batch would send hundreds.
+    # Full calls, but for each worker's share of the backlog's tail.
     partial = [n for n in api["inputs_per_call"] if n < 8]
-    assert len(partial) <= 3 * len(workers), partial
+    assert len(partial) <= len(workers), partial

@@ -103,13 +103,14 @@ def test_malformed_task_arguments_end_failure_with_a_clear_error_and_a_log_line(
         wrong: (app.send_task(TASK, args=args, kwargs=kwargs), kind, message)
         for wrong, args, kwargs, kind, message in MALFORMED_CALLS
     }
-    wait_all_ready([result for result, _, _ in sent.values()], 30, "the malformed tasks")
-    log = worker.log()
+    wait_all_ready([result for result, _, _ in sent.values()], 60, "the malformed tasks")
     for wrong, (result, kind, message) in sent.items():
         assert result.state == "FAILURE", wrong
         assert type(result.result).__name__ == kind, wrong
         assert message in str(result.result), wrong
-        assert f"{result.id}] raised unexpected: {kind}" in log, wrong
+        # The result is stored before the worker logs the failure: wait for the line.
+        line = f"{result.id}] raised unexpected: {kind}"
+        wait_for(lambda line=line: line in worker.log(), 30, f"the log line for {wrong}")
     assert stub.stats()["calls"] == 0, "a malformed task reached the API"
     _still_works(worker, app, "after the malformed arguments")
 
@@ -160,7 +161,7 @@ def test_the_api_key_appears_in_no_log_argument_result_or_error_in_redis(
             texts = [f"secret-free {i}" for i in range(10)]
             results = [producers.enqueue_text(text, app=app) for text in texts]
             rejected = producers.enqueue_text("please __REJECT__ me", app=app)
-            wait_all_ready([*results, rejected], 30, "the texts")
+            wait_all_ready([*results, rejected], 60, "the texts")
             assert outcomes(results, texts)["ok"] == texts
             with pytest.raises(EmbeddingAPIError):
                 rejected.get(timeout=5)
@@ -182,7 +183,7 @@ def test_every_result_expires_and_no_argument_is_copied_into_it(
     start_worker(stub.base_url)
     results = [producers.enqueue_text(f"short-lived {i}", app=app) for i in range(5)]
     failed = app.send_task(TASK, args=[""])
-    wait_all_ready([*results, failed], 30, "the texts")
+    wait_all_ready([*results, failed], 60, "the texts")
     keys = clean_redis.keys("celery-task-meta-*")
     assert len(keys) == 6
     for key in keys:
@@ -205,7 +206,7 @@ def test_a_password_protected_redis_url_works_end_to_end_and_the_password_is_not
             worker.wait_ready(app)
             texts = [f"behind a password {i}" for i in range(5)]
             results = [producers.enqueue_text(text, app=app) for text in texts]
-            wait_all_ready(results, 30, "the texts")
+            wait_all_ready(results, 60, "the texts")
             assert outcomes(results, texts)["ok"] == texts
             log = worker.log()
         finally:
@@ -259,7 +260,7 @@ def test_a_rediss_url_works_end_to_end_against_a_tls_redis_with_a_private_ca(stu
             worker.wait_ready(app)
             texts = [f"over TLS {i}" for i in range(5)]
             results = [producers.enqueue_text(text, app=app) for text in texts]
-            wait_all_ready(results, 30, "the texts")
+            wait_all_ready(results, 60, "the texts")
             assert outcomes(results, texts)["ok"] == texts
         finally:
             worker.stop()
