@@ -5,7 +5,8 @@ workers batch texts across requests and across gateway replicas. Each request pi
 lane (``gateway.lanes``: the ``X-Embeddings-Lane`` header, else ``service_tier``, else
 interactive). A retried request waits on its first attempt's tasks (``gateway.idempotency``);
 one that times out is told why (``gateway.pace``). ``GET /healthz`` reports Redis, worker
-pings and queue depth.
+pings and queue depth. ``/docs`` is Swagger UI served from the ``fastapi-offline`` package,
+so it works without reaching a CDN.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.errors import SERVER_ERROR, ApiError, error_body, error_for, model_not_found
@@ -33,7 +36,13 @@ from gateway.pace import (
     timeout_error,
 )
 from gateway.parsing import EmbeddingRequest, parse_request, render_response
-from gateway.schemas import OPENAPI_LANE_HEADER, OPENAPI_REQUEST_BODY, RESPONSES
+from gateway.schemas import (
+    IDEMPOTENCY_HEADER,
+    HealthBody,
+    embeddings_operation,
+    models_operation,
+    security_schemes,
+)
 from gateway.service import EmbeddingService, QueueService
 from gateway.settings import MAX_IDEMPOTENCY_KEY_CHARS, GatewaySettings
 from worker.errors import EmbeddingError, EmbeddingResultTimeoutError
@@ -41,8 +50,6 @@ from worker.errors import EmbeddingError, EmbeddingResultTimeoutError
 __all__ = ["create_app", "get_service"]
 
 log = logging.getLogger(__name__)
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
 async def get_service(request: Request) -> EmbeddingService:
@@ -83,7 +90,7 @@ def create_app(
         finally:
             await service.aclose()
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="embedding-gateway",
         summary="OpenAI-compatible embeddings in front of the embedding queue.",
         lifespan=lifespan,
@@ -98,9 +105,8 @@ def create_app(
     @app.post(
         "/v1/embeddings",
         dependencies=[Depends(authorize)],
-        responses=RESPONSES,
-        openapi_extra={**OPENAPI_REQUEST_BODY, **OPENAPI_LANE_HEADER},
         summary="Create embeddings (OpenAI-compatible)",
+        **embeddings_operation(settings),
     )
     async def create_embeddings(request: Request, service: Service) -> Response:
         parsed = parse_request(await request.body(), max_text_chars=settings.max_text_chars)
@@ -140,7 +146,12 @@ def create_app(
         response.headers.update(headers)
         return response
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)], summary="List models")
+    @app.get(
+        "/v1/models",
+        dependencies=[Depends(authorize)],
+        summary="List the models served (GATEWAY_MODELS)",
+        **models_operation(settings),
+    )
     async def list_models() -> dict[str, Any]:
         models = [
             {"id": name, "object": "model", "created": 0, "owned_by": "system"}
@@ -148,7 +159,14 @@ def create_app(
         ]
         return {"object": "list", "data": models}
 
-    @app.get("/healthz", summary="Redis, worker pings and queue depth (no auth)")
+    @app.get(
+        "/healthz",
+        summary="Redis, worker pings and queue depth (no auth)",
+        responses={
+            200: {"model": HealthBody, "description": "Redis answers"},
+            503: {"model": HealthBody, "description": "Redis does not answer"},
+        },
+    )
     async def healthz(service: Service) -> Response:
         health = await service.health()
         body: dict[str, Any] = {
@@ -161,6 +179,21 @@ def create_app(
             body["lanes"] = health.lane_depths
         return _json(body, 200 if health.redis else 503)
 
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                summary=app.summary,
+                routes=app.routes,
+            )
+            schemes = security_schemes(settings)
+            if schemes:
+                schema.setdefault("components", {})["securitySchemes"] = schemes
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

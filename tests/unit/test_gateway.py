@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from gateway import GatewaySettings, Health, create_app
 from gateway.idempotency import RequestKey
+from gateway.schemas import TEXT_PATTERN
 from worker.errors import (
     EmbeddingAPIError,
     EmbeddingQueueUnavailableError,
@@ -492,3 +494,51 @@ def test_a_large_request_gets_its_estimated_time_and_a_warning_over_the_timeout(
 def test_a_small_request_is_not_estimated(client, service) -> None:
     response = _post(client, {"input": "x", "model": MODEL})
     assert "X-Embeddings-Estimated-Seconds" not in response.headers
+
+
+def test_the_request_schema_carries_the_limits_the_gateway_enforces(client) -> None:
+    schema = client.get("/openapi.json").json()
+    operation = schema["paths"]["/v1/embeddings"]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["required"]) == {"input", "model"}
+    assert body["properties"]["model"]["enum"] == [MODEL]
+    text, texts, tokens, token_lists = body["properties"]["input"]["anyOf"]
+    assert (text["type"], text["minLength"], text["maxLength"]) == ("string", 1, 500)
+    assert (texts["minItems"], texts["maxItems"], texts["items"]) == (1, 2048, text)
+    assert tokens["items"] == {"type": "integer", "minimum": 0}
+    assert (token_lists["minItems"], token_lists["maxItems"]) == (1, 2048)
+    assert token_lists["items"] == tokens
+    assert {"200", "400", "401", "404", "413", "422", "429", "503"} <= set(operation["responses"])
+    assert operation["security"] == [{"bearerAuth": []}]
+    assert schema["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "description": "One of GATEWAY_API_KEYS."
+    }  # fmt: skip
+    models = schema["paths"]["/v1/models"]["get"]
+    assert models["security"] == [{"bearerAuth": []}] and "401" in models["responses"]
+
+
+@pytest.mark.parametrize(
+    ("text", "accepted"),
+    [("ok", True), (" x ", True), ("", False), ("  \t\n", False), ("a\x00b", False)],
+)
+def test_the_text_pattern_matches_what_validation_accepts(text: str, accepted: bool) -> None:
+    assert bool(re.search(TEXT_PATTERN, text)) is accepted
+
+
+def test_without_keys_the_schema_asks_for_no_bearer(service) -> None:
+    settings = GatewaySettings(allow_no_auth=True)
+    with _client(service, settings) as client:
+        schema = client.get("/openapi.json").json()
+    assert "security" not in schema["paths"]["/v1/embeddings"]["post"]
+    assert "securitySchemes" not in schema.get("components", {})
+
+
+def test_docs_load_swagger_ui_from_the_gateway_itself_not_a_cdn(client) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower()
+    scripts = re.findall(r'src="([^"]+\.js)"', page.text)
+    assert scripts and all(src.startswith("/") for src in scripts)
+    for src in scripts:
+        asset = client.get(src)
+        assert asset.status_code == 200 and len(asset.content) > 100_000
