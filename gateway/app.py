@@ -121,6 +121,7 @@ def create_app(
         if len(parsed.texts) >= LARGE_REQUEST_TEXTS:
             headers = await _estimate(service, settings, pace, len(parsed.texts), lane)
         started = pace.now()
+        reused: list[int] = []
         try:
             vectors = await service.embed(
                 parsed.texts,
@@ -128,6 +129,7 @@ def create_app(
                 timeout_s=settings.request_timeout_s,
                 lane=lane,
                 request_key=key,
+                on_reuse=reused.append,
             )
         except ApiError:
             raise  # a reused Idempotency-Key, or a concurrent attempt
@@ -140,7 +142,10 @@ def create_app(
                 # A task's non-project error (revoked, a bug): answered 502, kept in the log.
                 log.warning("embedding failed: %s: %s", type(exc).__name__, exc)
             raise error_for(exc, timeout_s=settings.request_timeout_s) from exc
-        pace.record(started, len(vectors))
+        if not sum(reused):
+            # A retry's reused texts were in flight before it started: its span would
+            # overstate how fast the queue drains.
+            pace.record(started, len(vectors))
         _check_dimensions_after(parsed, vectors)
         response = _json(render_response(parsed, vectors))
         response.headers.update(headers)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import timedelta
@@ -59,12 +59,14 @@ class EmbeddingService(Protocol):
         timeout_s: float,
         lane: str,
         request_key: RequestKey | None = None,
+        on_reuse: Callable[[int], None] | None = None,
     ) -> list[list[float]]:
         """Vectors of already-validated ``texts`` sent in ``lane``, in order.
 
         With ``request_key``, the tasks of an earlier attempt recorded under it are waited
-        on instead of enqueueing the texts again. Raises the project's errors, or the
-        ``ApiError`` of a reused ``Idempotency-Key`` (422) or of a concurrent attempt (409).
+        on instead of enqueueing the texts again; ``on_reuse`` is told how many were. Raises
+        the project's errors, or the ``ApiError`` of a reused ``Idempotency-Key`` (422) or of
+        a concurrent attempt (409).
         """
         ...
 
@@ -105,6 +107,7 @@ class QueueService:
         timeout_s: float,
         lane: str,
         request_key: RequestKey | None = None,
+        on_reuse: Callable[[int], None] | None = None,
     ) -> list[list[float]]:
         if request_key is None or not texts:
             return await self.producer.embed_texts_checked(
@@ -121,13 +124,15 @@ class QueueService:
             )
             return [result.id for result in sent]
 
-        task_ids, _reused = await self.ledger.task_ids(
+        task_ids, reused = await self.ledger.task_ids(
             request_key,
             len(texts),
             enqueue=enqueue,
             failed=self._failed,
             claim_wait_s=min(_CLAIM_WAIT_S, timeout_s),
         )
+        if on_reuse is not None:
+            on_reuse(reused)
         return await self.producer.wait(task_ids, timeout=max(0.0, deadline - loop.time()))
 
     async def _failed(self, task_ids: Sequence[str]) -> list[int]:

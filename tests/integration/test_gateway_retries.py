@@ -95,3 +95,24 @@ def test_an_idempotency_key_reused_for_another_body_is_a_422(gateway, clean_redi
     assert other.status_code == 422
     assert other.json()["error"]["code"] == "idempotency_key_reused"
     assert queued_texts(clean_redis) == 2
+
+
+def test_a_repeat_reuses_done_tasks_and_enqueues_failed_ones_anew(
+    gateway, start_worker, stub
+) -> None:
+    start_worker(stub.base_url)
+    done = ["a text embedded once"]
+    rejected = ["this is __REJECT__ content"]
+    with _client(gateway, retries=20) as client:
+        first = client.embeddings.create(model=MODEL, input=done, encoding_format="float")
+        calls = stub.stats()["calls"]
+        again = client.embeddings.create(model=MODEL, input=done, encoding_format="float")
+        assert again.data[0].embedding == first.data[0].embedding
+        assert stub.stats()["calls"] == calls  # answered from the stored result
+
+        for attempt in (1, 2):
+            with pytest.raises(openai.BadRequestError) as info:
+                client.embeddings.create(model=MODEL, input=rejected)
+            assert "disallowed content" in info.value.message
+            # A failed task is not replayed: each request sent the text to the API again.
+            assert stub.stats()["failed_calls"] == attempt

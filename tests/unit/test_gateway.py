@@ -6,7 +6,7 @@ import base64
 import json
 import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -57,6 +57,7 @@ class FakeService:
         timeout_s: float,
         lane: str,
         request_key: RequestKey | None = None,
+        on_reuse: Callable[[int], None] | None = None,
     ) -> list[list[float]]:
         self.embedded.append((list(texts), model))
         self.lanes.append(lane)
