@@ -47,6 +47,7 @@ from worker.errors import EmbeddingQueueUnavailableError
 __all__ = [
     "CLAIM_TTL_S",
     "KEY_PREFIX",
+    "MAX_COMMANDS",
     "RequestKey",
     "RequestLedger",
     "request_key",
@@ -55,6 +56,9 @@ __all__ = [
 KEY_PREFIX = "embedding-gateway:request:"
 # How long a claim may stay unresolved: far above the time to publish 2,048 texts.
 CLAIM_TTL_S = 30
+# Redis commands in flight at once, below redis-py's asyncio pool of 100 connections (the
+# gateway's own client of the result backend: the ledger's commands and its MGETs).
+MAX_COMMANDS = 64
 # A second attempt polls a claimed key this often while the first publishes.
 _POLL_S = 0.05
 _VERSION = 1
@@ -118,11 +122,36 @@ def _record(fingerprint: str, task_ids: Sequence[str] | None) -> str:
 
 
 class RequestLedger:
-    """Records and finds the task ids of requests, in ``redis`` (the result backend's db)."""
+    """Records and finds the task ids of requests, in ``redis`` (the result backend's db).
 
-    def __init__(self, redis: Redis, *, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+    At most ``max_commands`` of its Redis commands run at once (``gate``, which callers may
+    share for their own commands on the same client): redis-py's asyncio pool refuses a
+    command past its 100 connections at once ("Too many connections") rather than wait, and
+    256 one-text requests at once answered most of them 503 before this bound.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_commands: int = MAX_COMMANDS,
+    ):
         self.redis = redis
         self._sleep = sleep
+        self.gate = asyncio.Semaphore(max_commands)
+
+    async def _set(self, key: str, value: str, **options: Any) -> Any:
+        async with self.gate:
+            return await self.redis.set(key, value, **options)
+
+    async def _get(self, key: str) -> Any:
+        async with self.gate:
+            return await self.redis.get(key)
+
+    async def _delete(self, key: str) -> None:
+        async with self.gate:
+            await self.redis.delete(key)
 
     async def task_ids(
         self,
@@ -157,11 +186,11 @@ class RequestLedger:
     ) -> tuple[list[str], int]:
         polls_left = math.ceil(claim_wait_s / _POLL_S)
         while True:
-            if await self.redis.set(
+            if await self._set(
                 key.redis_key, _record(key.fingerprint, None), nx=True, ex=CLAIM_TTL_S
             ):
                 return await self._enqueue_all(key, count, enqueue), 0
-            raw = await self.redis.get(key.redis_key)
+            raw = await self._get(key.redis_key)
             if raw is None:
                 continue  # it expired between the two commands: claim it
             record = json.loads(raw)
@@ -195,9 +224,9 @@ class RequestLedger:
             ids = await enqueue(range(count))
         except BaseException:
             # Nothing recorded: the next attempt enqueues again rather than wait on nothing.
-            await self.redis.delete(key.redis_key)
+            await self._delete(key.redis_key)
             raise
-        await self.redis.set(key.redis_key, _record(key.fingerprint, ids), ex=key.ttl_s)
+        await self._set(key.redis_key, _record(key.fingerprint, ids), ex=key.ttl_s)
         return ids
 
     async def _reuse(
@@ -207,5 +236,5 @@ class RequestLedger:
         if again:
             for index, task_id in zip(again, await enqueue(again), strict=True):
                 ids[index] = task_id
-            await self.redis.set(key.redis_key, _record(key.fingerprint, ids), ex=key.ttl_s)
+            await self._set(key.redis_key, _record(key.fingerprint, ids), ex=key.ttl_s)
         return ids, len(ids) - len(again)

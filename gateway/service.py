@@ -138,7 +138,8 @@ class QueueService:
     async def _failed(self, task_ids: Sequence[str]) -> list[int]:
         """Indexes of ``task_ids`` whose stored result is a failure or a revoke."""
         backend = self.app.backend
-        raws = await self._results.mget([backend.get_key_for_task(i) for i in task_ids])
+        async with self.ledger.gate:
+            raws = await self._results.mget([backend.get_key_for_task(i) for i in task_ids])
         failed = []
         for index, raw in enumerate(raws):
             if raw is not None:

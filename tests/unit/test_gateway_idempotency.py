@@ -204,3 +204,50 @@ def test_a_timeout_says_no_worker_or_queue_too_deep() -> None:
         timeout_s=60, texts=4, lane="bulk", workers=2, queued=30, texts_per_s=None
     )
     assert unknown.code == "timeout" and "2 workers answered" in unknown.message
+
+
+class SlowRedis:
+    """A Redis whose commands take a while, counting how many run at once."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.running = 0
+        self.peak = 0
+
+    async def _command(self) -> None:
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        await asyncio.sleep(0.001)
+        self.running -= 1
+
+    async def set(self, key: str, value: str, nx: bool = False, ex: int | None = None) -> bool:
+        await self._command()
+        if nx and key in self.data:
+            return False
+        self.data[key] = value
+        return True
+
+    async def get(self, key: str) -> Any:
+        await self._command()
+        return self.data.get(key)
+
+    async def delete(self, key: str) -> None:
+        await self._command()
+        self.data.pop(key, None)
+
+
+def test_no_more_than_max_commands_run_at_once_however_many_requests() -> None:
+    redis = SlowRedis()
+    ledger = RequestLedger(redis, max_commands=8)  # type: ignore[arg-type]
+    queue = Queue()
+
+    async def main() -> list[Any]:
+        keys = [_key(texts=[f"text {i}", "b", "c"]) for i in range(100)]
+        return await asyncio.gather(
+            *(ledger.task_ids(k, 3, enqueue=queue.enqueue, failed=queue.failed, claim_wait_s=1)
+              for k in keys)
+        )  # fmt: skip
+
+    results = asyncio.run(main())
+    assert len(results) == 100 and all(reused == 0 for _, reused in results)
+    assert redis.peak == 8
