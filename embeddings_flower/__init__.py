@@ -1,8 +1,9 @@
 """``embeddings-flower``: Flower for the project's workers, always behind a login.
 
 ``celery -A worker flower`` reads its settings file, ``flowerconfig.py``, from the working
-directory, and only there does the project's file refuse to start without a login: started
-anywhere else, Flower serves every task to anyone, on every interface. ``embeddings-flower``
+directory; started anywhere else than the repo root it used to serve every task to anyone, on
+every interface. The project's app now installs the login and loopback rules under that
+command too (``guard_celery_flower``, called by ``worker.celery_app``). ``embeddings-flower``
 (or ``python -m embeddings_flower``) runs the same Flower in process, under rules that do
 not depend on where it starts (``embeddings_flower.guard``):
 
@@ -13,6 +14,20 @@ not depend on where it starts (``embeddings_flower.guard``):
   directory's.
 """
 
-from embeddings_flower.guard import CONFIG_PATH, DEFAULT_ADDRESS, check_login, enforce, install
+from embeddings_flower.guard import (
+    CONFIG_PATH,
+    DEFAULT_ADDRESS,
+    check_login,
+    enforce,
+    guard_celery_flower,
+    install,
+)
 
-__all__ = ["CONFIG_PATH", "DEFAULT_ADDRESS", "check_login", "enforce", "install"]
+__all__ = [
+    "CONFIG_PATH",
+    "DEFAULT_ADDRESS",
+    "check_login",
+    "enforce",
+    "guard_celery_flower",
+    "install",
+]

@@ -10,13 +10,22 @@ the environment (``FLOWER_BASIC_AUTH``) or a flag, never from a settings file al
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from worker.errors import EmbeddingConfigError
 
-__all__ = ["CONFIG_PATH", "DEFAULT_ADDRESS", "FlowerOptions", "check_login", "enforce", "install"]
+__all__ = [
+    "CONFIG_PATH",
+    "DEFAULT_ADDRESS",
+    "FlowerOptions",
+    "check_login",
+    "enforce",
+    "guard_celery_flower",
+    "install",
+]
 
 # Flower's settings for this project, by absolute path: never a file of the working directory.
 CONFIG_PATH = Path(__file__).resolve().with_name("flowerconfig.py")
@@ -76,15 +85,59 @@ def enforce(options: FlowerOptions) -> None:
 _installed = False
 
 
-def install() -> None:
-    """Have tornado run :func:`enforce` on Flower's options after each parse (once per process)."""
+def install(*, exit_on_refusal: bool = False) -> None:
+    """Have tornado run :func:`enforce` on Flower's options after each parse (once per process).
+
+    ``exit_on_refusal``: a refusal ends the process with its message and status 2, for a
+    command (``celery flower``) that would otherwise print the error as a traceback.
+    """
     global _installed
     if _installed:
         return
     from tornado.options import options
 
     def enforce_flower_options() -> None:
-        enforce(cast(FlowerOptions, options))
+        try:
+            enforce(cast(FlowerOptions, options))
+        except EmbeddingConfigError as exc:
+            if not exit_on_refusal:
+                raise
+            print(f"flower: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     options.add_parse_callback(enforce_flower_options)
     _installed = True
+
+
+def _celery_subcommand() -> str | None:
+    """The subcommand of the ``celery`` command line being run, if one is being parsed."""
+    click: Any = sys.modules.get("click")
+    if click is None:  # not under Celery's command line at all
+        return None
+    ctx = click.get_current_context(silent=True)
+    while ctx is not None and ctx.parent is not None:
+        ctx = ctx.parent
+    if ctx is None:
+        return None
+    if ctx.invoked_subcommand:
+        return str(ctx.invoked_subcommand)
+    # The app is loaded while the group parses its own options, before click names the
+    # subcommand: the arguments left over start with it.
+    # Read from the instance: click 8.2 keeps them as _protected_args behind a deprecated
+    # property, older versions as protected_args.
+    fields = vars(ctx)
+    protected = fields.get("_protected_args", fields.get("protected_args")) or []
+    rest = [*protected, *ctx.args]
+    return str(rest[0]) if rest else None
+
+
+def guard_celery_flower() -> None:
+    """Under ``celery -A worker flower``, from any directory, apply the rules above too.
+
+    Called when the project's Celery app is built (``worker.celery_app``): Celery builds it
+    before it runs the subcommand, so the rules are in place before Flower reads its options,
+    whichever directory it starts in and whether or not that holds a ``flowerconfig.py``.
+    Any other command, and any process not started by ``celery``, is left alone.
+    """
+    if _celery_subcommand() == "flower":
+        install(exit_on_refusal=True)

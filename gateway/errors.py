@@ -4,6 +4,7 @@
 
 - 400 ``invalid_request_error``: a bad request or input (``EmbeddingInputError``), or the
   API rejected a text with a 4xx (``EmbeddingAPIError``); the API's message is passed on.
+- 404 ``model_not_found``: the upstream API answered 404 (a model it does not serve).
 - 502 ``server_error``: the API refused the workers' own key (401/403), answered with
   something unusable (``EmbeddingFatalError``), or a task raised anything else.
 - 503 ``server_error``: Redis unreachable, no result within the request timeout, or the
@@ -30,7 +31,7 @@ from worker.errors import (
     EmbeddingRetryableError,
 )
 
-__all__ = ["ApiError", "error_body", "error_for"]
+__all__ = ["ApiError", "error_body", "error_for", "model_not_found"]
 
 INVALID_REQUEST = "invalid_request_error"
 SERVER_ERROR = "server_error"
@@ -66,6 +67,15 @@ def error_body(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
+def model_not_found(model: str) -> ApiError:
+    """OpenAI's answer for a model it does not serve: 404 ``model_not_found``."""
+    return ApiError(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+    )
+
+
 def error_for(exc: BaseException, *, timeout_s: float) -> ApiError:
     """The answer for ``exc``, raised while embedding a request's texts."""
     if isinstance(exc, EmbeddingInputError):
@@ -78,6 +88,13 @@ def error_for(exc: BaseException, *, timeout_s: float) -> ApiError:
                 "the upstream embeddings API refused this deployment's credentials",
                 type=SERVER_ERROR,
                 code="upstream_auth_failed",
+            )
+        if exc.status_code == 404:
+            # The upstream API does not know the model: OpenAI's own answer to a caller.
+            return ApiError(
+                404,
+                exc.api_message or "The model does not exist or you do not have access to it.",
+                code="model_not_found",
             )
         return ApiError(400, exc.api_message or str(exc), param="input")
     if isinstance(exc, EmbeddingResultTimeoutError):

@@ -16,17 +16,20 @@ from worker.settings import DEFAULT_MAX_TEXT_CHARS, DEFAULT_MODEL, env_float, en
 
 __all__ = [
     "DEFAULT_HOST",
+    "DEFAULT_IDEMPOTENCY_TTL_S",
     "DEFAULT_LIMIT_CONCURRENCY",
     "DEFAULT_LOG_LEVEL",
     "DEFAULT_MAX_BODY_BYTES",
     "DEFAULT_MAX_HEADER_BYTES",
     "DEFAULT_PORT",
     "DEFAULT_REQUEST_TIMEOUT_S",
+    "DEFAULT_RETRY_WINDOW_S",
     "DEFAULT_TIMEOUT_BODY_S",
     "DEFAULT_TIMEOUT_HEADERS_S",
     "DEFAULT_TIMEOUT_KEEP_ALIVE_S",
     "DEFAULT_WORKERS",
     "LOG_LEVELS",
+    "MAX_IDEMPOTENCY_KEY_CHARS",
     "MAX_INPUTS",
     "GatewaySettings",
 ]
@@ -46,6 +49,14 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_REQUEST_TIMEOUT_S = 60.0
 DEFAULT_WORKER_PING_TIMEOUT_S = 1.0
+# A request equal to one made this recently (same key, model and texts) waits on its tasks
+# (gateway.idempotency): openai-python's two retries of a 60 s timeout fall well inside.
+DEFAULT_RETRY_WINDOW_S = 600
+# An Idempotency-Key names its request this long, as Stripe keeps its keys (24 h); both are
+# capped at the result backend's result_expires.
+DEFAULT_IDEMPOTENCY_TTL_S = 86_400
+# An Idempotency-Key header longer than this is refused (Stripe's limit).
+MAX_IDEMPOTENCY_KEY_CHARS = 255
 # OpenAI's own limit of inputs per request.
 MAX_INPUTS = 2048
 # Open connections (idle keep-alive ones included) or requests in progress past which a new
@@ -94,6 +105,15 @@ class GatewaySettings:
     connection; a request's line and headers must arrive within ``timeout_headers_s`` (10 s)
     and its body within ``timeout_body_s`` (60 s) after them, or the connection is closed;
     line and headers over ``max_header_bytes`` (64 KiB) get 431.
+
+    Retries (``gateway.idempotency``): a request equal to one of the last ``retry_window_s``
+    (``GATEWAY_RETRY_WINDOW_S``, 600 s; 0: off) waits on that one's tasks; an
+    ``Idempotency-Key`` names its request for ``idempotency_ttl_s``
+    (``GATEWAY_IDEMPOTENCY_TTL_S``, 86,400 s; 0: the header is ignored).
+
+    ``models`` (``GATEWAY_MODELS``, comma-separated; default ``EMBEDDINGS_MODEL``) are the
+    models served and listed by ``/v1/models``; any other is answered 404
+    ``model_not_found``.
     """
 
     host: str = DEFAULT_HOST
@@ -115,6 +135,9 @@ class GatewaySettings:
     timeout_headers_s: float = DEFAULT_TIMEOUT_HEADERS_S
     timeout_body_s: float = DEFAULT_TIMEOUT_BODY_S
     max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    retry_window_s: int = DEFAULT_RETRY_WINDOW_S
+    idempotency_ttl_s: int = DEFAULT_IDEMPOTENCY_TTL_S
+    models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.api_keys and not self.allow_no_auth:
@@ -153,6 +176,13 @@ class GatewaySettings:
             raise EmbeddingConfigError("EMBEDDINGS_DIMENSIONS must not be negative")
         if self.max_text_chars <= 0:
             raise EmbeddingConfigError("EMBEDDINGS_MAX_TEXT_CHARS must be positive")
+        if self.retry_window_s < 0:
+            raise EmbeddingConfigError("GATEWAY_RETRY_WINDOW_S must not be negative")
+        if self.idempotency_ttl_s < 0:
+            raise EmbeddingConfigError("GATEWAY_IDEMPOTENCY_TTL_S must not be negative")
+        if not self.models:
+            # The workers' model, unless told otherwise: frozen, so set through object.
+            object.__setattr__(self, "models", (self.model,))
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
@@ -188,4 +218,13 @@ class GatewaySettings:
             ),
             timeout_body_s=env_float("GATEWAY_TIMEOUT_BODY_S", DEFAULT_TIMEOUT_BODY_S, environ),
             max_header_bytes=env_int("GATEWAY_MAX_HEADER_BYTES", DEFAULT_MAX_HEADER_BYTES, environ),
+            retry_window_s=env_int("GATEWAY_RETRY_WINDOW_S", DEFAULT_RETRY_WINDOW_S, environ),
+            idempotency_ttl_s=env_int(
+                "GATEWAY_IDEMPOTENCY_TTL_S", DEFAULT_IDEMPOTENCY_TTL_S, environ
+            ),
+            models=tuple(
+                name.strip()
+                for name in env_str("GATEWAY_MODELS", "", environ).split(",")
+                if name.strip()
+            ),
         )

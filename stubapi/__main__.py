@@ -37,7 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     """Argument parser whose defaults come from the STUB_API_* environment variables."""
     env = os.environ.get
     parser = argparse.ArgumentParser(
-        prog="python -m stubapi", description="OpenAI-compatible embeddings stub server."
+        prog="python -m stubapi",
+        description="OpenAI-compatible embeddings stub server.",
+        # Each option's default (from its STUB_API_* variable when set) in --help.
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=f"A text containing the reject marker ({DEFAULT_REJECT_SUBSTRING!r} unless "
+        "--reject-substring says otherwise) makes its whole call fail with 400, as an API "
+        "refusing content would: the workers then split the call and that text fails alone. "
+        "Faults (an error status, a hang) are injected at run time with POST /_stub/faults.",
     )
     # String defaults go through ``type`` too, so a malformed env value gets a clean usage error.
     parser.add_argument(
@@ -69,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reject-substring",
         default=env("STUB_API_REJECT_SUBSTRING", DEFAULT_REJECT_SUBSTRING),
-        help="inputs containing this make the whole call fail with 400 (STUB_API_REJECT_SUBSTRING)",
+        help="the reject marker: an input containing it makes the whole call fail with 400 "
+        "(STUB_API_REJECT_SUBSTRING)",
     )
     parser.add_argument(
         "--rpm",

@@ -184,3 +184,43 @@ def test_the_repo_roots_flowerconfig_applies_the_same_rules_to_celery_flower_sta
     done = _python(code)
     assert done.returncode == 1
     assert "flower: FLOWER_BASIC_AUTH is not set" in done.stderr
+
+
+def _celery_line(argv: list[str]) -> str | None:
+    """What the guard sees where ``celery <argv>`` builds its app: in the group's own body."""
+    import click
+
+    from embeddings_flower import guard
+
+    seen: list[str | None] = []
+
+    @click.group()
+    @click.option("-A", "--app")
+    def celery(app: str | None) -> None:
+        seen.append(guard._celery_subcommand())  # Celery's find_app(app) runs here
+
+    for name in ("flower", "worker", "inspect"):
+        celery.command(name, context_settings={"ignore_unknown_options": True})(
+            click.argument("rest", nargs=-1, type=click.UNPROCESSED)(lambda rest: None)
+        )
+    celery.main(argv, standalone_mode=False)
+    (subcommand,) = seen
+    return subcommand
+
+
+@pytest.mark.parametrize(
+    ("argv", "subcommand"),
+    [
+        (["-A", "worker", "flower", "--port=5555"], "flower"),
+        (["-A", "worker", "worker", "-n", "flower@host"], "worker"),
+        (["-A", "worker", "inspect", "ping"], "inspect"),
+    ],
+)
+def test_the_guard_knows_the_celery_subcommand_while_the_app_is_built(argv, subcommand) -> None:
+    assert _celery_line(argv) == subcommand
+
+
+def test_outside_a_command_line_the_guard_does_nothing() -> None:
+    from embeddings_flower import guard
+
+    assert guard._celery_subcommand() is None

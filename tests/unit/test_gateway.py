@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -13,6 +14,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gateway import GatewaySettings, Health, create_app
+from gateway.idempotency import RequestKey
+from gateway.schemas import TEXT_PATTERN
 from worker.errors import (
     EmbeddingAPIError,
     EmbeddingQueueUnavailableError,
@@ -40,6 +43,7 @@ class FakeService:
     def __init__(self) -> None:
         self.embedded: list[tuple[list[str], str]] = []
         self.lanes: list[str] = []  # each embed call's lane
+        self.request_keys: list[RequestKey | None] = []
         self.error: BaseException | None = None
         self.depth = 0
         self.depth_asked: list[str] = []  # the lanes whose depth was read
@@ -47,10 +51,18 @@ class FakeService:
         self.closed = False
 
     async def embed(
-        self, texts: Sequence[str], *, model: str, timeout_s: float, lane: str
+        self,
+        texts: Sequence[str],
+        *,
+        model: str,
+        timeout_s: float,
+        lane: str,
+        request_key: RequestKey | None = None,
+        on_reuse: Callable[[int], None] | None = None,
     ) -> list[list[float]]:
         self.embedded.append((list(texts), model))
         self.lanes.append(lane)
+        self.request_keys.append(request_key)
         if self.error is not None:
             raise self.error
         return [vector_for(text) for text in texts]
@@ -116,9 +128,9 @@ def test_a_list_of_texts_comes_back_as_float_vectors_in_input_order(client, serv
 
 
 def test_a_single_string_is_one_input(client, service) -> None:
-    response = _post(client, {"input": "just one", "model": "my-model", "user": "ignored"})
+    response = _post(client, {"input": "just one", "model": MODEL, "user": "ignored"})
     assert [d["embedding"] for d in response.json()["data"]] == [vector_for("just one")]
-    assert service.embedded == [(["just one"], "my-model")]
+    assert service.embedded == [(["just one"], MODEL)]
 
 
 def test_base64_is_little_endian_float32(client) -> None:
@@ -247,7 +259,7 @@ def test_dimensions_are_checked_against_the_vectors_when_the_size_is_native(clie
         (EmbeddingServerError("the API answered 503", 503, "overloaded"), 503, "try again"),
         (EmbeddingQueueUnavailableError("down"), 503, "queue is unavailable"),
         (EmbeddingResultStoreUnavailableError("down"), 503, "queue is unavailable"),
-        (EmbeddingResultTimeoutError("slow"), 503, "no embedding within 60 s"),
+        (EmbeddingResultTimeoutError("slow"), 503, "No embedding within 60 s"),
         (RuntimeError("revoked"), 502, "RuntimeError"),
     ],
 )  # fmt: skip
@@ -395,3 +407,140 @@ def test_the_openapi_docs_describe_the_lane_header_and_service_tier(client) -> N
     tier = body["properties"]["service_tier"]
     assert {"auto", "default", "flex", "priority"} <= set(json.dumps(tier).split('"'))
     assert "bulk" in tier["description"]
+
+
+def test_an_unknown_model_is_404_model_not_found_and_nothing_is_enqueued(client, service):
+    error = _error(_post(client, {"input": "x", "model": "no-such-model"}), 404)
+    assert error["code"] == "model_not_found"
+    assert error["type"] == "invalid_request_error"
+    assert "`no-such-model` does not exist" in error["message"]
+    assert service.embedded == []
+
+
+def test_gateway_models_are_served_and_listed_exactly(service) -> None:
+    settings = replace(SETTINGS, models=("model-a", "model-b"))
+    with _client(service, settings) as client:
+        body = client.get("/v1/models", headers=AUTH).json()
+        assert [m["id"] for m in body["data"]] == ["model-a", "model-b"]
+        assert _post(client, {"input": "x", "model": "model-b"}).status_code == 200
+        assert _error(_post(client, {"input": "x", "model": MODEL}), 404)["code"] == (
+            "model_not_found"
+        )
+    assert service.embedded == [(["x"], "model-b")]
+
+
+def test_an_upstream_404_is_404_model_not_found_not_a_bad_input(client, service) -> None:
+    service.error = EmbeddingAPIError("the API answered 404", 404, "The model `m` does not exist")
+    error = _error(_post(client, {"input": "x", "model": MODEL}), 404)
+    assert error["code"] == "model_not_found"
+    assert error["message"] == "The model `m` does not exist"
+
+
+def test_equal_requests_get_equal_request_keys_and_a_header_makes_one_explicit(client, service):
+    body = {"input": ["a", "b"], "model": MODEL}
+    _post(client, body)
+    _post(client, body)
+    _post(client, {"input": ["a", "c"], "model": MODEL})
+    _post(client, body, {**AUTH, "Idempotency-Key": "order-17"})
+    _post(client, {"input": ["other"], "model": MODEL}, {**AUTH, "Idempotency-Key": "order-17"})
+    first, again, other, named, named_other = service.request_keys
+    assert first is not None and other is not None and named is not None
+    assert named_other is not None
+    assert first == again and first.redis_key != other.redis_key
+    assert not first.explicit and named.explicit
+    # The header names the record; the body's fingerprint tells a reuse with another body.
+    assert named.redis_key == named_other.redis_key
+    assert named.fingerprint != named_other.fingerprint
+
+
+def test_another_api_key_never_shares_a_record(client, service) -> None:
+    body = {"input": "same text", "model": MODEL}
+    _post(client, body)
+    _post(client, body, {"Authorization": f"Bearer {OTHER_KEY}"})
+    mine, theirs = service.request_keys
+    assert mine is not None and theirs is not None
+    assert mine.redis_key != theirs.redis_key
+
+
+@pytest.mark.parametrize("header", ["", "   ", "k" * 256])
+def test_an_empty_or_overlong_idempotency_key_is_a_400(client, service, header) -> None:
+    response = _post(client, {"input": "x", "model": MODEL}, {**AUTH, "Idempotency-Key": header})
+    assert _error(response, 400)["code"] == "invalid_idempotency_key"
+    assert service.embedded == []
+
+
+def test_a_timeout_with_no_worker_up_says_so(client, service) -> None:
+    service.error = EmbeddingResultTimeoutError("slow")
+    service.health_report = Health(redis=True, workers=0, queue_depth=4, lane_depths={
+        "interactive": 4, "bulk": 0})  # fmt: skip
+    error = _error(_post(client, {"input": "x", "model": MODEL}), 503)
+    assert error["code"] == "no_workers"
+    assert "no worker is up" in error["message"]
+
+
+def test_a_large_request_gets_its_estimated_time_and_a_warning_over_the_timeout(
+    service, caplog
+) -> None:
+    service.health_report = Health(redis=True, workers=1, queue_depth=84, lane_depths={
+        "interactive": 84, "bulk": 0})  # fmt: skip
+    settings = replace(SETTINGS, max_body_bytes=1 << 20, request_timeout_s=1.0)
+    texts = [f"t{i}" for i in range(256)]
+    with _client(service, settings) as client, caplog.at_level("WARNING", "gateway.app"):
+        response = _post(client, {"input": texts, "model": MODEL})
+    assert response.status_code == 200
+    # No throughput measured yet: 170 texts/s for the one worker, 84 queued ahead.
+    assert response.headers["X-Embeddings-Estimated-Seconds"] == "2.0"
+    assert "a request of 256 texts needs about 2 s" in caplog.text
+
+
+def test_a_small_request_is_not_estimated(client, service) -> None:
+    response = _post(client, {"input": "x", "model": MODEL})
+    assert "X-Embeddings-Estimated-Seconds" not in response.headers
+
+
+def test_the_request_schema_carries_the_limits_the_gateway_enforces(client) -> None:
+    schema = client.get("/openapi.json").json()
+    operation = schema["paths"]["/v1/embeddings"]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["required"]) == {"input", "model"}
+    assert body["properties"]["model"]["enum"] == [MODEL]
+    text, texts, tokens, token_lists = body["properties"]["input"]["anyOf"]
+    assert (text["type"], text["minLength"], text["maxLength"]) == ("string", 1, 500)
+    assert (texts["minItems"], texts["maxItems"], texts["items"]) == (1, 2048, text)
+    assert tokens["items"] == {"type": "integer", "minimum": 0}
+    assert (token_lists["minItems"], token_lists["maxItems"]) == (1, 2048)
+    assert token_lists["items"] == tokens
+    assert {"200", "400", "401", "404", "413", "422", "429", "503"} <= set(operation["responses"])
+    assert operation["security"] == [{"bearerAuth": []}]
+    assert schema["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "description": "One of GATEWAY_API_KEYS."
+    }  # fmt: skip
+    models = schema["paths"]["/v1/models"]["get"]
+    assert models["security"] == [{"bearerAuth": []}] and "401" in models["responses"]
+
+
+@pytest.mark.parametrize(
+    ("text", "accepted"),
+    [("ok", True), (" x ", True), ("", False), ("  \t\n", False), ("a\x00b", False)],
+)
+def test_the_text_pattern_matches_what_validation_accepts(text: str, accepted: bool) -> None:
+    assert bool(re.search(TEXT_PATTERN, text)) is accepted
+
+
+def test_without_keys_the_schema_asks_for_no_bearer(service) -> None:
+    settings = GatewaySettings(allow_no_auth=True)
+    with _client(service, settings) as client:
+        schema = client.get("/openapi.json").json()
+    assert "security" not in schema["paths"]["/v1/embeddings"]["post"]
+    assert "securitySchemes" not in schema.get("components", {})
+
+
+def test_docs_load_swagger_ui_from_the_gateway_itself_not_a_cdn(client) -> None:
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower()
+    scripts = re.findall(r'src="([^"]+\.js)"', page.text)
+    assert scripts and all(src.startswith("/") for src in scripts)
+    for src in scripts:
+        asset = client.get(src)
+        assert asset.status_code == 200 and len(asset.content) > 100_000

@@ -70,6 +70,9 @@ def test_keys_are_comma_separated_stripped_and_hidden_from_repr() -> None:
         ("GATEWAY_TIMEOUT_HEADERS_S", "soon"),
         ("GATEWAY_TIMEOUT_BODY_S", "-2"),
         ("GATEWAY_MAX_HEADER_BYTES", "0"),
+        ("GATEWAY_RETRY_WINDOW_S", "-1"),
+        ("GATEWAY_IDEMPOTENCY_TTL_S", "-1"),
+        ("GATEWAY_IDEMPOTENCY_TTL_S", "a day"),
     ],
 )
 def test_a_bad_value_fails_naming_the_variable(name: str, value: str) -> None:
@@ -145,3 +148,19 @@ def test_the_slow_client_limits_are_read_from_the_environment() -> None:
     assert settings.timeout_keep_alive_s == 1.5
     assert (settings.timeout_headers_s, settings.timeout_body_s) == (2.0, 30.0)
     assert settings.max_header_bytes == 16384
+
+
+def test_the_served_models_default_to_the_workers_model() -> None:
+    settings = GatewaySettings.from_env({"GATEWAY_API_KEYS": "k", "EMBEDDINGS_MODEL": "m-1"})
+    assert settings.models == ("m-1",)
+    listed = GatewaySettings.from_env(
+        {"GATEWAY_API_KEYS": "k", "EMBEDDINGS_MODEL": "m-1", "GATEWAY_MODELS": " a, b ,,"}
+    )
+    assert listed.models == ("a", "b")
+
+
+def test_retry_windows_default_to_ten_minutes_and_a_day() -> None:
+    settings = GatewaySettings.from_env({"GATEWAY_API_KEYS": "k"})
+    assert (settings.retry_window_s, settings.idempotency_ttl_s) == (600, 86_400)
+    off = GatewaySettings.from_env({"GATEWAY_API_KEYS": "k", "GATEWAY_RETRY_WINDOW_S": "0"})
+    assert off.retry_window_s == 0

@@ -18,7 +18,13 @@ from worker.settings import Settings
 from worker.tokens import CL100K_BASE, decode_tokens, token_counter
 
 MODEL = "text-embedding-3-small"
-SETTINGS = GatewaySettings(api_keys=("gw-key-tokens-0123456789",), max_body_bytes=1 << 21)
+# Served models (GATEWAY_MODELS): the default, a deployment named in EMBEDDINGS_TOKENIZER,
+# and another provider's model whose encoding is unknown.
+SETTINGS = GatewaySettings(
+    api_keys=("gw-key-tokens-0123456789",),
+    max_body_bytes=1 << 21,
+    models=(MODEL, "my-deployment", "BAAI/bge-m3"),
+)
 HEADERS = {"Authorization": "Bearer gw-key-tokens-0123456789"}
 
 

@@ -64,6 +64,9 @@ module              replaces                                why
                     ``apply_config``): broker and result    and ``CELERY_BROKER_URL`` again, over
                     URLs from the configuration only        the configuration: stock backend, or
                                                             the wrong broker for ``--redis-url``
+``display``         kombu's ``Connection`` (``install``):   the banner and Flower showed
+                    a URL without a password is shown       ``redis://:**@host`` for a Redis with
+                    without the ``**`` mask                 no password
 ``compat``          — (run at import and by ``install``)    fails at start-up, naming versions, when
                                                             a Celery or kombu internal used here is
                                                             gone
@@ -78,7 +81,15 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker.celery_ext import compat, pinned_conf, sentinel, serialization, tasklog, transport
+from worker.celery_ext import (
+    compat,
+    display,
+    pinned_conf,
+    sentinel,
+    serialization,
+    tasklog,
+    transport,
+)
 
 __all__ = ["install"]
 
@@ -100,6 +111,7 @@ def install(app: Celery) -> None:
     compat.check_once()
     transport.register()
     pinned_conf.pin(app)
+    display.install(app)
     sentinel.register_transport_alias()
     serialization.register_serializer()
     serialization.install_short_result_repr()
