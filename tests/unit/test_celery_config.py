@@ -53,8 +53,8 @@ def test_the_celery_variables_override_either_side_and_non_redis_keeps_celerys_o
     settings = Settings.from_env(
         environ={
             "REDIS_URL": "redis://ignored:6379/0",
-            "CELERY_BROKER_URL": "memory://",
-            "CELERY_RESULT_BACKEND": "rediss://results:6380/1",
+            "EMBEDDINGS_BROKER_URL": "memory://",
+            "EMBEDDINGS_RESULT_BACKEND_URL": "rediss://results:6380/1",
         }
     )
     config = celery_config(settings)

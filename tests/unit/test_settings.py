@@ -87,8 +87,8 @@ def test_embeddings_api_key_wins_over_openai_api_key() -> None:
         ("CELERY_WORKER_CONCURRENCY", "-1"),
         ("CELERY_WORKER_PREFETCH_MULTIPLIER", "many"),
         ("REDIS_URL", "localhost:6379"),
-        ("CELERY_BROKER_URL", "nowhere"),
-        ("CELERY_RESULT_BACKEND", "nowhere"),
+        ("EMBEDDINGS_BROKER_URL", "nowhere"),
+        ("EMBEDDINGS_RESULT_BACKEND_URL", "nowhere"),
     ],
 )
 def test_a_bad_value_raises_naming_the_variable(variable: str, value: str) -> None:
@@ -112,8 +112,8 @@ def test_from_env_reads_the_redis_broker_and_celery_worker_variables() -> None:
     settings = Settings.from_env(
         environ={
             "REDIS_URL": "redis://cache:6379/1",
-            "CELERY_BROKER_URL": "redis://broker:6379/2",
-            "CELERY_RESULT_BACKEND": "redis://results:6379/3",
+            "EMBEDDINGS_BROKER_URL": "redis://broker:6379/2",
+            "EMBEDDINGS_RESULT_BACKEND_URL": "redis://results:6379/3",
             "BROKER_UNACKED_RESTORE_INTERVAL": "7",
             "CELERY_WORKER_POOL": "gevent",
             "CELERY_WORKER_CONCURRENCY": "64",
@@ -161,7 +161,7 @@ def test_every_variable_settings_read_is_in_the_readme_configuration_table() -> 
 def test_env_variable_names_the_prefixed_and_the_celery_variables() -> None:
     assert s.env_variable("batch_size") == "EMBEDDINGS_BATCH_SIZE"
     assert s.env_variable("visibility_timeout_s") == "BROKER_VISIBILITY_TIMEOUT"
-    assert s.env_variable("broker_url") == "CELERY_BROKER_URL"
+    assert s.env_variable("broker_url") == "EMBEDDINGS_BROKER_URL"
 
 
 def test_settings_repr_hides_the_api_key() -> None:

@@ -12,21 +12,24 @@ The broker transport is not selected here: ``install`` makes the project's trans
 from __future__ import annotations
 
 import dataclasses
+import os
 import ssl
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from worker.celery_ext.pinned_conf import pin
 from worker.celery_ext.sentinel import SENTINEL_TRANSPORT_PATH, register_transport_alias
 from worker.celery_ext.serialization import SERIALIZER_NAME
+from worker.errors import EmbeddingConfigError
 from worker.names import BULK_QUEUE, EMBED_TEXT_TASK, INTERACTIVE_QUEUE, TASK_QUEUE
 from worker.settings import Settings
 from worker.waiting import floor_every
 
 __all__ = [
+    "CELERY_URL_VARIABLES",
     "RESULT_BACKEND_CLASS",
     "SENTINEL_RESULT_BACKEND_CLASS",
     "SENTINEL_TRANSPORT_CLASS",
@@ -35,6 +38,7 @@ __all__ = [
     "apply_config",
     "broker_url",
     "celery_config",
+    "refuse_celery_url_variables",
     "result_backend_url",
     "uses_sentinel",
     "with_redis_url",
@@ -55,13 +59,39 @@ _SENTINEL = "sentinel"
 _VERIFIED_TLS = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
+# Celery's configuration object answers the broker and result URLs from these variables
+# whenever they are set, over the configuration (celery.app.utils.Settings): the result
+# backend would lose the project's class prefix and ``embed-file --redis-url`` would publish
+# elsewhere. The project reads its own names (EMBEDDINGS_BROKER_URL,
+# EMBEDDINGS_RESULT_BACKEND_URL) and refuses these rather than fight Celery over them.
+CELERY_URL_VARIABLES = (
+    "CELERY_BROKER_URL",
+    "CELERY_BROKER_READ_URL",
+    "CELERY_BROKER_WRITE_URL",
+    "CELERY_RESULT_BACKEND",
+)
+
+
+def refuse_celery_url_variables(environ: Mapping[str, str] | None = None) -> None:
+    """Raise ``EmbeddingConfigError`` naming any of ``CELERY_URL_VARIABLES`` that is set."""
+    environ = os.environ if environ is None else environ
+    found = [name for name in CELERY_URL_VARIABLES if environ.get(name)]
+    if found:
+        raise EmbeddingConfigError(
+            f"{', '.join(found)} is set, and Celery would read it over the project's "
+            "configuration (its stock result backend, or another broker): use REDIS_URL, "
+            "EMBEDDINGS_BROKER_URL or EMBEDDINGS_RESULT_BACKEND_URL instead, and no "
+            "celery --broker/--result-backend option"
+        )
+
+
 def broker_url(settings: Settings) -> str:
-    """``CELERY_BROKER_URL``, or else ``REDIS_URL``."""
+    """``EMBEDDINGS_BROKER_URL``, or else ``REDIS_URL``."""
     return settings.broker_url or settings.redis_url
 
 
 def result_backend_url(settings: Settings) -> str:
-    """``CELERY_RESULT_BACKEND``, or else ``REDIS_URL`` (without the backend class prefix)."""
+    """``EMBEDDINGS_RESULT_BACKEND_URL``, or else ``REDIS_URL`` (without the class prefix)."""
     return settings.result_backend_url or settings.redis_url
 
 
@@ -235,10 +265,10 @@ def apply_config(app: Celery, settings: Settings) -> None:
     """Configure ``app`` for ``settings``, replacing every setting ``celery_config`` sets.
 
     Call it before the app first connects: Celery keeps its connection pools and result
-    backend once they are built. Celery's own reading of ``CELERY_BROKER_URL`` and
-    ``CELERY_RESULT_BACKEND`` no longer overrides the configuration (``pinned_conf``), and
-    kombu's failover to the next ``sentinel://`` URL keeps the project's transport.
+    backend once they are built. Raises ``EmbeddingConfigError`` when a variable of
+    ``CELERY_URL_VARIABLES`` would override the configuration. kombu's failover to the next
+    ``sentinel://`` URL keeps the project's transport.
     """
-    pin(app)
+    refuse_celery_url_variables()
     register_transport_alias()
     app.conf.update(celery_config(settings))
