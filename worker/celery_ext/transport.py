@@ -448,6 +448,19 @@ class AtomicFetchTransport(_RedisTransport):  # type: ignore[misc]
     # Set once the transport runs in an event loop that flushes acks on every turn.
     acks_batched = False
 
+    # kombu's key formats, for readers outside the layer (worker.observability's queue gauges):
+    # they ask the app's transport instead of spelling kombu's keys themselves.
+    def queue_keys(self, queue: str) -> list[str]:
+        """The Redis lists holding ``queue``'s messages, one per priority step (kombu's names)."""
+        channel = self.Channel
+        return [
+            queue if step == 0 else f"{queue}{channel.sep}{step}" for step in channel.priority_steps
+        ]
+
+    def unacked_key(self) -> str:
+        """The Redis hash holding messages delivered to a worker and not yet acknowledged."""
+        return str(self.Channel.unacked_key)
+
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         """Also flush every channel's batched acks on each turn of the loop."""
         super().register_with_event_loop(connection, loop)
