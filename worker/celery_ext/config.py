@@ -25,6 +25,7 @@ from worker.celery_ext.sentinel import SENTINEL_TRANSPORT_PATH, register_transpo
 from worker.celery_ext.serialization import SERIALIZER_NAME
 from worker.errors import EmbeddingConfigError
 from worker.names import BULK_QUEUE, EMBED_TEXT_TASK, INTERACTIVE_QUEUE, TASK_QUEUE
+from worker.redis_client import CELERY_REDIS_SCHEMES, SENTINEL_SCHEME
 from worker.settings import Settings
 from worker.waiting import floor_every
 
@@ -51,10 +52,6 @@ SENTINEL_RESULT_BACKEND_CLASS = "worker.celery_ext.sentinel:SentinelResultBacken
 WORKER_CONSUMER_CLASS = "worker.celery_ext.consumer:EventBatchingConsumer"
 TASK_REQUEST_CLASS = "worker.celery_ext.outages:RequeueOnOutageRequest"
 
-_REDIS_SCHEMES = ("redis", "rediss")
-# sentinel://h1:26379;sentinel://h2:26379 (kombu's and Celery's form): the master is found
-# through the Sentinels, under REDIS_SENTINEL_MASTER.
-_SENTINEL = "sentinel"
 # Certificates are checked: kombu's and Celery's own TLS defaults would not check them.
 _VERIFIED_TLS = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
@@ -108,16 +105,18 @@ def _scheme(url: str) -> str:
 def _connection(settings: Settings) -> dict[str, Any]:
     broker, results = broker_url(settings), result_backend_url(settings)
     backend = results
-    if _scheme(results) in _REDIS_SCHEMES:
+    if _scheme(results) in CELERY_REDIS_SCHEMES:
         # Celery's Redis backend with one-step writes, and a Redis outage requeues the text
         # instead of storing it as the text's failure.
         backend = f"{RESULT_BACKEND_CLASS}+{results}"
-    elif _scheme(results) == _SENTINEL:
+    elif _scheme(results) == SENTINEL_SCHEME:
+        # sentinel://h1:26379;sentinel://h2:26379 (kombu's and Celery's form): the master is
+        # found through the Sentinels, under REDIS_SENTINEL_MASTER.
         backend = f"{SENTINEL_RESULT_BACKEND_CLASS}+{results}"
     # redis:// and rediss:// keep their scheme (Flower and `celery inspect` read it):
     # install() maps kombu's redis and rediss aliases to the atomic fetch. None clears a
     # transport an older config selected.
-    transport = SENTINEL_TRANSPORT_CLASS if _scheme(broker) == _SENTINEL else None
+    transport = SENTINEL_TRANSPORT_CLASS if _scheme(broker) == SENTINEL_SCHEME else None
     return {
         "broker_url": broker,
         "result_backend": backend,
@@ -132,7 +131,7 @@ def _connection(settings: Settings) -> dict[str, Any]:
 def uses_sentinel(settings: Settings) -> bool:
     """Whether the broker or the result backend is reached through Redis Sentinel."""
     urls = (broker_url(settings), result_backend_url(settings))
-    return any(_scheme(url) == _SENTINEL for url in urls)
+    return any(_scheme(url) == SENTINEL_SCHEME for url in urls)
 
 
 def _sentinel_options(settings: Settings) -> dict[str, Any]:

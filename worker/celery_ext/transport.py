@@ -73,11 +73,11 @@ from redis.exceptions import OutOfMemoryError
 
 from worker.celery_ext.full_redis import FULL_WAIT_KEY, FullRedisChannelMixin, is_full
 from worker.celery_ext.lua import load_script
+from worker.redis_client import CELERY_REDIS_SCHEMES
 
 __all__ = [
     "FETCH_SCRIPT",
     "MAX_FETCH",
-    "REDIS_SCHEMES",
     "TRANSPORT_PATH",
     "AtomicFetchChannel",
     "AtomicFetchQoS",
@@ -97,8 +97,6 @@ _loads: Any = kombu_json.loads
 
 FETCH_SCRIPT = load_script("fetch.lua")
 
-# The URL schemes, and so kombu transport names, this transport takes over.
-REDIS_SCHEMES = ("redis", "rediss")
 TRANSPORT_PATH = f"{__name__}:AtomicFetchTransport"
 
 # At most this many messages per fetch, within the prefetch window: enough to cut the
@@ -484,6 +482,6 @@ def register() -> None:
     ``Transport://``. kombu caches resolved transport classes, so a name resolved before this
     call is dropped from the cache. Process-wide, like kombu's table itself.
     """
-    for scheme in REDIS_SCHEMES:
+    for scheme in CELERY_REDIS_SCHEMES:
         kombu_transports.TRANSPORT_ALIASES[scheme] = TRANSPORT_PATH
         kombu_transports._transport_cache.pop(scheme, None)
