@@ -19,11 +19,12 @@ import httpx
 from tenacity import RetryCallState
 
 from worker import metrics
-from worker.embeddings.backoff import Random, Sleep, build_retrying, parse_retry_after
+from worker.embeddings.backoff import Random, Sleep, build_retrying
 from worker.embeddings.config import EmbeddingConfig
 from worker.embeddings.ratelimit_headers import (
     RateLimitHeaders,
     parse_rate_limit_headers,
+    parse_retry_after,
     retry_hint_s,
 )
 from worker.errors import (
