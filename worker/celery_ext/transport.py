@@ -11,7 +11,7 @@ script (``fetch.lua``) pops up to ``MAX_FETCH`` messages and writes their unacke
 atomically. A worker that dies at any point leaves each message either in the queue or in
 ``unacked``, where the visibility-timeout sweep puts it back.
 
-Three more departures, each for the consumer's event loop, which bounds a worker's intake:
+More departures, each for the consumer's event loop, which bounds a worker's intake:
 
 - acks are written once per loop turn, in one round trip (``AtomicFetchQoS``);
 - an ack or requeue through a channel whose connection is already gone (after a Redis
@@ -21,7 +21,7 @@ Three more departures, each for the consumer's event loop, which bounds a worker
   per command as kombu's ``conn_or_acquire`` does (redis-py 8 builds its callback tables in
   every client's constructor).
 
-And three for a full Redis (``maxmemory`` reached, ``noeviction``), which refuses every
+And these for a full Redis (``maxmemory`` reached, ``noeviction``), which refuses every
 ``MULTI`` block and every command that may grow memory, such as ``BLMOVE``:
 
 - acks are one pipeline of ``HDEL`` and ``ZREM`` without ``MULTI``, so a full Redis still
