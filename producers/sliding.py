@@ -213,6 +213,8 @@ class QueueStream:
         self.model = model
         self.lane = check_lane(lane)
         self.cache = cache
+        # The model the workers key their cache by, read once: not from the environment per send.
+        self._cache_model = (model or Settings.from_env().model) if cache is not None else ""
         self.on_cached = on_cached
         self.stats = stats
         self.pending = pending
@@ -268,7 +270,7 @@ class QueueStream:
             self.on_no_worker = None
         cached: list[list[float] | None] = [None] * len(texts)
         if self.cache is not None and texts:
-            cached = self.cache.get_many(self.model or Settings.from_env().model, texts)
+            cached = self.cache.get_many(self._cache_model, texts)
             self.on_cached(sum(vector is not None for vector in cached))
             for i, vector in enumerate(cached):
                 if vector is not None:
