@@ -10,7 +10,7 @@ import pytest
 from devstack import REPO_ROOT
 from worker import settings as s
 from worker.embeddings import EmbeddingConfig
-from worker.embeddings.config import SETTINGS_FIELDS
+from worker.embeddings.config import settings_field
 from worker.errors import EmbeddingConfigError
 from worker.settings import Settings
 
@@ -198,9 +198,18 @@ def test_embedding_config_has_the_seeds_defaults() -> None:
 def test_embedding_config_defaults_are_the_settings_defaults_under_the_seeds_names() -> None:
     config = EmbeddingConfig()
     defaults = Settings()
-    for own, settings_name in SETTINGS_FIELDS.items():
+    mapped = {f.name: settings_field(f.name) for f in dataclasses.fields(EmbeddingConfig)}
+    for own, settings_name in mapped.items():
         assert getattr(config, own) == getattr(defaults, settings_name), own
-    assert {f.name for f in dataclasses.fields(EmbeddingConfig)} == set(SETTINGS_FIELDS)
+    # Only the seed's unit-less names differ, each by the unit.
+    assert {own: name for own, name in mapped.items() if own != name} == {
+        "initial_backoff": "initial_backoff_s",
+        "max_backoff": "max_backoff_s",
+        "timeout": "timeout_s",
+        "pool_timeout": "pool_timeout_s",
+    }
+    with pytest.raises(AttributeError, match="no_such"):
+        settings_field("no_such")
 
 
 def test_the_seeds_call_still_builds_a_config() -> None:
