@@ -18,6 +18,7 @@ from celery.app import utils as celery_app_utils
 
 import celeryconfig
 from producers import cli
+from tests.unit.stream_fakes import FakeStream
 from worker.celery_ext import install
 from worker.celery_ext.config import CELERY_URL_VARIABLES, apply_config, celery_config
 from worker.celery_ext.result_backend import ResultBackend
@@ -169,11 +170,11 @@ def test_embed_file_redis_url_wins_over_the_celery_variables(
     monkeypatch.setattr(cli, "_project_app", lambda: app)
     used: list[Celery] = []
 
-    def embedder_for(app: Celery, model: str | None = None, **_options: Any) -> Any:
+    def stream_for(app: Celery, model: str | None = None, **_options: Any) -> Any:
         used.append(app)
-        return lambda texts, timeout_s, on_one_done, **_: [[1.0] for _ in texts]
+        return FakeStream()
 
-    monkeypatch.setattr(cli, "celery_window_embedder", embedder_for)
+    monkeypatch.setattr(cli, "QueueStream", stream_for)
     source = tmp_path / "texts.txt"
     source.write_text("one\n")
     try:
