@@ -2,7 +2,7 @@
 
 Every setting comes from ``worker.celery_ext.config.celery_config``, built from
 ``worker.settings.Settings.from_env()``: broker and results in Redis (``REDIS_URL``;
-``CELERY_BROKER_URL`` and ``CELERY_RESULT_BACKEND`` override either side), JSON messages
+``EMBEDDINGS_BROKER_URL`` and ``EMBEDDINGS_RESULT_BACKEND_URL`` override either side), JSON messages
 only, late acks, events for Flower, the threads pool. The README lists every variable.
 """
 

@@ -10,7 +10,7 @@ use). Wall rate and this process's CPU-seconds per 1,000 texts, the median of
 caller holds its results; dropping them unwaited (Celery unsubscribes each one) is timed
 on its own row.
 
-Part 2: ``embed-file``'s path (``celery_window_embedder``) with 1 and then 4 workers
+Part 2: ``embed-file``'s path (``producers.sliding.QueueStream``) with 1 and then 4 workers
 against the stub at ``--latency-ms`` (300: API-bound), against four times one worker.
 Empties the Redis database it is given (default 5).
 """
@@ -139,7 +139,8 @@ def _worker_env(args: argparse.Namespace, base_url: str) -> dict[str, str]:
 def _fleet_run(
     args: argparse.Namespace, stub: StubProcess, count: int, log_dir: Path
 ) -> dict[str, float]:
-    from producers.cli import QueueStats, celery_window_embedder, embed_items, read_items
+    from producers.cli import embed_items, read_items
+    from producers.sliding import QueueStats, QueueStream
     from worker import app
 
     source = log_dir / f"fleet-{count}.txt"
@@ -159,7 +160,7 @@ def _fleet_run(
         summary = embed_items(
             read_items(source, "lines", max_chars=10_000),
             io.StringIO(),
-            celery_window_embedder(app, stats=stats),
+            QueueStream(app, stats=stats),
             skip=set(),
             window=args.window,
             timeout_s=600,

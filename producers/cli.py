@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, TextIO
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -72,7 +72,6 @@ from producers.records import (
 from producers.sliding import (
     DEFAULT_STALL_WARNING_S,
     Outcome,
-    OutcomeSink,
     PendingIds,
     QueueStats,
     QueueStream,
@@ -99,7 +98,6 @@ __all__ = [
     "Summary",
     "TextStream",
     "UsageError",
-    "celery_window_embedder",
     "compact_output",
     "count_records",
     "embed_items",
@@ -118,26 +116,6 @@ DEFAULT_WINDOW = 2000
 DEFAULT_WINDOW_TIMEOUT_S = 600.0
 # Past this many, bad lines are only counted on stderr; every one is still in the output.
 _MAX_REPORTED = 20
-
-
-class WindowEmbedder(Protocol):
-    """``(texts, timeout_s, on_one_done, task_ids=…) -> outcomes``, in the order of ``texts``.
-
-    ``task_ids``, when given, are the texts' task ids, derived from the input (``task_id_for``).
-    ``on_outcome(position, outcome)``, when given, hears of outcomes as they finish, so they
-    can be written before the window ends; the returned list has every one of them.
-    """
-
-    def __call__(
-        self,
-        texts: Sequence[str],
-        timeout_s: float,
-        on_one_done: Callable[[], None],
-        /,
-        *,
-        task_ids: Sequence[str] | None = None,
-        on_outcome: Callable[[int, Outcome], None] | None = None,
-    ) -> list[Outcome]: ...
 
 
 _TASK_ID_NAMESPACE = uuid.UUID("0b6f3c1e-6a52-4d0e-9a57-2f4d8c1b7e90")
@@ -165,7 +143,7 @@ class Summary:
     skipped: int = 0
     cached: int = 0  # of ``ok``, read from the vector cache instead of embedded
     elapsed_s: float = 0.0
-    queue: QueueStats | None = None  # None when no queue was used (tests' fake embedders)
+    queue: QueueStats | None = None  # None when no queue was used (tests' fake streams)
 
     @property
     def texts_per_s(self) -> float:
@@ -186,39 +164,10 @@ class _Once:
             self.finish(self.items[position], outcome)
 
 
-class _WindowStream:
-    """A ``WindowEmbedder`` seen as a ``TextStream``: each send runs to its end at once."""
-
-    in_flight = 0
-
-    def __init__(self, embed: WindowEmbedder) -> None:
-        self.embed = embed
-
-    def send(
-        self,
-        texts: Sequence[str],
-        timeout_s: float,
-        on_outcome: OutcomeSink,
-        *,
-        task_ids: Sequence[str] | None = None,
-    ) -> None:
-        outcomes = self.embed(
-            texts, timeout_s, lambda: None, task_ids=task_ids, on_outcome=on_outcome
-        )
-        for position, outcome in enumerate(outcomes):
-            on_outcome(position, outcome)  # those not reported as they finished
-
-    def wait(self, max_wait_s: float = 1.0) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
 def embed_items(
     items: Iterable[Item],
     out: TextIO,
-    embed: TextStream | WindowEmbedder,
+    stream: TextStream,
     *,
     skip: set[str],
     window: int = DEFAULT_WINDOW,
@@ -230,10 +179,9 @@ def embed_items(
 ) -> Summary:
     """Embed ``items`` with up to ``window`` texts in flight; write one JSON line each.
 
-    With a ``TextStream`` (the queue: ``celery_window_embedder``) the window slides: texts
+    ``stream`` is the queue (``producers.sliding.QueueStream``) and the window slides: texts
     go out ``refill_size(window)`` at a time, as soon as that many have finished, so the
-    fleet never waits for a window's slowest text. A plain ``WindowEmbedder`` gets
-    ``window`` texts per call, one call at a time.
+    fleet never waits for a window's slowest text.
 
     Ids whose key is in ``skip`` are counted and left alone; a bad record gets its error
     line as it is read. A record is written and flushed as soon as its outcome is known,
@@ -244,8 +192,7 @@ def embed_items(
     """
     summary = summary if summary is not None else Summary()
     started = time.monotonic()
-    stream: TextStream = embed if isinstance(embed, TextStream) else _WindowStream(embed)
-    refill = refill_size(window) if stream is embed else window
+    refill = refill_size(window)
 
     def write(record: dict[str, Any]) -> None:
         out.write(json.dumps(record, ensure_ascii=False) + "\n")
@@ -297,52 +244,6 @@ def embed_items(
         finally:
             summary.elapsed_s = time.monotonic() - started
     return summary
-
-
-def celery_window_embedder(
-    app: Celery | None = None,
-    model: str | None = None,
-    *,
-    cache: VectorCache | None = None,
-    on_cached: Callable[[int], None] = lambda _: None,
-    stats: QueueStats | None = None,
-    pending: PendingIds | None = None,
-    on_stall: Callable[[float], None] | None = None,
-    stall_s: float = DEFAULT_STALL_WARNING_S,
-    on_no_worker: Callable[[str], None] | None = None,
-    lane: str = LANE_BULK,
-) -> QueueStream:
-    """The queue as a sliding window (``producers.sliding.QueueStream``) for ``embed_items``.
-
-    On Redis a send is enqueued in round trips of ``ENQUEUE_CHUNK_SIZE`` texts and results
-    are read as they are published, on one subscription, then deleted once written. With
-    the workers' vector ``cache``, texts embedded before are read from it instead of
-    enqueued (``on_cached`` hears how many per send): a re-run pays for nothing twice.
-    ``stats`` adds up the enqueue and collect times.
-
-    Given task ids (derived from the input), a text whose task already has a stored
-    result, or is in ``pending`` (enqueued by an earlier run, not yet collected), is waited
-    for, not enqueued again; the ids enqueued are added to ``pending`` before the publish and
-    leave it once collected. ``on_stall(seconds)`` hears, every ``stall_s`` seconds, that no
-    result has come in for that long while waiting (no worker consuming the queue?);
-    ``on_no_worker(message)`` hears, before the first send, that no worker answered a ping.
-    Texts go to ``lane``'s queue, bulk by default. Also callable as a ``WindowEmbedder``
-    (one list, waited for whole).
-    """
-    from worker.celery_app import app as default_app
-
-    return QueueStream(
-        app or default_app,
-        model,
-        cache=cache,
-        on_cached=on_cached,
-        stats=stats,
-        pending=pending,
-        on_stall=on_stall,
-        stall_s=stall_s,
-        on_no_worker=on_no_worker,
-        lane=lane,
-    )
 
 
 def _project_app() -> Celery:
@@ -489,8 +390,8 @@ def _batch_api(
     return run_batch_api(options, console)
 
 
-def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = None) -> int:
-    """Run ``embed-file``; ``embedder`` replaces the queue (tests)."""
+def main(argv: Sequence[str] | None = None, stream: TextStream | None = None) -> int:
+    """Run ``embed-file``; ``stream`` replaces the queue (tests)."""
     args = _parser().parse_args(argv)
     console = Console(stderr=True)
     if args.window < 1 or args.timeout <= 0 or args.stall_warning <= 0:
@@ -511,7 +412,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
     summary = Summary()
     try:
         settings = Settings.from_env()
-        if embedder is None:
+        if stream is None:
             app = _project_app()
             if args.redis_url:
                 # The whole Celery configuration again, for the new URL: a rediss:// URL gets
@@ -536,7 +437,9 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
 
             queue_stats = QueueStats()
             in_flight = PendingIds(output.with_name(output.name + ".pending"))
-            embedder = celery_window_embedder(
+            # On Redis a send is enqueued in round trips of ENQUEUE_CHUNK_SIZE texts and results
+            # are read as they are published, on one subscription, then deleted once written.
+            stream = QueueStream(
                 app,
                 args.model,
                 cache=cache,
@@ -593,7 +496,7 @@ def main(argv: Sequence[str] | None = None, embedder: WindowEmbedder | None = No
             embed_items(
                 items,
                 out,
-                embedder,
+                stream,
                 skip=skip,
                 window=args.window,
                 timeout_s=args.timeout,

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
@@ -76,7 +76,6 @@ def refill_size(window: int) -> int:
     return max(1, min(500, window // 4))
 
 
-@runtime_checkable
 class TextStream(Protocol):
     """The queue as a stream: texts go in with ``send``, outcomes come out as they finish."""
 
@@ -191,7 +190,6 @@ class QueueStream:
     Texts go to ``lane``'s queue: bulk by default, so a backfill never delays a web app's
     texts (``"interactive"`` when a user waits for this file); a bad lane raises here.
 
-    Also a ``WindowEmbedder`` (``producers.cli``): calling it sends a list and waits for all.
     A result backend other than Redis is waited for a send at a time, oldest first.
     """
 
@@ -213,6 +211,8 @@ class QueueStream:
         self.model = model
         self.lane = check_lane(lane)
         self.cache = cache
+        # The model the workers key their cache by, read once: not from the environment per send.
+        self._cache_model = (model or Settings.from_env().model) if cache is not None else ""
         self.on_cached = on_cached
         self.stats = stats
         self.pending = pending
@@ -228,33 +228,6 @@ class QueueStream:
     def in_flight(self) -> int:
         return len(self._owner)
 
-    def __call__(
-        self,
-        texts: Sequence[str],
-        timeout_s: float,
-        on_one_done: Callable[[], None],
-        /,
-        *,
-        task_ids: Sequence[str] | None = None,
-        on_outcome: OutcomeSink | None = None,
-    ) -> list[Outcome]:
-        """The ``WindowEmbedder`` call: send ``texts``, wait for every outcome, in order."""
-        outcomes: list[Outcome | None] = [None] * len(texts)
-
-        def report(position: int, outcome: Outcome) -> None:
-            outcomes[position] = outcome
-            on_one_done()
-            if on_outcome is not None:
-                on_outcome(position, outcome)
-
-        try:
-            self.send(texts, timeout_s, report, task_ids=task_ids)
-            while self.in_flight:
-                self.wait()
-        finally:
-            self.close()
-        return [outcome if outcome is not None else "no outcome" for outcome in outcomes]
-
     def send(
         self,
         texts: Sequence[str],
@@ -268,7 +241,7 @@ class QueueStream:
             self.on_no_worker = None
         cached: list[list[float] | None] = [None] * len(texts)
         if self.cache is not None and texts:
-            cached = self.cache.get_many(self.model or Settings.from_env().model, texts)
+            cached = self.cache.get_many(self._cache_model, texts)
             self.on_cached(sum(vector is not None for vector in cached))
             for i, vector in enumerate(cached):
                 if vector is not None:

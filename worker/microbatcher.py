@@ -22,6 +22,10 @@ Lanes (docs/lanes.md): each text carries its lane. A batch takes interactive tex
 an interactive text goes into the next call that leaves, taking the place of a bulk text,
 which heads the call after; the budget serves a batch holding an interactive text first too.
 
+With ``store_vectors`` (the result backend's batched write, from ``worker.runtime``), a
+call's results are written in one round trip before its tasks wake, and each text's
+``TextFuture.stored_ahead`` tells its task that Celery need not write that result again.
+
 With ``revoked`` (the fleet's revoke list, worker/revocation.py), every call's texts are
 checked in one round trip before it leaves: a revoked text is taken out and its task told
 (``TextRevoked``), so no call carries it, however long it had waited here.
@@ -57,9 +61,21 @@ class MicroBatcherClosed(RuntimeError):
 
 
 # Stores (task id, vector) pairs of one call in one step; see ``MicroBatcher``.
-StoreVectors = Callable[[list[tuple[str, list[float]]]], object]
+# Stores a call's (task id, vector) pairs in one step; False when it stored nothing.
+StoreVectors = Callable[[list[tuple[str, list[float]]]], bool]
 # The task ids among those given that were revoked; see ``MicroBatcher``.
 RevokedAmong = Callable[[list[str]], set[str]]
+
+
+class TextFuture(Future[list[float]]):
+    """The future a task waits on for its text's vector.
+
+    ``stored_ahead`` is True once the call's batched write (``store_vectors``) stored this
+    text's SUCCESS, before the future resolved: the task then tells Celery not to store it
+    again. The flag travels with the text, so nothing is remembered per process.
+    """
+
+    stored_ahead = False
 
 
 # Arrival estimators kept before quiet ones are dropped: more models than one worker serves.
@@ -71,7 +87,8 @@ class MicroBatcher:
 
     ``store_vectors``, when given, receives the vectors of each call's texts submitted with
     a ``task_id`` before their futures resolve, so a call's results can be written in one
-    step; if it raises, the futures resolve anyway and each task stores its own.
+    step; when it returns True their futures say ``stored_ahead``; if it raises or returns
+    False, the futures resolve anyway and each task stores its own.
     ``gate``, when given, admits every call against the cluster's shared budget; ``cache``
     serves texts embedded before. ``flush_policy`` says when a partial batch leaves.
     ``bulk_floor_share`` is the share of calls bulk texts keep while interactive ones
@@ -141,10 +158,10 @@ class MicroBatcher:
         model: str | None = None,
         task_id: str | None = None,
         lane: str = LANE_INTERACTIVE,
-    ) -> Future[list[float]]:
+    ) -> TextFuture:
         """Queue one validated text in ``lane``; the future resolves to its vector or a
         typed error."""
-        future: Future[list[float]] = Future()
+        future = TextFuture()
         key = model or self.batcher.config.model
         with self._cond:
             if self._closing:
@@ -486,18 +503,23 @@ class MicroBatcher:
     def _store(self, entries: list[Waiting], outcomes: list[Outcome]) -> None:
         if self._store_vectors is None:
             return
-        vectors = [
-            (waiting.task_id, outcome)
+        stored: list[tuple[Waiting, str, list[float]]] = [
+            (waiting, waiting.task_id, outcome)
             for waiting, outcome in zip(entries, outcomes, strict=True)
             if waiting.task_id is not None and not isinstance(outcome, EmbeddingError)
         ]
-        if not vectors:
+        if not stored:
             return
         try:
-            self._store_vectors(vectors)
+            written = self._store_vectors([(task_id, vector) for _, task_id, vector in stored])
         except Exception as exc:
             log.warning("storing %d results in one step failed (%s); each task stores its own",
-                        len(vectors), exc)  # fmt: skip
+                        len(stored), exc)  # fmt: skip
+            return
+        if written:
+            for waiting, _, _ in stored:
+                if isinstance(waiting.future, TextFuture):
+                    waiting.future.stored_ahead = True
 
 
 def _fail(entries: list[Waiting], exc: BaseException) -> None:

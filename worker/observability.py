@@ -15,18 +15,21 @@ The default ``threads`` pool is one process, so it serves on the port as given. 
 ``CELERY_WORKER_POOL=prefork`` every child is its own process with its own metrics, so child
 *i* (0-based) serves on ``port + i`` and the parent serves nothing: open that range.
 ``connect_signals()`` (called by ``worker.tasks``, the module only workers load) hooks this
-to the worker's start.
+to the worker's start. The queue keys come from the app's broker transport
+(``BrokerKeys.of``): kombu's key formats live in the Celery layer, not here.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from celery import Celery
 from celery.signals import celeryd_after_setup, worker_process_init
 from prometheus_client import REGISTRY, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -38,7 +41,7 @@ from worker.redis_client import REDIS_SCHEMES, redis_from_url
 from worker.settings import Settings
 
 __all__ = [
-    "QUEUE_PRIORITY_SEPARATOR",
+    "BrokerKeys",
     "QueueDepthCollector",
     "connect_signals",
     "metrics_port_for",
@@ -47,10 +50,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# kombu's Redis transport keeps priorities other than 0 in keys "<queue>\x06\x16<priority>".
-QUEUE_PRIORITY_SEPARATOR = "\x06\x16"
-_PRIORITY_STEPS = (0, 3, 6, 9)
-_UNACKED_KEY = "unacked"
 # A scrape must stay cheap even when Redis is slow or gone: a short timeout, no retries.
 _SCRAPE_TIMEOUT_S = 0.5
 
@@ -58,27 +57,46 @@ _lock = threading.Lock()
 _serving: tuple[str, int] | None = None
 
 
-def _queue_keys(queue: str) -> list[str]:
-    return [queue if p == 0 else f"{queue}{QUEUE_PRIORITY_SEPARATOR}{p}" for p in _PRIORITY_STEPS]
+@dataclass(frozen=True)
+class BrokerKeys:
+    """Where the broker keeps each lane's messages, and the messages delivered but unacked.
+
+    ``lanes`` maps a lane to its queue and the Redis lists holding that queue (one per
+    priority step).
+    """
+
+    lanes: Mapping[str, tuple[str, Sequence[str]]]
+    unacked: str
+
+    @classmethod
+    def of(cls, transport: Any, queues: Mapping[str, str] = LANE_QUEUES) -> BrokerKeys | None:
+        """The keys of ``queues`` as ``transport`` (an app's broker transport) names them.
+
+        None when the transport cannot say: only the project's Redis transport
+        (``worker.celery_ext.transport``) knows kombu's key formats.
+        """
+        queue_keys = getattr(transport, "queue_keys", None)
+        unacked_key = getattr(transport, "unacked_key", None)
+        if not callable(queue_keys) or not callable(unacked_key):
+            return None
+        lanes = {lane: (queue, tuple(queue_keys(queue))) for lane, queue in queues.items()}
+        return cls(lanes, str(unacked_key()))
 
 
 class QueueDepthCollector(Collector):
     """Reads each lane's broker queue length on each scrape (``LLEN``s, one round trip, bounded).
 
-    ``queues`` maps a lane to its queue (``worker.names.LANE_QUEUES`` by default); each is
-    reported as ``embeddings_queue_depth{queue,lane}``. When Redis does not answer within the
-    timeout, the queue gauges are left out of that scrape rather than reported as 0, so an
+    ``keys`` names each lane's queue and lists (``BrokerKeys.of``); each lane is reported as
+    ``embeddings_queue_depth{queue,lane}``. When Redis does not answer within the timeout,
+    the queue gauges are left out of that scrape rather than reported as 0, so an
     autoscaler never scales in on a broker outage.
     """
 
     def __init__(
-        self,
-        client: redis.Redis,
-        queues: Mapping[str, str] = LANE_QUEUES,
-        timeout_s: float = _SCRAPE_TIMEOUT_S,
+        self, client: redis.Redis, keys: BrokerKeys, timeout_s: float = _SCRAPE_TIMEOUT_S
     ) -> None:
         self._client = client
-        self._queues = dict(queues)
+        self._keys = keys
         self._timeout_s = timeout_s
 
     def describe(self) -> Iterable[Any]:
@@ -91,10 +109,10 @@ class QueueDepthCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             pipe = self._client.pipeline(transaction=False)
-            for queue in self._queues.values():
-                for key in _queue_keys(queue):
+            for _queue, lists in self._keys.lanes.values():
+                for key in lists:
                     pipe.llen(key)
-            pipe.hlen(_UNACKED_KEY)
+            pipe.hlen(self._keys.unacked)
             *lengths, unacked = pipe.execute()
         except redis.RedisError as exc:
             log.warning("queue depth not collected: %s", type(exc).__name__)
@@ -105,9 +123,10 @@ class QueueDepthCollector(Collector):
             "worker; the backlog is the sum over lanes)",
             labels=["queue", "lane"],
         )
-        steps = len(_PRIORITY_STEPS)
-        for index, (lane, queue) in enumerate(self._queues.items()):
-            waiting = lengths[index * steps : (index + 1) * steps]
+        start = 0
+        for lane, (queue, lists) in self._keys.lanes.items():
+            waiting = lengths[start : start + len(lists)]
+            start += len(lists)
             depth.add_metric([queue, lane], float(sum(waiting)))
         yield depth
         yield GaugeMetricFamily(
@@ -123,9 +142,9 @@ def metrics_port_for(base_port: int, pool_index: int | None) -> int:
 
 
 def start_metrics_server(
-    settings: Settings, broker_url: str | None, port: int, queues: Mapping[str, str] = LANE_QUEUES
+    settings: Settings, app: Celery, port: int, queues: Mapping[str, str] = LANE_QUEUES
 ) -> bool:
-    """Serve this process's metrics on ``port``; register the queue gauges for ``broker_url``.
+    """Serve this process's metrics on ``port``; register the queue gauges for ``app``'s broker.
 
     Returns False, having logged why, when the port is taken: metrics never stop a worker.
     """
@@ -139,9 +158,10 @@ def start_metrics_server(
             log.error("metrics not served on %s:%d: %s", settings.metrics_addr, port, exc.strerror)
             return False
         _serving = (settings.metrics_addr, port)
-        client = _broker_client(broker_url, settings)
-        if client is not None:
-            REGISTRY.register(QueueDepthCollector(client, queues))
+        client = _broker_client(app.conf.broker_url, settings)
+        keys = _broker_keys(app, queues) if client is not None else None
+        if client is not None and keys is not None:
+            REGISTRY.register(QueueDepthCollector(client, keys))
     log.info("Prometheus metrics on http://%s:%d/metrics", settings.metrics_addr, port)
     return True
 
@@ -158,6 +178,15 @@ def _broker_client(broker_url: str | None, settings: Settings) -> redis.Redis | 
         socket_connect_timeout=_SCRAPE_TIMEOUT_S,
         retry_on_timeout=False,
     )
+
+
+def _broker_keys(app: Celery, queues: Mapping[str, str]) -> BrokerKeys | None:
+    # Building the connection's transport connects to nothing.
+    with app.connection_for_read() as connection:
+        keys = BrokerKeys.of(connection.transport, queues)
+    if keys is None:
+        log.warning("queue depth gauge needs the project's Redis transport")
+    return keys
 
 
 def _is_prefork(pool_cls: Any) -> bool:
@@ -179,7 +208,7 @@ def _on_worker_setup(instance: Any = None, **_: Any) -> None:
         return
     # Both lanes' queues, whichever this worker consumes: every worker reports the whole
     # backlog, so one scrape target is enough for an autoscaler.
-    start_metrics_server(settings, instance.app.conf.broker_url, settings.metrics_port)
+    start_metrics_server(settings, instance.app, settings.metrics_port)
 
 
 def _on_worker_process_init(**_: Any) -> None:
@@ -190,7 +219,7 @@ def _on_worker_process_init(**_: Any) -> None:
     if not settings.metrics_port:
         return
     port = metrics_port_for(settings.metrics_port, current_process_index(base=0))
-    start_metrics_server(settings, current_app.conf.broker_url, port)
+    start_metrics_server(settings, current_app, port)
 
 
 def connect_signals() -> None:

@@ -11,6 +11,7 @@ the asyncio producers and the gateway. Both read the URL with :func:`sentinel_ta
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -26,8 +27,10 @@ from worker.errors import EmbeddingConfigError
 from worker.settings import Settings
 
 __all__ = [
+    "CELERY_REDIS_SCHEMES",
     "REDIS_SCHEMES",
     "SENTINEL_DEFAULT_PORT",
+    "SENTINEL_SCHEME",
     "SentinelRedis",
     "SentinelTarget",
     "async_redis_from_url",
@@ -37,7 +40,17 @@ __all__ = [
     "without_backend_class",
 ]
 
-REDIS_SCHEMES = ("redis", "rediss", "unix", "sentinel")
+# The one table of Redis URL schemes: every one the project reads, and whether kombu's Redis
+# transport and Celery's Redis backend take it under that name. sentinel:// reaches them
+# through their Sentinel classes instead; unix:// only redis-py's clients open.
+REDIS_SCHEMES: Mapping[str, bool] = {
+    "redis": True,
+    "rediss": True,
+    "unix": False,
+    "sentinel": False,
+}
+CELERY_REDIS_SCHEMES = tuple(scheme for scheme, celery_name in REDIS_SCHEMES.items() if celery_name)
+SENTINEL_SCHEME = "sentinel"
 
 # redis-py's Sentinel modules are untyped.
 _Sentinel: Any = redis_sentinel.Sentinel

@@ -138,8 +138,6 @@ _OTHER_ENV_NAMES = {
     "redis_url": "REDIS_URL",
     "redis_sentinel_master": "REDIS_SENTINEL_MASTER",
     "redis_sentinel_password": "REDIS_SENTINEL_PASSWORD",
-    "broker_url": "CELERY_BROKER_URL",
-    "result_backend_url": "CELERY_RESULT_BACKEND",
     "unacked_restore_interval_s": "BROKER_UNACKED_RESTORE_INTERVAL",
     "worker_pool": "CELERY_WORKER_POOL",
     "worker_concurrency": "CELERY_WORKER_CONCURRENCY",
@@ -266,6 +264,8 @@ class Settings:
     # Broker, result store and Celery worker; each read from the variable env_variable names.
     # URLs may carry a password: kept out of repr, like the API key.
     redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
+    # Our own names, not CELERY_BROKER_URL/CELERY_RESULT_BACKEND: Celery reads those itself,
+    # over its configuration (worker.celery_ext.config refuses them).
     broker_url: str = field(default="", repr=False)  # "": redis_url
     result_backend_url: str = field(default="", repr=False)  # "": redis_url
     # For sentinel:// URLs: the monitored master's name, the Sentinels' own password, and how

@@ -122,7 +122,12 @@ def embed_text_task(self: Task, text: Any, model: str | None = None) -> list[flo
             future = get_microbatcher().submit(
                 checked, model, task_id=task_id, lane=_lane(self.request)
             )
-            return future.result(timeout=_worst_case_wait_s(settings))
+            vector = future.result(timeout=_worst_case_wait_s(settings))
+            if future.stored_ahead:
+                # The call's batched write stored this SUCCESS already: Celery's own write
+                # of the return value (mark_as_done) reads this flag and skips it.
+                self.request.ignore_result = True
+            return vector
         except TimeoutError as exc:
             raise EmbeddingTimeoutError("no answer from the micro-batcher in time") from exc
     except TextRevoked as exc:

@@ -2,8 +2,8 @@
 
 The key is a SHA-256 of everything that changes a vector: the API's base URL, the model,
 ``dimensions`` and the text (not the API key, not ``user``). Values are little-endian
-float32, base64-encoded, as the project packs vectors everywhere. Reads and writes take one
-round trip per call (MGET; a pipeline of SETs with a TTL).
+float32, base64-encoded (``worker.vector_codec``), as the project packs vectors everywhere.
+Reads and writes take one round trip per call (MGET; a pipeline of SETs with a TTL).
 
 The cache must be able to evict, so it belongs in a Redis with ``maxmemory-policy
 allkeys-lru``, not in the broker's (``noeviction``) database. A cache that fails is skipped
@@ -12,13 +12,10 @@ for a while, never a text's failure: it logs once and counts ``embeddings_cache_
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import logging
-import sys
 import threading
 import time
-from array import array
 from collections.abc import Callable, Sequence
 
 import redis
@@ -26,12 +23,11 @@ import redis
 from worker import metrics
 from worker.redis_client import bounded_client
 from worker.settings import Settings
+from worker.vector_codec import pack_vector, unpack_vector
 
 __all__ = [
     "VectorCache",
     "cache_key",
-    "pack_vector",
-    "unpack_vector",
 ]
 
 KEY_PREFIX = "embeddings:vec:"
@@ -48,22 +44,6 @@ def cache_key(base_url: str, model: str, dimensions: int, text: str) -> str:
         # Length-prefixed, so no choice of fields can collide with another.
         digest.update(len(encoded).to_bytes(8, "big") + encoded)
     return KEY_PREFIX + digest.hexdigest()
-
-
-def pack_vector(vector: Sequence[float]) -> bytes:
-    """Little-endian float32, base64."""
-    floats = array("f", vector)
-    if sys.byteorder != "little":
-        floats.byteswap()
-    return base64.b64encode(floats.tobytes())
-
-
-def unpack_vector(packed: bytes) -> list[float]:
-    floats = array("f")
-    floats.frombytes(base64.b64decode(packed))
-    if sys.byteorder != "little":
-        floats.byteswap()
-    return floats.tolist()
 
 
 def _as_bytes(raw: bytes | str) -> bytes:

@@ -19,7 +19,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from worker.embeddings.backoff import build_retrying, parse_retry_after
+from worker.embeddings.backoff import build_retrying
+from worker.embeddings.ratelimit_headers import parse_retry_after
 from worker.errors import (
     EmbeddingAPIError,
     EmbeddingConnectionError,

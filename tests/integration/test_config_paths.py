@@ -20,8 +20,8 @@ def test_a_worker_configured_by_the_celery_variables_reports_the_projects_classe
         stub.base_url,
         {
             "REDIS_URL": "redis://127.0.0.1:1/0",
-            "CELERY_BROKER_URL": TEST_REDIS_URL,
-            "CELERY_RESULT_BACKEND": TEST_REDIS_URL,
+            "EMBEDDINGS_BROKER_URL": TEST_REDIS_URL,
+            "EMBEDDINGS_RESULT_BACKEND_URL": TEST_REDIS_URL,
         },
     )
     replies = app.control.inspect(destination=[worker.hostname], timeout=5).report()

@@ -49,21 +49,6 @@ def test_a_batch_of_vectors_is_stored_as_celery_would_store_each(backend, clean_
     assert AsyncResult("batched-2", backend=reader).get(timeout=5) == VECTOR[::-1]
 
 
-def test_celery_own_write_of_a_batched_result_is_skipped_once(backend, monkeypatch):
-    backend.store_vectors([("t-ahead", VECTOR)])
-    writes: list[bytes] = []  # the result writes made from here on
-    original = ResultBackend._run_store_script
-    monkeypatch.setattr(
-        ResultBackend,
-        "_run_store_script",
-        lambda self, batch, *a: (writes.extend(k for k, _ in batch), original(self, batch, *a))[1],
-    )
-    backend.store_result("t-ahead", VECTOR, states.SUCCESS)  # the task's own write: skipped
-    assert writes == []
-    backend.store_result("t-ahead", VECTOR, states.SUCCESS)  # only once
-    assert writes == [b"celery-task-meta-t-ahead"]
-
-
 def test_a_batch_never_overwrites_an_earlier_success(backend, clean_redis):
     backend.store_result("done-before", [1.0] * 9, states.SUCCESS)
     backend.store_vectors([("done-before", VECTOR)])

@@ -231,8 +231,8 @@ def test_a_rediss_url_without_options_checks_certificates_on_both_sides():
     # takes one and, left alone, would not check the certificate.
     env = {
         **os.environ,
-        "CELERY_BROKER_URL": "rediss://:pw@redis.example:6380/0",
-        "CELERY_RESULT_BACKEND": "rediss://:pw@redis.example:6380/0?ssl_cert_reqs=required",
+        "EMBEDDINGS_BROKER_URL": "rediss://:pw@redis.example:6380/0",
+        "EMBEDDINGS_RESULT_BACKEND_URL": "rediss://:pw@redis.example:6380/0?ssl_cert_reqs=required",
         "PYTHONPATH": str(REPO_ROOT),
     }
     out = subprocess.run(

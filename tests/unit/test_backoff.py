@@ -7,7 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from worker.embeddings.backoff import backoff_delay, build_retrying, parse_retry_after
+from worker.embeddings.backoff import backoff_delay, build_retrying
+from worker.embeddings.ratelimit_headers import parse_retry_after
 from worker.errors import EmbeddingAPIError, EmbeddingServerError
 
 FIXED_NOW = 1_700_000_000.0

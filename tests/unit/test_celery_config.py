@@ -14,6 +14,7 @@ from celery import Celery
 
 import celeryconfig
 from producers import cli
+from tests.unit.stream_fakes import FakeStream
 from worker.celery_ext.config import (
     RESULT_BACKEND_CLASS,
     WORKER_CONSUMER_CLASS,
@@ -53,8 +54,8 @@ def test_the_celery_variables_override_either_side_and_non_redis_keeps_celerys_o
     settings = Settings.from_env(
         environ={
             "REDIS_URL": "redis://ignored:6379/0",
-            "CELERY_BROKER_URL": "memory://",
-            "CELERY_RESULT_BACKEND": "rediss://results:6380/1",
+            "EMBEDDINGS_BROKER_URL": "memory://",
+            "EMBEDDINGS_RESULT_BACKEND_URL": "rediss://results:6380/1",
         }
     )
     config = celery_config(settings)
@@ -144,11 +145,11 @@ def test_embed_file_redis_url_rediss_gets_verified_tls_and_the_projects_backend_
 ) -> None:
     used: list[Celery] = []
 
-    def embedder_for(app: Celery, model: str | None = None, **_options: Any) -> Any:
+    def stream_for(app: Celery, model: str | None = None, **_options: Any) -> Any:
         used.append(app)
-        return lambda texts, timeout_s, on_one_done, **_: [[1.0] for _ in texts]
+        return FakeStream()
 
-    monkeypatch.setattr(cli, "celery_window_embedder", embedder_for)
+    monkeypatch.setattr(cli, "QueueStream", stream_for)
     source = tmp_path / "texts.txt"
     source.write_text("one\ntwo\n")
     assert cli.main([str(source), "--redis-url", TLS_URL, "--no-progress"]) == 0

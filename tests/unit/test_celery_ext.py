@@ -248,17 +248,3 @@ def test_the_internals_are_checked_once_however_many_modules_ask(
     for _ in range(4):
         compat.check_once()
     assert calls == [1]
-
-
-def test_ids_stored_ahead_are_bounded_and_the_oldest_leave_first(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from worker.celery_ext import result_backend
-
-    monkeypatch.setattr(result_backend, "STORED_AHEAD_KEPT", 3)
-    monkeypatch.setattr(result_backend, "_stored_ahead", result_backend.OrderedDict())
-    result_backend._remember_stored_ahead(["a", "b", "c", "d"])
-    assert list(result_backend._stored_ahead) == ["b", "c", "d"]
-    assert result_backend._take_stored_ahead("c") is True
-    assert result_backend._take_stored_ahead("c") is False
-    assert result_backend._take_stored_ahead("a") is False

@@ -7,49 +7,13 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 
 from producers import cli
 from producers.cli import Item, embed_items, guess_format, load_done, read_items, record_key
-
-
-class FakeEmbedder:
-    """Embeds each text as ``[len(text)]``; texts containing ``FAIL`` get an error."""
-
-    def __init__(self, *, reverse: bool = False, out: io.StringIO | None = None) -> None:
-        self.windows: list[list[str]] = []
-        self.reverse = reverse  # report outcomes last-first, as a queue may finish them
-        self.out = out
-        self.seen_mid_window: list[int] = []  # lines in ``out`` after each reported outcome
-
-    @property
-    def texts(self) -> list[str]:
-        return [t for window in self.windows for t in window]
-
-    def __call__(
-        self,
-        texts: Sequence[str],
-        timeout_s: float,
-        on_one_done: Callable[[], None],
-        *,
-        task_ids: Sequence[str] | None = None,
-        on_outcome: Callable[[int, cli.Outcome], None] | None = None,
-    ) -> list[cli.Outcome]:
-        self.windows.append(list(texts))
-        outcomes: list[cli.Outcome] = []
-        for text in texts:
-            outcomes.append("EmbeddingAPIError: rejected" if "FAIL" in text else [float(len(text))])
-        order = range(len(texts) - 1, -1, -1) if self.reverse else range(len(texts))
-        for position in order:
-            on_one_done()
-            if on_outcome is not None:
-                on_outcome(position, outcomes[position])
-                if self.out is not None:
-                    self.seen_mid_window.append(len(self.out.getvalue().splitlines()))
-        return outcomes
+from tests.unit.stream_fakes import FakeStream
 
 
 def _records(path: Path) -> list[dict]:
@@ -159,7 +123,7 @@ def test_count_records_matches_what_is_read(tmp_path):
 def test_each_result_is_written_as_it_finishes_not_when_its_window_ends():
     items = [Item(n, f"id-{n}", text=f"text {n}") for n in range(1, 5)]
     out = io.StringIO()
-    embedder = FakeEmbedder(reverse=True, out=out)
+    embedder = FakeStream(reverse=True, out=out)
     summary = embed_items(items, out, embedder, skip=set(), window=4)
     assert embedder.seen_mid_window == [1, 2, 3, 4]  # on disk before the window returned
     records = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -172,7 +136,7 @@ def test_every_record_is_written_once_per_window_with_bad_lines_first():
     items = [Item(n, n, text=f"text {n}") for n in range(1, 8)]
     items[2] = Item(3, 3, error="line 3: text is empty")
     items[4] = Item(5, 5, text="please FAIL")
-    embedder = FakeEmbedder()
+    embedder = FakeStream()
     out = io.StringIO()
     failed: list[tuple[int, str]] = []
     summary = embed_items(
@@ -190,14 +154,15 @@ def test_every_record_is_written_once_per_window_with_bad_lines_first():
     assert by_line[3] == {"id": 3, "line": 3, "error": "line 3: text is empty"}
     assert by_line[5] == {"id": 5, "line": 5, "error": "line 5: EmbeddingAPIError: rejected"}
     # A window counts texts sent, not lines read; line 3 never reaches the queue.
-    assert embedder.windows == [["text 1", "text 2", "text 4"], ["please FAIL", "text 6", "text 7"]]
+    assert embedder.texts == ["text 1", "text 2", "text 4", "please FAIL", "text 6", "text 7"]
+    assert embedder.most_in_flight == 3
     assert failed == [(3, "line 3: text is empty"), (5, "line 5: EmbeddingAPIError: rejected")]
     assert (summary.texts, summary.ok, summary.failed, summary.skipped) == (7, 5, 2, 0)
 
 
 def test_ids_to_skip_are_counted_and_never_embedded():
     items = [Item(1, "a", text="one"), Item(2, "b", text="two"), Item(3, 3, text="three")]
-    embedder = FakeEmbedder()
+    embedder = FakeStream()
     out = io.StringIO()
     summary = embed_items(items, out, embedder, skip={record_key("a"), record_key(3)})
     assert embedder.texts == ["two"]
@@ -232,14 +197,14 @@ def test_load_done_of_a_missing_file_is_empty(tmp_path):
 def test_a_rerun_resumes_and_embeds_only_what_is_not_in_the_output(tmp_path, capsys):
     source = _write(tmp_path / "in.jsonl", '{"id": 1, "text": "a"}\n{"id": 2, "text": "bb"}\n')
     output = tmp_path / "out.jsonl"
-    first = FakeEmbedder()
-    assert cli.main([str(source), "-o", str(output), "--no-progress"], embedder=first) == 0
+    first = FakeStream()
+    assert cli.main([str(source), "-o", str(output), "--no-progress"], stream=first) == 0
     assert first.texts == ["a", "bb"]
 
     with source.open("a") as f:
         f.write('{"id": 3, "text": "ccc"}\nnot json\n')
-    second = FakeEmbedder()
-    code = cli.main([str(source), "-o", str(output), "--no-progress"], embedder=second)
+    second = FakeStream()
+    code = cli.main([str(source), "-o", str(output), "--no-progress"], stream=second)
     assert code == 1  # the bad line
     assert second.texts == ["ccc"]
     assert sorted((r["id"], "embedding" in r) for r in _records(output)) == [
@@ -252,8 +217,8 @@ def test_a_rerun_resumes_and_embeds_only_what_is_not_in_the_output(tmp_path, cap
     assert "line 4: not valid JSON" in err
     assert "skipped" in err
 
-    third = FakeEmbedder()
-    assert cli.main([str(source), "-o", str(output), "--no-progress"], embedder=third) == 0
+    third = FakeStream()
+    assert cli.main([str(source), "-o", str(output), "--no-progress"], stream=third) == 0
     assert third.texts == []
     assert len(_records(output)) == 4
 
@@ -261,22 +226,22 @@ def test_a_rerun_resumes_and_embeds_only_what_is_not_in_the_output(tmp_path, cap
 def test_retry_failed_re_embeds_ids_whose_only_record_is_an_error(tmp_path):
     source = _write(tmp_path / "in.txt", "fine\nFAIL once\n")
     output = tmp_path / "out.jsonl"
-    assert cli.main([str(source), "-o", str(output), "--no-progress"], embedder=FakeEmbedder()) == 1
-    again = FakeEmbedder()
-    cli.main([str(source), "-o", str(output), "--no-progress"], embedder=again)
+    assert cli.main([str(source), "-o", str(output), "--no-progress"], stream=FakeStream()) == 1
+    again = FakeStream()
+    cli.main([str(source), "-o", str(output), "--no-progress"], stream=again)
     assert again.texts == []
-    retried = FakeEmbedder()
-    cli.main([str(source), "-o", str(output), "--no-progress", "--retry-failed"], embedder=retried)
+    retried = FakeStream()
+    cli.main([str(source), "-o", str(output), "--no-progress", "--retry-failed"], stream=retried)
     assert retried.texts == ["FAIL once"]
 
 
 def test_retry_failed_replaces_a_lines_error_record_instead_of_adding_another(tmp_path):
     source = _write(tmp_path / "in.txt", "fine\nFAIL\nalso fine\n")
     output = tmp_path / "out.jsonl"
-    assert cli.main([str(source), "-o", str(output), "--no-progress"], embedder=FakeEmbedder()) == 1
+    assert cli.main([str(source), "-o", str(output), "--no-progress"], stream=FakeStream()) == 1
     _write(source, "fine\nnow it works\nalso fine\n")  # the same ids, line 2 fixed
     argv = [str(source), "-o", str(output), "--no-progress", "--retry-failed"]
-    assert cli.main(argv, embedder=FakeEmbedder()) == 0
+    assert cli.main(argv, stream=FakeStream()) == 0
     records = _records(output)
     assert sorted(r["id"] for r in records) == [1, 2, 3]  # one record per id
     assert {r["id"]: r.get("embedding") for r in records}[2] == [float(len("now it works"))]
@@ -297,7 +262,7 @@ def test_help_shows_the_defaults_and_the_exit_codes(capsys):
 
 def test_the_output_defaults_to_a_file_beside_the_input(tmp_path):
     source = _write(tmp_path / "corpus.txt", "hello\n")
-    assert cli.main([str(source), "--no-progress"], embedder=FakeEmbedder()) == 0
+    assert cli.main([str(source), "--no-progress"], stream=FakeStream()) == 0
     assert _records(tmp_path / "corpus.txt.embeddings.jsonl") == [
         {"id": 1, "line": 1, "embedding": [5.0]}
     ]
@@ -305,13 +270,13 @@ def test_the_output_defaults_to_a_file_beside_the_input(tmp_path):
 
 def test_usage_errors_exit_with_status_two(tmp_path, capsys):
     source = _write(tmp_path / "in.csv", "body\nhello\n")
-    fake = FakeEmbedder()
-    assert cli.main([str(source), "--no-progress"], embedder=fake) == 2
+    fake = FakeStream()
+    assert cli.main([str(source), "--no-progress"], stream=fake) == 2
     assert "no column 'text' in the CSV header ['body']" in capsys.readouterr().err
-    assert cli.main([str(tmp_path / "missing.txt")], embedder=fake) == 2
-    assert cli.main([str(source), "--window", "0"], embedder=fake) == 2
+    assert cli.main([str(tmp_path / "missing.txt")], stream=fake) == 2
+    assert cli.main([str(source), "--window", "0"], stream=fake) == 2
     assert fake.texts == []
-    assert cli.main([str(source), "--column", "body", "--no-progress"], embedder=fake) == 0
+    assert cli.main([str(source), "--column", "body", "--no-progress"], stream=fake) == 0
     assert fake.texts == ["hello"]
 
 

@@ -1,8 +1,8 @@
 """Every way of naming Redis runs the project's result backend and transport, never stock ones.
 
 Celery reads ``CELERY_BROKER_URL`` and ``CELERY_RESULT_BACKEND`` from the process environment
-itself, over its configuration; each case here sets the variables in ``os.environ`` too, as a
-real deployment does, so that second reading is exercised.
+itself, over its configuration, so the project reads names of its own and refuses Celery's.
+Each case sets the variables in ``os.environ``, as a real deployment does.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.app import utils as celery_app_utils
 
 import celeryconfig
 from producers import cli
+from tests.unit.stream_fakes import FakeStream
 from worker.celery_ext import install
-from worker.celery_ext.config import apply_config, celery_config
+from worker.celery_ext.config import CELERY_URL_VARIABLES, apply_config, celery_config
 from worker.celery_ext.result_backend import ResultBackend
 from worker.celery_ext.sentinel import SentinelAtomicFetchTransport, SentinelResultBackend
 from worker.celery_ext.transport import AtomicFetchTransport
@@ -29,8 +31,9 @@ from worker.settings import Settings
 TLS = "rediss://:pw@tls.example.com:6380/2"
 _VARIABLES = (
     "REDIS_URL",
-    "CELERY_BROKER_URL",
-    "CELERY_RESULT_BACKEND",
+    *CELERY_URL_VARIABLES,
+    "EMBEDDINGS_BROKER_URL",
+    "EMBEDDINGS_RESULT_BACKEND_URL",
     "REDIS_SENTINEL_MASTER",
     "REDIS_SENTINEL_PASSWORD",
 )
@@ -42,22 +45,22 @@ PATHS: dict[str, tuple[dict[str, str], str, str]] = {
     "CELERY_BROKER_URL and CELERY_RESULT_BACKEND redis": (
         {
             "REDIS_URL": "redis://ignored:6379/0",
-            "CELERY_BROKER_URL": "redis://broker:6379/2",
-            "CELERY_RESULT_BACKEND": "redis://results:6379/3",
+            "EMBEDDINGS_BROKER_URL": "redis://broker:6379/2",
+            "EMBEDDINGS_RESULT_BACKEND_URL": "redis://results:6379/3",
         },
         "broker",
         "results",
     ),
     "CELERY_BROKER_URL and CELERY_RESULT_BACKEND rediss": (
         {
-            "CELERY_BROKER_URL": "rediss://:pw@broker.example.com:6380/0",
-            "CELERY_RESULT_BACKEND": "rediss://:pw@results.example.com:6380/1",
+            "EMBEDDINGS_BROKER_URL": "rediss://:pw@broker.example.com:6380/0",
+            "EMBEDDINGS_RESULT_BACKEND_URL": "rediss://:pw@results.example.com:6380/1",
         },
         "broker.example.com",
         "results.example.com",
     ),
     "CELERY_RESULT_BACKEND alone": (
-        {"CELERY_RESULT_BACKEND": "redis://results:6379/3"},
+        {"EMBEDDINGS_RESULT_BACKEND_URL": "redis://results:6379/3"},
         "localhost",
         "results",
     ),
@@ -117,9 +120,10 @@ def test_the_workers_own_app_runs_the_projects_classes(environ: Any, path: str) 
         app.close()
 
 
-def test_without_the_pin_celery_would_take_the_bare_variable(environ: Any) -> None:
-    # Why worker.celery_ext.pinned_conf exists: Celery's own configuration object answers
-    # result_backend from the environment, dropping the class prefix the config sets.
+def test_celery_takes_its_own_variable_over_the_configuration(environ: Any) -> None:
+    # Why the project reads EMBEDDINGS_RESULT_BACKEND_URL and refuses CELERY_RESULT_BACKEND:
+    # Celery's configuration object answers result_backend from the environment, dropping the
+    # class prefix the config sets.
     environ({"CELERY_RESULT_BACKEND": "redis://results:6379/3"})
     app = Celery("stock-test", set_as_current=False)
     app.config_from_object({"result_backend": "x.y:Backend+redis://results:6379/3"})
@@ -127,22 +131,50 @@ def test_without_the_pin_celery_would_take_the_bare_variable(environ: Any) -> No
     app.close()
 
 
+@pytest.mark.parametrize("variable", CELERY_URL_VARIABLES)
+def test_a_celery_url_variable_is_refused_naming_it(environ: Any, variable: str) -> None:
+    environ({variable: "redis://elsewhere:6379/3"})
+    app = Celery("refuse-test", set_as_current=False)
+    try:
+        with pytest.raises(EmbeddingConfigError, match=variable):
+            apply_config(app, Settings.from_env({}))
+        with pytest.raises(EmbeddingConfigError, match="EMBEDDINGS_RESULT_BACKEND_URL"):
+            install(app)
+    finally:
+        app.close()
+
+
+def test_install_leaves_celerys_configuration_object_alone(environ: Any) -> None:
+    # install() no longer swaps the class of app.conf (it once did, to win over the variables).
+    environ({})
+    app = Celery("conf-class-test", set_as_current=False)
+    try:
+        install(app)
+        apply_config(app, Settings.from_env({}))
+        assert type(app.conf) is celery_app_utils.Settings
+    finally:
+        app.close()
+
+
 def test_embed_file_redis_url_wins_over_the_celery_variables(
     environ: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     values = environ(
-        {"CELERY_BROKER_URL": "redis://broker:6379/2", "CELERY_RESULT_BACKEND": "redis://r:1/3"}
+        {
+            "EMBEDDINGS_BROKER_URL": "redis://broker:6379/2",
+            "EMBEDDINGS_RESULT_BACKEND_URL": "redis://r:1/3",
+        }
     )
     app = Celery("cli-paths-test", set_as_current=False)
     apply_config(app, Settings.from_env(values))
     monkeypatch.setattr(cli, "_project_app", lambda: app)
     used: list[Celery] = []
 
-    def embedder_for(app: Celery, model: str | None = None, **_options: Any) -> Any:
+    def stream_for(app: Celery, model: str | None = None, **_options: Any) -> Any:
         used.append(app)
-        return lambda texts, timeout_s, on_one_done, **_: [[1.0] for _ in texts]
+        return FakeStream()
 
-    monkeypatch.setattr(cli, "celery_window_embedder", embedder_for)
+    monkeypatch.setattr(cli, "QueueStream", stream_for)
     source = tmp_path / "texts.txt"
     source.write_text("one\n")
     try:
@@ -160,7 +192,7 @@ SENTINELS = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380"
     "values",
     [
         {"REDIS_URL": SENTINELS},
-        {"CELERY_BROKER_URL": SENTINELS, "CELERY_RESULT_BACKEND": SENTINELS},
+        {"EMBEDDINGS_BROKER_URL": SENTINELS, "EMBEDDINGS_RESULT_BACKEND_URL": SENTINELS},
     ],
     ids=["REDIS_URL", "CELERY variables"],
 )

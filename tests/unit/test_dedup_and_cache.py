@@ -16,7 +16,8 @@ from worker.embeddings import EmbeddingBatcher, EmbeddingConfig
 from worker.errors import EmbeddingConfigError
 from worker.microbatcher import MicroBatcher
 from worker.settings import Settings
-from worker.vector_cache import VectorCache, cache_key, pack_vector, unpack_vector
+from worker.vector_cache import VectorCache, cache_key
+from worker.vector_codec import pack_vector, unpack_vector
 
 MODEL = "text-embedding-3-small"
 

@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, Counter
 import worker.metrics
 from devstack import REPO_ROOT
 from worker.names import LANE_QUEUES, LANES
-from worker.observability import QueueDepthCollector
+from worker.observability import BrokerKeys, QueueDepthCollector
 
 DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "embeddings.json"
 ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
@@ -45,7 +45,8 @@ _KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "an
 def exported_series() -> set[str]:
     """Every series name a worker's ``/metrics`` can serve."""
     families = [(m.name, m.type) for m in REGISTRY.collect() if m.name.startswith("embeddings_")]
-    gauges = QueueDepthCollector(redis.Redis(port=1)).describe()
+    keys = BrokerKeys(lanes={}, unacked="unacked")  # describing reads no key
+    gauges = QueueDepthCollector(redis.Redis(port=1), keys).describe()
     families += [(m.name, m.type) for m in gauges]
     return {name + suffix for name, kind in families for suffix in _SUFFIXES[kind]}
 

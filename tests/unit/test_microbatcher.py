@@ -260,3 +260,19 @@ def test_a_text_arriving_during_shutdown_goes_back_to_the_queue(monkeypatch):
     with pytest.raises(Reject) as info:
         tasks.embed_text_task.run("late text")
     assert info.value.requeue is True
+
+
+@pytest.mark.parametrize(("answer", "ahead"), [(True, True), (False, False), (None, False)])
+def test_a_tasks_future_says_whether_its_call_stored_its_result(make_microbatcher, answer, ahead):
+    def store(vectors):
+        if answer is None:
+            raise ConnectionError("Redis is down")
+        return answer
+
+    microbatcher = make_microbatcher(Recorder(), flush_interval_s=0.01, store_vectors=store)
+    with_id = microbatcher.submit("stored", task_id="id-1")
+    without_id = microbatcher.submit("in-process caller")
+    assert with_id.result(timeout=5) == _vector("stored")
+    assert without_id.result(timeout=5) == _vector("in-process caller")
+    assert with_id.stored_ahead is ahead
+    assert without_id.stored_ahead is False  # no task: nothing was stored for it

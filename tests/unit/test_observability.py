@@ -1,4 +1,8 @@
-"""The queue-depth collector and the per-process metrics port, without a real Redis."""
+"""The queue-depth collector and the per-process metrics port, without a real Redis.
+
+The keys are the project's transport's (``BrokerKeys.of``);
+tests/integration/test_queue_depth_keys.py checks them against messages kombu wrote.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,15 @@ import socket
 import fakeredis
 import pytest
 import redis
+from celery import Celery
+from kombu import Connection
 from prometheus_client import CollectorRegistry, generate_latest
 
+from worker.celery_ext.transport import AtomicFetchTransport
 from worker.errors import EmbeddingConfigError
 from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE, LANE_BULK, LANE_INTERACTIVE
 from worker.observability import (
-    QUEUE_PRIORITY_SEPARATOR,
+    BrokerKeys,
     QueueDepthCollector,
     metrics_port_for,
     start_metrics_server,
@@ -24,10 +31,33 @@ INTERACTIVE = {"queue": INTERACTIVE_QUEUE, "lane": LANE_INTERACTIVE}
 BULK = {"queue": BULK_QUEUE, "lane": LANE_BULK}
 
 
+def _keys() -> BrokerKeys:
+    keys = BrokerKeys.of(Connection("redis://", transport=AtomicFetchTransport).transport)
+    assert keys is not None
+    return keys
+
+
+KEYS = _keys()
+
+
+def _priority_list(lane: str, step: int) -> str:
+    """The list of ``lane``'s queue holding its ``step``-th priority (0: the queue itself)."""
+    return KEYS.lanes[lane][1][step]
+
+
 def _registry(client: redis.Redis) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(QueueDepthCollector(client))
+    registry.register(QueueDepthCollector(client, KEYS))
     return registry
+
+
+def test_a_transport_that_cannot_name_its_keys_gives_no_keys():
+    # kombu's stock Redis transport: the gauge is left out rather than guessing keys.
+    from kombu.transport.redis import Transport as StockRedisTransport
+
+    assert BrokerKeys.of(Connection("redis://", transport=StockRedisTransport).transport) is None
+    assert KEYS.lanes[LANE_BULK][1][0] == BULK_QUEUE
+    assert len(set(KEYS.lanes[LANE_BULK][1])) > 1
 
 
 class _CountingRedis(fakeredis.FakeRedis):
@@ -56,9 +86,9 @@ class _CountingRedis(fakeredis.FakeRedis):
 def test_queue_depth_sums_every_priority_of_the_queue_and_counts_unacked():
     client = fakeredis.FakeRedis()
     client.rpush(BULK_QUEUE, *range(5))
-    client.rpush(f"{BULK_QUEUE}{QUEUE_PRIORITY_SEPARATOR}6", *range(2))
+    client.rpush(_priority_list(LANE_BULK, 2), *range(2))
     client.rpush("other-queue", *range(9))
-    client.hset("unacked", mapping={"tag1": "m", "tag2": "m", "tag3": "m"})
+    client.hset(KEYS.unacked, mapping={"tag1": "m", "tag2": "m", "tag3": "m"})
     registry = _registry(client)
     assert registry.get_sample_value("embeddings_queue_depth", BULK) == 7
     assert registry.get_sample_value("embeddings_queue_unacked") == 3
@@ -67,7 +97,7 @@ def test_queue_depth_sums_every_priority_of_the_queue_and_counts_unacked():
 def test_queue_depth_is_reported_for_each_lane_with_its_queue_and_lane_labels():
     client = fakeredis.FakeRedis()
     client.rpush(INTERACTIVE_QUEUE, *range(3))
-    client.rpush(f"{INTERACTIVE_QUEUE}{QUEUE_PRIORITY_SEPARATOR}9", "urgent")
+    client.rpush(_priority_list(LANE_INTERACTIVE, -1), "urgent")
     client.rpush(BULK_QUEUE, *range(40))
     registry = _registry(client)
     assert registry.get_sample_value("embeddings_queue_depth", INTERACTIVE) == 4
@@ -135,5 +165,6 @@ def test_a_taken_metrics_port_is_logged_and_never_stops_the_worker(caplog):
         taken.listen()
         port = taken.getsockname()[1]
         with caplog.at_level(logging.ERROR, logger="worker.observability"):
-            assert start_metrics_server(settings, "redis://127.0.0.1:1/0", port) is False
+            app = Celery("metrics-port-test", broker="redis://127.0.0.1:1/0", set_as_current=False)
+            assert start_metrics_server(settings, app, port) is False
     assert f"metrics not served on 127.0.0.1:{port}" in caplog.text

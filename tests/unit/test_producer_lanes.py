@@ -323,11 +323,16 @@ def test_the_lane_helpers_name_the_lanes_and_route_to_the_anonymous_exchange() -
 def test_embed_files_queue_stream_sends_to_the_bulk_lane_unless_told(
     app: Celery, broker: Broker
 ) -> None:
-    stream = cli.celery_window_embedder(app)
-    assert stream(["a", "b"], 5, lambda: None) == [VECTOR, VECTOR]
+    stream = sliding.QueueStream(app)
+    got: dict[int, Any] = {}
+    stream.send(["a", "b"], 5, got.__setitem__)
+    while stream.in_flight:
+        stream.wait()
+    stream.close()
+    assert got == {0: VECTOR, 1: VECTOR}
     _assert_all_in(broker, BULK_QUEUE, 2, "bulk")
     with pytest.raises(EmbeddingInputError, match="lane must be one of interactive, bulk"):
-        cli.celery_window_embedder(app, lane="fast")
+        sliding.QueueStream(app, lane="fast")
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 from devstack import REPO_ROOT
 from worker import settings as s
 from worker.embeddings import EmbeddingConfig
-from worker.embeddings.config import SETTINGS_FIELDS
+from worker.embeddings.config import settings_field
 from worker.errors import EmbeddingConfigError
 from worker.settings import Settings
 
@@ -87,8 +87,8 @@ def test_embeddings_api_key_wins_over_openai_api_key() -> None:
         ("CELERY_WORKER_CONCURRENCY", "-1"),
         ("CELERY_WORKER_PREFETCH_MULTIPLIER", "many"),
         ("REDIS_URL", "localhost:6379"),
-        ("CELERY_BROKER_URL", "nowhere"),
-        ("CELERY_RESULT_BACKEND", "nowhere"),
+        ("EMBEDDINGS_BROKER_URL", "nowhere"),
+        ("EMBEDDINGS_RESULT_BACKEND_URL", "nowhere"),
     ],
 )
 def test_a_bad_value_raises_naming_the_variable(variable: str, value: str) -> None:
@@ -112,8 +112,8 @@ def test_from_env_reads_the_redis_broker_and_celery_worker_variables() -> None:
     settings = Settings.from_env(
         environ={
             "REDIS_URL": "redis://cache:6379/1",
-            "CELERY_BROKER_URL": "redis://broker:6379/2",
-            "CELERY_RESULT_BACKEND": "redis://results:6379/3",
+            "EMBEDDINGS_BROKER_URL": "redis://broker:6379/2",
+            "EMBEDDINGS_RESULT_BACKEND_URL": "redis://results:6379/3",
             "BROKER_UNACKED_RESTORE_INTERVAL": "7",
             "CELERY_WORKER_POOL": "gevent",
             "CELERY_WORKER_CONCURRENCY": "64",
@@ -161,7 +161,7 @@ def test_every_variable_settings_read_is_in_the_readme_configuration_table() -> 
 def test_env_variable_names_the_prefixed_and_the_celery_variables() -> None:
     assert s.env_variable("batch_size") == "EMBEDDINGS_BATCH_SIZE"
     assert s.env_variable("visibility_timeout_s") == "BROKER_VISIBILITY_TIMEOUT"
-    assert s.env_variable("broker_url") == "CELERY_BROKER_URL"
+    assert s.env_variable("broker_url") == "EMBEDDINGS_BROKER_URL"
 
 
 def test_settings_repr_hides_the_api_key() -> None:
@@ -198,9 +198,18 @@ def test_embedding_config_has_the_seeds_defaults() -> None:
 def test_embedding_config_defaults_are_the_settings_defaults_under_the_seeds_names() -> None:
     config = EmbeddingConfig()
     defaults = Settings()
-    for own, settings_name in SETTINGS_FIELDS.items():
+    mapped = {f.name: settings_field(f.name) for f in dataclasses.fields(EmbeddingConfig)}
+    for own, settings_name in mapped.items():
         assert getattr(config, own) == getattr(defaults, settings_name), own
-    assert {f.name for f in dataclasses.fields(EmbeddingConfig)} == set(SETTINGS_FIELDS)
+    # Only the seed's unit-less names differ, each by the unit.
+    assert {own: name for own, name in mapped.items() if own != name} == {
+        "initial_backoff": "initial_backoff_s",
+        "max_backoff": "max_backoff_s",
+        "timeout": "timeout_s",
+        "pool_timeout": "pool_timeout_s",
+    }
+    with pytest.raises(AttributeError, match="no_such"):
+        settings_field("no_such")
 
 
 def test_the_seeds_call_still_builds_a_config() -> None:

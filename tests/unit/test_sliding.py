@@ -221,3 +221,36 @@ def test_a_feed_keeps_its_subscription_bounded_over_a_long_run(app: Celery):
         assert feed.subscribed < feed.read_chunk + feed.waiting
     assert taken == 60
     feed.close()
+
+
+class RecordingCache:
+    """Stands in for the workers' ``VectorCache``: remembers the model of each read."""
+
+    def __init__(self) -> None:
+        self.models: list[str] = []
+
+    def get_many(self, model: str, texts: Sequence[str]) -> list[list[float] | None]:
+        self.models.append(model)
+        return [[1.0] for _ in texts]
+
+
+def test_the_cache_model_is_read_from_the_environment_once_not_per_send(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+):
+    reads: list[str] = []
+    from_env = sliding.Settings.from_env
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        reads.append("from_env")
+        return from_env(*args, **kwargs)
+
+    monkeypatch.setattr(sliding.Settings, "from_env", counted)
+    monkeypatch.setenv("EMBEDDINGS_MODEL", "model-from-env")
+    cache = RecordingCache()
+    stream = QueueStream(app, cache=cache)  # type: ignore[arg-type]
+    got: dict[int, Any] = {}
+    for _ in range(3):
+        stream.send(["a", "b"], 60, got.__setitem__)
+    assert cache.models == ["model-from-env"] * 3
+    assert reads == ["from_env"]
+    assert got == {0: [1.0], 1: [1.0]}

@@ -247,7 +247,7 @@ def test_embed_files_record_over_the_limit_is_an_error_line_and_the_rest_go_on(
 
 def test_embed_file_writes_an_error_line_for_it_and_embeds_the_rest(tmp_path: Path) -> None:
     from producers import cli
-    from tests.unit.test_cli import FakeEmbedder
+    from tests.unit.stream_fakes import FakeStream
 
     source = tmp_path / "in.jsonl"
     records = [
@@ -257,9 +257,9 @@ def test_embed_file_writes_an_error_line_for_it_and_embeds_the_rest(tmp_path: Pa
     ]
     source.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     output = tmp_path / "out.jsonl"
-    embedder = FakeEmbedder()
-    assert cli.main([str(source), "-o", str(output), "--no-progress"], embedder=embedder) == 1
-    assert embedder.texts == ["first", "x"]  # the over-long text never reached the queue
+    stream = FakeStream()
+    assert cli.main([str(source), "-o", str(output), "--no-progress"], stream=stream) == 1
+    assert stream.texts == ["first", "x"]  # the over-long text never reached the queue
     written = {r["id"]: r for r in map(json.loads, output.read_text().splitlines())}
     assert written["b"] == {"id": "b", "line": 2, "error": f"line 2: text {OVER_MESSAGE}"}
     assert "embedding" in written["a"] and "embedding" in written["c"]

@@ -4,7 +4,7 @@ The rest of ``worker/`` is the product and imports nothing from here. The Celery
 configuration joins them: ``config.celery_config(settings)`` selects the classes below
 that Celery and kombu load by name, and ``install(app)`` (called once, by
 ``worker.celery_app``) installs those that act process-wide (the ``redis``/``rediss``
-transport aliases, the serializer, logging) and pins the app's URLs. Each keeps Celery's
+transport aliases, the serializer, logging). Each keeps Celery's
 and kombu's message formats and keys, so stock and patched workers can share a broker.
 
 ==================  ======================================  ========================================
@@ -60,10 +60,6 @@ module              replaces                                why
                     task, for ``bulk_publish``: a chunk's   kept a bulk ``enqueue_texts`` below one
                     result channels in one ``SUBSCRIBE``,   ``LPUSH`` per round trip
                     registered in Celery's result consumer
-``pinned_conf``     Celery's ``Settings`` (``install``,     Celery reads ``CELERY_RESULT_BACKEND``
-                    ``apply_config``): broker and result    and ``CELERY_BROKER_URL`` again, over
-                    URLs from the configuration only        the configuration: stock backend, or
-                                                            the wrong broker for ``--redis-url``
 ``display``         kombu's ``Connection`` (``install``):   the banner and Flower showed
                     a URL without a password is shown       ``redis://:**@host`` for a Redis with
                     without the ``**`` mask                 no password
@@ -81,15 +77,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from worker.celery_ext import (
-    compat,
-    display,
-    pinned_conf,
-    sentinel,
-    serialization,
-    tasklog,
-    transport,
-)
+from worker.celery_ext import compat, display, sentinel, serialization, tasklog, transport
+from worker.celery_ext.config import refuse_celery_url_variables
 
 __all__ = ["install"]
 
@@ -97,20 +86,19 @@ __all__ = ["install"]
 def install(app: Celery) -> None:
     """Install the process-wide adaptations for ``app`` (idempotent).
 
-    Makes the atomic-fetch transport kombu's ``redis`` and ``rediss`` transport, so broker
-    URLs keep their scheme; registers the vector serializer with kombu, so the app can write
-    and read results;
-    shortens Celery's rendering of vector results; quiets per-task INFO lines when Celery
-    sets up a worker's logging. They act for the whole process, so one call covers every app
-    in it. It also maps kombu's ``redis``/``rediss`` transports to the atomic fetch, and makes
-    ``app.conf`` read the broker and result URLs from the configuration alone
-    (``pinned_conf``). The class-based adaptations come with the app's configuration
-    (``config.celery_config``). Raises ``ImportError`` naming versions when a Celery or
-    kombu internal the adaptations use is missing.
+    Makes the atomic-fetch transport kombu's ``redis`` and ``rediss`` transport (and the
+    Sentinel one kombu's ``sentinel``), so broker URLs keep their scheme; registers the
+    vector serializer with kombu; shortens Celery's rendering of vector results; quiets
+    per-task INFO lines when Celery sets up a worker's logging. They act for the whole
+    process, so one call covers every app in it. The class-based adaptations come with the
+    app's configuration (``config.celery_config``). Raises ``ImportError`` naming versions
+    when a Celery or kombu internal the adaptations use is missing, and
+    ``EmbeddingConfigError`` when a ``CELERY_*`` URL variable would override the
+    configuration (``config.refuse_celery_url_variables``).
     """
     compat.check_once()
+    refuse_celery_url_variables()
     transport.register()
-    pinned_conf.pin(app)
     display.install(app)
     sentinel.register_transport_alias()
     serialization.register_serializer()

@@ -56,6 +56,7 @@ from worker.celery_ext.result_feed import (
     supports_bulk_wait,
 )
 from worker.celery_ext.subscriptions import subscribe_results
+from worker.redis_client import CELERY_REDIS_SCHEMES, SENTINEL_SCHEME
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -81,7 +82,7 @@ _maybe_delivery_mode: Any = kombu_entity.maybe_delivery_mode
 _dumps: Any = kombu_serialization.dumps
 
 # Brokers reached through a kombu Redis channel: plain, TLS, or the master Sentinels name.
-_REDIS_SCHEMES = ("redis", "rediss", "sentinel")
+_REDIS_SCHEMES = (*CELERY_REDIS_SCHEMES, SENTINEL_SCHEME)
 
 
 # The private names used here are listed, and checked at import, in worker/celery_ext/compat.py.

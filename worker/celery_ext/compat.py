@@ -126,12 +126,6 @@ USED_INTERNALS: tuple[Internal, ...] = (
     ),
     *_uses("celery._state", "", "task_join_will_block", "worker.celery_ext.subscriptions"),
     *_uses("celery.app.trace", "", "saferepr logger", "worker.celery_ext.serialization"),
-    *_uses(
-        "celery.app.utils",
-        "Settings",
-        "broker_url broker_read_url broker_write_url result_backend first",
-        "worker.celery_ext.pinned_conf",
-    ),
     *_uses("celery.worker.strategy", "", "logger", "worker.celery_ext.tasklog"),
 )
 

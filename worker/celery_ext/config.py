@@ -12,21 +12,25 @@ The broker transport is not selected here: ``install`` makes the project's trans
 from __future__ import annotations
 
 import dataclasses
+import os
 import ssl
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
-from worker.celery_ext.pinned_conf import pin
 from worker.celery_ext.sentinel import SENTINEL_TRANSPORT_PATH, register_transport_alias
 from worker.celery_ext.serialization import SERIALIZER_NAME
+from worker.errors import EmbeddingConfigError
 from worker.names import BULK_QUEUE, EMBED_TEXT_TASK, INTERACTIVE_QUEUE, TASK_QUEUE
+from worker.redis_client import CELERY_REDIS_SCHEMES, SENTINEL_SCHEME
 from worker.settings import Settings
 from worker.waiting import floor_every
 
 __all__ = [
+    "CELERY_URL_VARIABLES",
     "RESULT_BACKEND_CLASS",
     "SENTINEL_RESULT_BACKEND_CLASS",
     "SENTINEL_TRANSPORT_CLASS",
@@ -35,6 +39,7 @@ __all__ = [
     "apply_config",
     "broker_url",
     "celery_config",
+    "refuse_celery_url_variables",
     "result_backend_url",
     "uses_sentinel",
     "with_redis_url",
@@ -47,21 +52,43 @@ SENTINEL_RESULT_BACKEND_CLASS = "worker.celery_ext.sentinel:SentinelResultBacken
 WORKER_CONSUMER_CLASS = "worker.celery_ext.consumer:EventBatchingConsumer"
 TASK_REQUEST_CLASS = "worker.celery_ext.outages:RequeueOnOutageRequest"
 
-_REDIS_SCHEMES = ("redis", "rediss")
-# sentinel://h1:26379;sentinel://h2:26379 (kombu's and Celery's form): the master is found
-# through the Sentinels, under REDIS_SENTINEL_MASTER.
-_SENTINEL = "sentinel"
 # Certificates are checked: kombu's and Celery's own TLS defaults would not check them.
 _VERIFIED_TLS = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
+# Celery's configuration object answers the broker and result URLs from these variables
+# whenever they are set, over the configuration (celery.app.utils.Settings): the result
+# backend would lose the project's class prefix and ``embed-file --redis-url`` would publish
+# elsewhere. The project reads its own names (EMBEDDINGS_BROKER_URL,
+# EMBEDDINGS_RESULT_BACKEND_URL) and refuses these rather than fight Celery over them.
+CELERY_URL_VARIABLES = (
+    "CELERY_BROKER_URL",
+    "CELERY_BROKER_READ_URL",
+    "CELERY_BROKER_WRITE_URL",
+    "CELERY_RESULT_BACKEND",
+)
+
+
+def refuse_celery_url_variables(environ: Mapping[str, str] | None = None) -> None:
+    """Raise ``EmbeddingConfigError`` naming any of ``CELERY_URL_VARIABLES`` that is set."""
+    environ = os.environ if environ is None else environ
+    found = [name for name in CELERY_URL_VARIABLES if environ.get(name)]
+    if found:
+        raise EmbeddingConfigError(
+            f"{', '.join(found)} is set, and Celery would read it over the project's "
+            "configuration (its stock result backend, or another broker): use REDIS_URL, "
+            "EMBEDDINGS_BROKER_URL or EMBEDDINGS_RESULT_BACKEND_URL instead, and no "
+            "celery --broker/--result-backend option"
+        )
+
+
 def broker_url(settings: Settings) -> str:
-    """``CELERY_BROKER_URL``, or else ``REDIS_URL``."""
+    """``EMBEDDINGS_BROKER_URL``, or else ``REDIS_URL``."""
     return settings.broker_url or settings.redis_url
 
 
 def result_backend_url(settings: Settings) -> str:
-    """``CELERY_RESULT_BACKEND``, or else ``REDIS_URL`` (without the backend class prefix)."""
+    """``EMBEDDINGS_RESULT_BACKEND_URL``, or else ``REDIS_URL`` (without the class prefix)."""
     return settings.result_backend_url or settings.redis_url
 
 
@@ -78,16 +105,18 @@ def _scheme(url: str) -> str:
 def _connection(settings: Settings) -> dict[str, Any]:
     broker, results = broker_url(settings), result_backend_url(settings)
     backend = results
-    if _scheme(results) in _REDIS_SCHEMES:
+    if _scheme(results) in CELERY_REDIS_SCHEMES:
         # Celery's Redis backend with one-step writes, and a Redis outage requeues the text
         # instead of storing it as the text's failure.
         backend = f"{RESULT_BACKEND_CLASS}+{results}"
-    elif _scheme(results) == _SENTINEL:
+    elif _scheme(results) == SENTINEL_SCHEME:
+        # sentinel://h1:26379;sentinel://h2:26379 (kombu's and Celery's form): the master is
+        # found through the Sentinels, under REDIS_SENTINEL_MASTER.
         backend = f"{SENTINEL_RESULT_BACKEND_CLASS}+{results}"
     # redis:// and rediss:// keep their scheme (Flower and `celery inspect` read it):
     # install() maps kombu's redis and rediss aliases to the atomic fetch. None clears a
     # transport an older config selected.
-    transport = SENTINEL_TRANSPORT_CLASS if _scheme(broker) == _SENTINEL else None
+    transport = SENTINEL_TRANSPORT_CLASS if _scheme(broker) == SENTINEL_SCHEME else None
     return {
         "broker_url": broker,
         "result_backend": backend,
@@ -102,7 +131,7 @@ def _connection(settings: Settings) -> dict[str, Any]:
 def uses_sentinel(settings: Settings) -> bool:
     """Whether the broker or the result backend is reached through Redis Sentinel."""
     urls = (broker_url(settings), result_backend_url(settings))
-    return any(_scheme(url) == _SENTINEL for url in urls)
+    return any(_scheme(url) == SENTINEL_SCHEME for url in urls)
 
 
 def _sentinel_options(settings: Settings) -> dict[str, Any]:
@@ -235,10 +264,10 @@ def apply_config(app: Celery, settings: Settings) -> None:
     """Configure ``app`` for ``settings``, replacing every setting ``celery_config`` sets.
 
     Call it before the app first connects: Celery keeps its connection pools and result
-    backend once they are built. Celery's own reading of ``CELERY_BROKER_URL`` and
-    ``CELERY_RESULT_BACKEND`` no longer overrides the configuration (``pinned_conf``), and
-    kombu's failover to the next ``sentinel://`` URL keeps the project's transport.
+    backend once they are built. Raises ``EmbeddingConfigError`` when a variable of
+    ``CELERY_URL_VARIABLES`` would override the configuration. kombu's failover to the next
+    ``sentinel://`` URL keeps the project's transport.
     """
-    pin(app)
+    refuse_celery_url_variables()
     register_transport_alias()
     app.conf.update(celery_config(settings))

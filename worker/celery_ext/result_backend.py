@@ -8,9 +8,10 @@ no longer overwrite the SUCCESS of the text's re-run.
 
 **Batches.** ``store_vectors`` writes the SUCCESS results of one API call (up to 8 texts)
 in one round trip, from the micro-batcher's results thread, before the texts' tasks wake up.
-Celery's own write of each of those results, a moment later in the task's thread, is then
-skipped. If the batched write fails, nothing is marked and every task stores its own result
-as before. The worker reaches it through ``worker.runtime.VectorStore``, never by this class.
+The worker reaches it through ``worker.runtime.VectorStore``, never by this class. Each
+text's future then says so (``worker.microbatcher.TextFuture.stored_ahead``) and its task
+sets ``request.ignore_result``, so Celery skips its own write of that result; if the batched
+write fails, every task stores its own result as before. Nothing is remembered here.
 
 **Revokes.** ``remember_revoked`` and ``revoked_among`` keep the fleet's revoke list
 (``worker.revocation``) in this Redis; a stored REVOKED is final like SUCCESS: the script
@@ -27,10 +28,8 @@ the Celery internals used here.
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from celery import states
@@ -57,39 +56,13 @@ _JSON_SERIALIZERS = frozenset({"json", SERIALIZER_NAME})
 # A revoke's lifetime when results never expire: a week, in seconds.
 _DEFAULT_REVOKE_LIFETIME_S = 7 * 86_400
 
-# Task ids whose SUCCESS ``store_vectors`` already wrote: Celery's own write of that result,
-# which follows in the task's thread, is skipped once. Process-wide, because Celery gives
-# each thread its own backend instance. Bounded: an id whose task never stores (its wait
-# timed out, another worker took the retry) would otherwise stay for good; an id dropped
-# early only costs its task one more write of the same SUCCESS.
-STORED_AHEAD_KEPT = 65_536
-_stored_ahead: OrderedDict[str, None] = OrderedDict()
-_stored_ahead_lock = threading.Lock()
-
-
-def _remember_stored_ahead(task_ids: Iterable[str]) -> None:
-    with _stored_ahead_lock:
-        for task_id in task_ids:
-            _stored_ahead[task_id] = None
-        while len(_stored_ahead) > STORED_AHEAD_KEPT:
-            _stored_ahead.popitem(last=False)
-
-
-def _take_stored_ahead(task_id: str) -> bool:
-    with _stored_ahead_lock:
-        return _stored_ahead.pop(task_id, False) is None
-
 
 class ResultBackend(RedisBackend):  # type: ignore[misc]
     """``celery.backends.redis.RedisBackend`` with a one-step store and outage handling."""
 
     def store_result(self, task_id: str, result: Any, state: str, *args: Any, **kwargs: Any) -> Any:
-        """Celery's ``store_result``, minus a SUCCESS ``store_vectors`` already wrote.
-
-        A write that met a Redis outage raises ``EmbeddingResultStoreUnavailableError``.
-        """
-        if state == states.SUCCESS and _take_stored_ahead(task_id):
-            return result
+        """Celery's ``store_result``; one that met a Redis outage raises
+        ``EmbeddingResultStoreUnavailableError``."""
         try:
             return super().store_result(task_id, result, state, *args, **kwargs)
         except Exception as exc:
@@ -147,7 +120,6 @@ class ResultBackend(RedisBackend):  # type: ignore[misc]
             meta["children"] = []
             writes.append(self._encoded(task_id, meta))
         self._ensure_retryable(self._run_store_script, writes, int(self.expires or 0))
-        _remember_stored_ahead(task_id for task_id, _ in results)
         return True
 
     def remember_revoked(self, task_ids: Sequence[str], reason: str) -> None:

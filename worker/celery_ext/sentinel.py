@@ -1,7 +1,7 @@
 """The same adaptations over Redis Sentinel: kombu's and Celery's Sentinel classes, subclassed.
 
-A ``sentinel://h1:26379;sentinel://h2:26379`` URL (``REDIS_URL``, ``CELERY_BROKER_URL`` or
-``CELERY_RESULT_BACKEND``) selects these instead of the plain Redis ones
+A ``sentinel://h1:26379;sentinel://h2:26379`` URL (``REDIS_URL``, ``EMBEDDINGS_BROKER_URL`` or
+``EMBEDDINGS_RESULT_BACKEND_URL``) selects these instead of the plain Redis ones
 (``worker.celery_ext.config``). Each is the project's Redis class placed before kombu's or
 Celery's Sentinel class, so the fetch that cannot lose a message, the batched and
 full-Redis-proof acks, the one-step result writes, the revoke list and the outage handling

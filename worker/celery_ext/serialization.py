@@ -3,8 +3,8 @@
 A 1,536-dimension vector is about 30 KB as JSON floats and 8 KB this way, which is less to
 encode, store in Redis and publish. ``AsyncResult.get()`` still returns a list of floats.
 Only the float lists of a result are packed; everything else stays plain JSON, and
-decoding never runs code (no pickle). Vectors are stored as float32, the precision OpenAI's
-own ``encoding_format=base64`` uses.
+decoding never runs code (no pickle). Vectors are stored as little-endian float32
+(``worker.vector_codec``), the form OpenAI's own ``encoding_format=base64`` uses.
 
 Nothing happens at import: ``worker.celery_ext.install`` registers the serializer with kombu
 and replaces Celery's rendering of vector results (``install_short_result_repr``).
@@ -12,13 +12,13 @@ and replaces Celery's rendering of vector results (``install_short_result_repr``
 
 from __future__ import annotations
 
-import base64
 import json
-from array import array
 from collections.abc import Callable
 from typing import Any
 
 from kombu.serialization import register
+
+from worker.vector_codec import pack_vector, unpack_vector
 
 __all__ = [
     "CONTENT_TYPE",
@@ -48,7 +48,7 @@ def _is_vector(value: object) -> bool:
 
 def _pack(value: Any) -> Any:
     if _is_vector(value):
-        return {_MARKER: base64.b64encode(array("f", value).tobytes()).decode("ascii")}
+        return {_MARKER: pack_vector(value).decode("ascii")}
     if isinstance(value, dict):
         return {k: _pack(v) for k, v in value.items()}
     return value
@@ -56,9 +56,7 @@ def _pack(value: Any) -> Any:
 
 def _unpack(obj: dict[str, Any]) -> Any:
     if len(obj) == 1 and _MARKER in obj:
-        floats = array("f")
-        floats.frombytes(base64.b64decode(obj[_MARKER]))
-        return floats.tolist()
+        return unpack_vector(obj[_MARKER])
     return obj
 
 

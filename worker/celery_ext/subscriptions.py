@@ -10,6 +10,10 @@ them in one ``SUBSCRIBE`` command, so the ``AsyncResult``\\s work exactly as ``s
 do: ``get()``, ``ResultSet.join_native``, ``ready()``, and the unsubscribe when one is
 fulfilled or collected.
 
+Not needed for correctness: Celery subscribes a result when it is waited for and then reads
+the stored value. Needed for round trips: a join then sends one ``SUBSCRIBE`` per result
+instead of none (tests/integration/test_result_subscriptions.py counts both).
+
 A backend other than Celery's Redis one (or its subclasses: the project's, Sentinel's)
 gets ``on_task_call`` per task, as ``send_task`` would do.
 

@@ -11,7 +11,7 @@ script (``fetch.lua``) pops up to ``MAX_FETCH`` messages and writes their unacke
 atomically. A worker that dies at any point leaves each message either in the queue or in
 ``unacked``, where the visibility-timeout sweep puts it back.
 
-Three more departures, each for the consumer's event loop, which bounds a worker's intake:
+More departures, each for the consumer's event loop, which bounds a worker's intake:
 
 - acks are written once per loop turn, in one round trip (``AtomicFetchQoS``);
 - an ack or requeue through a channel whose connection is already gone (after a Redis
@@ -21,7 +21,7 @@ Three more departures, each for the consumer's event loop, which bounds a worker
   per command as kombu's ``conn_or_acquire`` does (redis-py 8 builds its callback tables in
   every client's constructor).
 
-And three for a full Redis (``maxmemory`` reached, ``noeviction``), which refuses every
+And these for a full Redis (``maxmemory`` reached, ``noeviction``), which refuses every
 ``MULTI`` block and every command that may grow memory, such as ``BLMOVE``:
 
 - acks are one pipeline of ``HDEL`` and ``ZREM`` without ``MULTI``, so a full Redis still
@@ -73,11 +73,11 @@ from redis.exceptions import OutOfMemoryError
 
 from worker.celery_ext.full_redis import FULL_WAIT_KEY, FullRedisChannelMixin, is_full
 from worker.celery_ext.lua import load_script
+from worker.redis_client import CELERY_REDIS_SCHEMES
 
 __all__ = [
     "FETCH_SCRIPT",
     "MAX_FETCH",
-    "REDIS_SCHEMES",
     "TRANSPORT_PATH",
     "AtomicFetchChannel",
     "AtomicFetchQoS",
@@ -97,8 +97,6 @@ _loads: Any = kombu_json.loads
 
 FETCH_SCRIPT = load_script("fetch.lua")
 
-# The URL schemes, and so kombu transport names, this transport takes over.
-REDIS_SCHEMES = ("redis", "rediss")
 TRANSPORT_PATH = f"{__name__}:AtomicFetchTransport"
 
 # At most this many messages per fetch, within the prefetch window: enough to cut the
@@ -448,6 +446,19 @@ class AtomicFetchTransport(_RedisTransport):  # type: ignore[misc]
     # Set once the transport runs in an event loop that flushes acks on every turn.
     acks_batched = False
 
+    # kombu's key formats, for readers outside the layer (worker.observability's queue gauges):
+    # they ask the app's transport instead of spelling kombu's keys themselves.
+    def queue_keys(self, queue: str) -> list[str]:
+        """The Redis lists holding ``queue``'s messages, one per priority step (kombu's names)."""
+        channel = self.Channel
+        return [
+            queue if step == 0 else f"{queue}{channel.sep}{step}" for step in channel.priority_steps
+        ]
+
+    def unacked_key(self) -> str:
+        """The Redis hash holding messages delivered to a worker and not yet acknowledged."""
+        return str(self.Channel.unacked_key)
+
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         """Also flush every channel's batched acks on each turn of the loop."""
         super().register_with_event_loop(connection, loop)
@@ -471,6 +482,6 @@ def register() -> None:
     ``Transport://``. kombu caches resolved transport classes, so a name resolved before this
     call is dropped from the cache. Process-wide, like kombu's table itself.
     """
-    for scheme in REDIS_SCHEMES:
+    for scheme in CELERY_REDIS_SCHEMES:
         kombu_transports.TRANSPORT_ALIASES[scheme] = TRANSPORT_PATH
         kombu_transports._transport_cache.pop(scheme, None)

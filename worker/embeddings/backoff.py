@@ -5,20 +5,18 @@ Time and randomness come in as arguments so tests assert exact waits without sle
 
 from __future__ import annotations
 
-import email.utils
 import random as _random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from worker.errors import EmbeddingRetryableError
 
-__all__ = ["backoff_delay", "build_retrying", "parse_retry_after"]
+__all__ = ["backoff_delay", "build_retrying"]
 
 Sleep = Callable[[float], None]
 Random = Callable[[], float]  # uniform in [0, 1), like random.random
-Clock = Callable[[], float]  # seconds since the epoch, like time.time
 
 
 def backoff_delay(
@@ -34,32 +32,6 @@ def backoff_delay(
     # Jitter spreads retries of many processes so they do not hit a recovering API together.
     jittered = base * (1.0 + jitter_factor * (2.0 * random() - 1.0))
     return max(0.0, min(jittered, max_s))
-
-
-def parse_retry_after(headers: Mapping[str, str], *, now: Clock = time.time) -> float | None:
-    """Seconds the server asked us to wait: ``retry-after-ms``, else ``Retry-After``.
-
-    ``Retry-After`` may be seconds or an HTTP date. Returns None when absent or unparsable.
-    """
-    lowered = {k.lower(): v for k, v in headers.items()}
-    raw_ms = lowered.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            return max(0.0, float(raw_ms) / 1000.0)
-        except ValueError:
-            pass
-    raw = lowered.get("retry-after")
-    if raw is None:
-        return None
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(raw)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now())
 
 
 def build_retrying(

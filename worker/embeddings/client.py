@@ -6,11 +6,9 @@ sockets it inherited from its parent.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 import random as _random
-import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,11 +19,12 @@ import httpx
 from tenacity import RetryCallState
 
 from worker import metrics
-from worker.embeddings.backoff import Random, Sleep, build_retrying, parse_retry_after
+from worker.embeddings.backoff import Random, Sleep, build_retrying
 from worker.embeddings.config import EmbeddingConfig
 from worker.embeddings.ratelimit_headers import (
     RateLimitHeaders,
     parse_rate_limit_headers,
+    parse_retry_after,
     retry_hint_s,
 )
 from worker.errors import (
@@ -39,6 +38,7 @@ from worker.errors import (
     EmbeddingServerError,
     EmbeddingTimeoutError,
 )
+from worker.vector_codec import unpack_vector
 
 if TYPE_CHECKING:
     from worker.breaker import EmbeddingBreaker
@@ -309,12 +309,12 @@ def _decode_vector(raw: object, index: int) -> list[float]:
     if isinstance(raw, str):
         # encoding_format=base64: little-endian float32, 4x smaller than JSON floats.
         try:
-            packed = base64.b64decode(raw, validate=True)
+            vector = unpack_vector(raw)
         except ValueError as exc:
-            raise EmbeddingResponseError(f"embedding {index} is not valid base64") from exc
-        if not packed or len(packed) % 4:
-            raise EmbeddingResponseError(f"embedding {index} has {len(packed)} bytes, not float32s")
-        return list(struct.unpack(f"<{len(packed) // 4}f", packed))
+            raise EmbeddingResponseError(f"embedding {index}: {exc}") from exc
+        if not vector:
+            raise EmbeddingResponseError(f"embedding {index} is empty")
+        return vector
     if isinstance(raw, list) and raw and all(isinstance(x, (int, float)) for x in raw):
         return [float(x) for x in raw]
     raise EmbeddingResponseError(f"embedding {index} is neither a float list nor base64")

@@ -1,9 +1,10 @@
 """``EmbeddingConfig``: the in-process client's settings, with the seed's defaults.
 
-It is the client's view of ``worker.settings.Settings`` under the seed's field names: its
-defaults are the ``Settings`` defaults, ``base_url``, ``api_key`` and ``model`` default to
-what ``Settings`` reads from the environment, and it converts to and from ``Settings`` by
-one table of names (``SETTINGS_FIELDS``).
+It is the client's part of ``worker.settings.Settings`` under the seed's field names: each
+field is the ``Settings`` field of the same name, or of that name plus ``_s`` where the seed
+left the unit out (``timeout`` is ``timeout_s``; ``settings_field`` says which). Its defaults
+are the ``Settings`` defaults; ``base_url``, ``api_key`` and ``model`` default to what
+``Settings`` reads from the environment.
 """
 
 from __future__ import annotations
@@ -15,27 +16,19 @@ from dataclasses import dataclass, field
 from worker import settings as s
 from worker.errors import EmbeddingConfigError
 
-__all__ = ["SETTINGS_FIELDS", "EmbeddingConfig"]
-
-# EmbeddingConfig field -> the Settings field it is (the seed's names lack the units).
-SETTINGS_FIELDS = {
-    "model": "model",
-    "batch_size": "batch_size",
-    "max_retries": "max_retries",
-    "initial_backoff": "initial_backoff_s",
-    "max_backoff": "max_backoff_s",
-    "jitter_factor": "jitter_factor",
-    "timeout": "timeout_s",
-    "base_url": "base_url",
-    "api_key": "api_key",
-    "pool_size": "pool_size",
-    "pool_timeout": "pool_timeout_s",
-    "max_text_chars": "max_text_chars",
-    "dimensions": "dimensions",
-    "encoding_format": "encoding_format",
-}
+__all__ = ["EmbeddingConfig", "settings_field"]
 
 _DEFAULTS = s.Settings()
+_SETTINGS_NAMES = frozenset(f.name for f in dataclasses.fields(s.Settings))
+
+
+def settings_field(name: str) -> str:
+    """The ``Settings`` field an ``EmbeddingConfig`` field is: its name, or with ``_s``."""
+    if name in _SETTINGS_NAMES:
+        return name
+    if f"{name}_s" in _SETTINGS_NAMES:
+        return f"{name}_s"
+    raise AttributeError(f"Settings has no field {name!r} or {name + '_s'!r}")
 
 
 def _from_environment(settings_field: str) -> Callable[[], str]:
@@ -84,10 +77,11 @@ class EmbeddingConfig:
 
     def to_settings(self) -> s.Settings:
         """The equivalent ``Settings``; settings the client does not use keep their defaults."""
-        values = {name: getattr(self, own) for own, name in SETTINGS_FIELDS.items()}
+        values = {settings_field(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
         return dataclasses.replace(_DEFAULTS, **values)
 
     @classmethod
     def from_settings(cls, settings: s.Settings) -> EmbeddingConfig:
         """The client part of the service-wide ``Settings``."""
-        return cls(**{own: getattr(settings, name) for own, name in SETTINGS_FIELDS.items()})
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: getattr(settings, settings_field(name)) for name in names})

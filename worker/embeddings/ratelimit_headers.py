@@ -12,14 +12,22 @@ and a 429's message ends "Please try again in 2.812s." Anything unparsable is ig
 
 from __future__ import annotations
 
+import email.utils
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from worker.embeddings.backoff import Clock, parse_retry_after
+__all__ = [
+    "Clock",
+    "RateLimitHeaders",
+    "parse_duration_s",
+    "parse_rate_limit_headers",
+    "parse_retry_after",
+    "retry_hint_s",
+]
 
-__all__ = ["RateLimitHeaders", "parse_duration_s", "parse_rate_limit_headers", "retry_hint_s"]
+Clock = Callable[[], float]  # seconds since the epoch, like time.time
 
 # Go-style durations as OpenAI writes them: "20ms", "1s", "1.5s", "6m0s", "1h2m3.5s".
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|µs|ns|h|m|s)")
@@ -27,6 +35,32 @@ _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6
 _TRY_AGAIN = re.compile(r"try again in\s+((?:\d+(?:\.\d+)?(?:ms|us|µs|ns|h|m|s))+)", re.I)
 # Hints past this are garbage or a day-long quota; neither should freeze the cluster for it.
 _MAX_HINT_S = 24 * 3600.0
+
+
+def parse_retry_after(headers: Mapping[str, str], *, now: Clock = time.time) -> float | None:
+    """Seconds the server asked us to wait: ``retry-after-ms``, else ``Retry-After``.
+
+    ``Retry-After`` may be seconds or an HTTP date. Returns None when absent or unparsable.
+    """
+    lowered = {k.lower(): v for k, v in headers.items()}
+    raw_ms = lowered.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now())
 
 
 def parse_duration_s(raw: str) -> float | None:
