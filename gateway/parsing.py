@@ -13,10 +13,7 @@ limits (``worker.validation``), and ``usage`` is counted exactly in that encodin
 
 from __future__ import annotations
 
-import base64
 import json
-import sys
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,6 +33,7 @@ from worker.validation import (
     validate_text,
     validate_texts,
 )
+from worker.vector_codec import pack_vector
 
 __all__ = ["EmbeddingRequest", "parse_request", "render_response"]
 
@@ -205,11 +203,7 @@ def _dimensions(value: Any) -> int | None:
 
 
 def _base64(vector: Sequence[float]) -> str:
-    # OpenAI's base64: little-endian float32.
-    packed = array("f", vector)
-    if sys.byteorder != "little":
-        packed.byteswap()
-    return base64.b64encode(packed.tobytes()).decode("ascii")
+    return pack_vector(vector).decode("ascii")  # OpenAI's base64: little-endian float32
 
 
 def render_response(

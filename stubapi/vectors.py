@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import math
@@ -12,6 +11,7 @@ from array import array
 from functools import lru_cache
 
 from worker.tokens import CL100K_BASE, MAX_INPUT_TOKENS, token_counter
+from worker.vector_codec import pack_vector
 
 __all__ = [
     "DEFAULT_DIMENSIONS",
@@ -88,10 +88,7 @@ def vector_for(text: str, dimensions: int = DEFAULT_DIMENSIONS) -> list[float]:
 @lru_cache(maxsize=_CACHE_SIZE)
 def embedding_base64(text: str, dimensions: int = DEFAULT_DIMENSIONS) -> str:
     """Return base64 of the little-endian float32 form of ``vector_for(text, dimensions)``."""
-    packed = array("f", vector_for(text, dimensions))
-    if sys.byteorder != "little":
-        packed.byteswap()
-    return base64.b64encode(packed.tobytes()).decode("ascii")
+    return pack_vector(vector_for(text, dimensions)).decode("ascii")
 
 
 def input_tokens(texts: list[str]) -> int:

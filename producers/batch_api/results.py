@@ -7,12 +7,11 @@ cancelled) or one a transient 429/5xx stopped is unfinished: it goes in the next
 
 from __future__ import annotations
 
-import base64
 import json
-import sys
-from array import array
 from dataclasses import dataclass
 from typing import Any
+
+from worker.vector_codec import unpack_vector
 
 __all__ = ["LineResult", "read_result"]
 
@@ -36,11 +35,7 @@ class LineResult:
 
 def _vector(embedding: Any) -> list[float]:
     if isinstance(embedding, str):
-        floats = array("f")
-        floats.frombytes(base64.b64decode(embedding))
-        if sys.byteorder != "little":
-            floats.byteswap()
-        return floats.tolist()
+        return unpack_vector(embedding)
     if isinstance(embedding, list) and all(isinstance(x, (int, float)) for x in embedding):
         return [float(x) for x in embedding]
     raise ValueError("an embedding is neither base64 nor a list of numbers")
