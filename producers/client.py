@@ -449,7 +449,9 @@ def wait_all(task_ids: Sequence[str], timeout_s: float, app: Celery) -> list[lis
     """The vectors of ``task_ids``' texts, in order, waiting up to ``timeout_s`` s in all.
 
     Re-raises the first failed text's typed error (in input order); raises Celery's
-    ``TimeoutError`` when some are still missing at the deadline.
+    ``TimeoutError`` when some are still missing at the deadline. A Redis blip meanwhile is
+    ridden out (the subscription is made anew and every result stored meanwhile is read);
+    Redis still unreachable at the deadline raises ``EmbeddingResultStoreUnavailableError``.
     """
     if not bulk_publish.supports_bulk_wait(app):
         results = [app.AsyncResult(task_id) for task_id in task_ids]
