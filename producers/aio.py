@@ -56,6 +56,7 @@ from producers.client import (
     EMBED_TEXT_TASK,
     ENQUEUE_CHUNK_SIZE,
     is_failover_error,
+    partial_enqueue_error,
     producer_settings,
     publish_id_chunks,
     publish_retry_policy,
@@ -276,13 +277,10 @@ class AsyncProducer:
         except EmbeddingQueueUnavailableError as exc:
             if isinstance(exc, EmbeddingPartialEnqueueError):
                 done += exc.not_enqueued_from  # the per-text fallback stopped inside a chunk
+            # Also an EmbeddingQueueFullError when Redis was full (partial_enqueue_error).
             cause = exc.__cause__ or exc
-            raise EmbeddingPartialEnqueueError(
-                f"{queue_error(cause, 'enqueue the text')}; the first {done} of "
-                f"{len(messages)} texts were enqueued, none from index {done} on",
-                enqueued=[AsyncEmbeddingResult(task_id, self) for task_id, _ in messages[:done]],
-                not_enqueued_from=done,
-            ) from exc
+            enqueued = [AsyncEmbeddingResult(task_id, self) for task_id, _ in messages[:done]]
+            raise partial_enqueue_error(cause, enqueued, len(messages)) from exc
 
     async def _publish_chunk_through_failover(
         self, chunk: list[tuple[str, str]], model: str | None, lane: str

@@ -32,6 +32,7 @@ from worker.celery_ext import bulk_publish
 from worker.errors import (
     EmbeddingInputTypeError,
     EmbeddingPartialEnqueueError,
+    EmbeddingPartialQueueFullError,
     EmbeddingQueueFullError,
     EmbeddingQueueUnavailableError,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "enqueue_texts",
     "failover_waits",
     "is_failover_error",
+    "partial_enqueue_error",
     "producer_settings",
     "publish_id_chunks",
     "publish_retry_policy",
@@ -218,15 +220,30 @@ def _broker_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _partial(cause: BaseException, done: list[AsyncResult], total: int) -> Exception:
-    # The message says whether Redis was full or unreachable (``queue_error``).
+def partial_enqueue_error(
+    cause: BaseException, enqueued: Sequence[Any], total: int
+) -> EmbeddingPartialEnqueueError:
+    """The error of a list of ``total`` texts whose enqueue stopped after ``enqueued``.
+
+    ``EmbeddingPartialQueueFullError`` (an ``EmbeddingQueueFullError`` too) when ``cause``
+    is Redis refusing a write at its ``maxmemory``, else ``EmbeddingPartialEnqueueError``;
+    the message says which (``queue_error``) and where the list stopped.
+    """
     error = queue_error(cause, "enqueue the text")
-    return EmbeddingPartialEnqueueError(
-        f"{error}; the first {len(done)} of {total} texts were enqueued, none from index "
-        f"{len(done)} on",
-        enqueued=done,
-        not_enqueued_from=len(done),
+    full = isinstance(error, EmbeddingQueueFullError) or isinstance(cause, EmbeddingQueueFullError)
+    kind = EmbeddingPartialQueueFullError if full else EmbeddingPartialEnqueueError
+    if isinstance(cause, EmbeddingQueueFullError):
+        error = cause
+    done = len(enqueued)
+    return kind(
+        f"{error}; the first {done} of {total} texts were enqueued, none from index {done} on",
+        enqueued=enqueued,
+        not_enqueued_from=done,
     )
+
+
+def _partial(cause: BaseException, done: list[AsyncResult], total: int) -> Exception:
+    return partial_enqueue_error(cause, done, total)
 
 
 def enqueue_many(
@@ -432,7 +449,9 @@ def enqueue_texts(
     is enqueued. On Redis, texts go
     ``chunk_size`` per round trip, each chunk all or nothing. If the broker fails midway,
     ``EmbeddingPartialEnqueueError`` (an ``EmbeddingQueueUnavailableError``) holds the
-    ``AsyncResult``\\s of the texts that were enqueued and the index of the first that was not.
+    ``AsyncResult``\\s of the texts that were enqueued and the index of the first that was not;
+    when Redis is full it is ``EmbeddingPartialQueueFullError``, an ``EmbeddingQueueFullError``
+    too.
 
     To wait for many, prefer ``wait_all([r.id for r in results], ...)``: Celery 5.7's
     ``ResultSet.join_native`` leaves the last result None once any of them was waited for

@@ -15,6 +15,7 @@ Every error raised by this project derives from :class:`EmbeddingError`::
     │   ├── EmbeddingQueueUnavailableError       the broker could not be reached to enqueue
     │   │   ├── EmbeddingPartialEnqueueError     … midway through a list; says which were
     │   │   └── EmbeddingQueueFullError          Redis is full (maxmemory) and refused the text
+    │   │       └── EmbeddingPartialQueueFullError  … midway through a list (also a Partial…)
     │   ├── EmbeddingResultStoreUnavailableError Redis failed under a running or awaited text
     │   ├── EmbeddingResultTimeoutError (TimeoutError)  no result within a producer's timeout
     │   ├── EmbeddingCircuitOpenError            the per-process breaker is refusing calls
@@ -47,6 +48,7 @@ __all__ = [
     "EmbeddingInputError",
     "EmbeddingInputTypeError",
     "EmbeddingPartialEnqueueError",
+    "EmbeddingPartialQueueFullError",
     "EmbeddingPoolExhausted",
     "EmbeddingQueueFullError",
     "EmbeddingQueueUnavailableError",
@@ -212,3 +214,12 @@ class EmbeddingPartialEnqueueError(EmbeddingQueueUnavailableError):
         super().__init__(message, status_code, api_message)
         self.enqueued: list[Any] = list(enqueued)
         self.not_enqueued_from = not_enqueued_from
+
+
+class EmbeddingPartialQueueFullError(EmbeddingPartialEnqueueError, EmbeddingQueueFullError):
+    """Redis filled up (``maxmemory``) while a list was enqueued, perhaps at its first text.
+
+    Both promises at once: ``except EmbeddingQueueFullError`` catches it as it catches a
+    single refused text, and, as an ``EmbeddingPartialEnqueueError``, ``enqueued`` and
+    ``not_enqueued_from`` say which texts were enqueued (none, when Redis was full already).
+    """
