@@ -55,6 +55,7 @@ from producers.client import (
     DEFAULT_WAIT_TIMEOUT_S,
     EMBED_TEXT_TASK,
     ENQUEUE_CHUNK_SIZE,
+    check_list_size,
     is_failover_error,
     partial_enqueue_error,
     producer_settings,
@@ -207,9 +208,17 @@ class AsyncProducer:
         timeout: float = DEFAULT_WAIT_TIMEOUT_S,
         lane: str = LANE_INTERACTIVE,
     ) -> list[list[float]]:
-        """Enqueue ``texts`` one task each in ``lane``; await all vectors, in order, in time."""
+        """Enqueue ``texts`` one task each in ``lane``; await all vectors, in order, in time.
+
+        ``timeout`` counts from the call, publishing included; past it,
+        ``EmbeddingResultTimeoutError`` names every text's task id (``task_ids``), left
+        queued. At most ``EMBEDDINGS_MAX_TEXTS_PER_CALL`` texts (2,048), as ``embed_texts``.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
         checked = validate_texts(texts, max_chars=self.max_text_chars)
-        return await self.embed_texts_checked(checked, model=model, timeout=timeout, lane=lane)
+        check_list_size(len(checked), "aembed_texts")
+        left = deadline - asyncio.get_running_loop().time()
+        return await self.embed_texts_checked(checked, model=model, timeout=left, lane=lane)
 
     async def embed_texts_checked(
         self,

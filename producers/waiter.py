@@ -160,7 +160,8 @@ class ResultWaiter:
             missing = sum(f.cancelled() or not f.done() for f in futures)
             raise EmbeddingResultTimeoutError(
                 f"no result for {missing} of {len(keys)} texts within {timeout_s:g} s; "
-                "they may still finish and can be read later by their ids"
+                "they may still finish and can be read later by their ids (task_ids)",
+                task_ids=task_ids,
             ) from exc
         finally:
             await self._unsubscribe(self._release(keys, futures))
