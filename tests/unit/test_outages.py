@@ -8,7 +8,7 @@ import pytest
 from billiard.einfo import ExceptionInfo
 from celery import Celery
 from celery.contrib.testing.mocks import TaskMessage
-from celery.exceptions import BackendStoreError
+from celery.exceptions import BackendStoreError, Retry
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
@@ -16,7 +16,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.celery_ext.outages import RequeueOnOutageRequest, is_redis_outage
 from worker.celery_ext.result_backend import ResultBackend
-from worker.errors import EmbeddingAPIError, EmbeddingResultStoreUnavailableError
+from worker.errors import (
+    EmbeddingAPIError,
+    EmbeddingBudgetWaitError,
+    EmbeddingResultStoreUnavailableError,
+)
 
 
 def _chained(outer: Exception, cause: BaseException) -> Exception:
@@ -161,4 +165,21 @@ def test_a_request_that_really_failed_is_acked_and_reported(
     request.on_failure(_einfo(EmbeddingAPIError("rejected", 400, "bad input")), return_ok=True)
     assert ("ack", None) in request.calls
     assert ("event", "task-failed") in request.calls
+    assert not any(name == "reject" for name, _ in request.calls)
+
+
+def test_a_retry_caused_by_an_unreachable_redis_is_acked_not_requeued(app: Celery) -> None:
+    # The shared budget's Redis was down: the task asked for a Celery retry, which is
+    # already published. Requeueing the message too ran the text twice (issue 27, item 6).
+    try:
+        try:
+            raise RedisConnectionError("Error 111 connecting to the budget's Redis")
+        except RedisConnectionError as cause:
+            raise EmbeddingBudgetWaitError("the budget's Redis is unreachable") from cause
+    except EmbeddingBudgetWaitError as wait_error:
+        retry = Retry(exc=wait_error, when=1.0)
+        retry.__cause__ = wait_error
+    request = _request(app)
+    request.on_failure(_einfo(retry), return_ok=True)
+    assert ("ack", None) in request.calls
     assert not any(name == "reject" for name, _ in request.calls)

@@ -26,6 +26,7 @@ import logging
 from typing import Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
+from celery.exceptions import Retry
 from celery.worker.state import task_ready
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -77,7 +78,10 @@ class RequeueOnOutageRequest(RedactedInfoRequest):
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
-        if is_redis_outage(exc):
+        # A Retry means Celery already published the text's next attempt: requeueing this
+        # message as well ran the text twice. A retry whose cause was Redis (the shared
+        # budget's, unreachable) looked like an outage here and was paid twice.
+        if is_redis_outage(exc) and not isinstance(exc, Retry):
             task_ready(self)
             log.warning("text %s: %s; requeued", self.id, exc)
             return self.reject(requeue=True)
