@@ -264,7 +264,9 @@ class AtomicFetchChannel(FullRedisChannelMixin, _RedisChannel):  # type: ignore[
             return
         try:
             super().basic_reject(delivery_tag, requeue=requeue)
-        except self.connection_errors as exc:
+        except Exception as exc:
+            # redis-py raises a refused MULTI as OutOfMemoryError, a ResponseError and not one
+            # of kombu's connection errors: it escaped to Celery, which stopped the worker.
             if not is_full(exc):
                 raise
             # Its prefetch slot is freed here; the message stays in unacked for the sweep.
