@@ -540,9 +540,15 @@ def embed_text(
 ) -> list[float]:
     """Enqueue ``text`` in ``lane`` and wait up to ``timeout`` seconds for its vector.
 
-    A failed task re-raises its typed error (e.g. ``EmbeddingAPIError``).
+    A failed task re-raises its typed error (e.g. ``EmbeddingAPIError``). On Redis the
+    wait is ``wait_all``'s: it rides out a Redis blip, honours a short timeout, and raises
+    ``EmbeddingWaitTimeoutError`` (Celery's ``TimeoutError`` too) naming the task id.
     """
+    deadline = _clock() + timeout
     result = enqueue_text(text, model=model, app=app, lane=lane)
+    target = app or default_app
+    if bulk_publish.supports_bulk_wait(target):
+        return wait_all([result.id], deadline - _clock(), target)[0]
     vector: list[float] = result.get(timeout=timeout)
     return vector
 

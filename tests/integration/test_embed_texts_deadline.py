@@ -73,6 +73,17 @@ def test_a_timed_out_embed_texts_of_a_big_list_counts_enqueueing_and_names_every
     assert states == {"REVOKED"}
 
 
+def test_a_timed_out_embed_text_raises_the_typed_timeout_naming_its_text(
+    app: Celery, clean_redis: redis.Redis
+):
+    # Before, embed_text was enqueue_text(...).get(): Celery's bare TimeoutError, no id.
+    with pytest.raises(EmbeddingResultTimeoutError) as info:
+        producers.embed_text("nobody embeds me", timeout=0.2, app=app)
+    assert isinstance(info.value, CeleryTimeoutError)
+    assert info.value.task_ids == _queued_ids(clean_redis)
+    assert len(info.value.task_ids) == 1
+
+
 def test_a_timed_out_aembed_texts_names_every_text(app: Celery, clean_redis: redis.Redis):
     texts = [f"an async list {i}" for i in range(300)]
 
