@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -183,3 +184,30 @@ def test_a_retry_caused_by_an_unreachable_redis_is_acked_not_requeued(app: Celer
     request.on_failure(_einfo(retry), return_ok=True)
     assert ("ack", None) in request.calls
     assert not any(name == "reject" for name, _ in request.calls)
+
+
+def test_a_result_refused_by_a_full_redis_makes_the_channel_wait_for_room(app: Celery) -> None:
+    request = _request(app)
+    noted: list[bool] = []
+    request.message.channel = SimpleNamespace(note_results_full=lambda: noted.append(True))
+    try:
+        try:
+            raise OutOfMemoryError("command not allowed when used memory > 'maxmemory'")
+        except OutOfMemoryError as cause:
+            raise EmbeddingResultStoreUnavailableError("no room for the result") from cause
+    except EmbeddingResultStoreUnavailableError as exc:
+        error = exc
+    request.on_failure(_einfo(error), return_ok=True)
+    assert noted == [True]
+    assert request.calls == [("reject", True)]
+
+
+def test_a_result_store_outage_that_is_not_a_full_redis_leaves_the_fetch_alone(
+    app: Celery,
+) -> None:
+    request = _request(app)
+    noted: list[bool] = []
+    request.message.channel = SimpleNamespace(note_results_full=lambda: noted.append(True))
+    request.on_failure(_einfo(EmbeddingResultStoreUnavailableError("Redis gone")), return_ok=True)
+    assert noted == []
+    assert request.calls == [("reject", True)]
