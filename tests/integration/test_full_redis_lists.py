@@ -63,10 +63,22 @@ def _aembed(texts: list[str], app: Any) -> Any:
     return asyncio.run(run())
 
 
+def _aenqueue(texts: list[str], app: Any) -> Any:
+    async def run() -> Any:
+        producer = AsyncProducer(app)
+        try:
+            return await producer.enqueue_texts(texts)
+        finally:
+            await producer.aclose()
+
+    return asyncio.run(run())
+
+
 CALLS: dict[str, Callable[[list[str], Any], Any]] = {
     "enqueue_texts": lambda texts, app: producers.enqueue_texts(texts, app=app),
     "embed_texts": lambda texts, app: producers.embed_texts(texts, timeout=5, app=app),
     "aembed_texts": _aembed,
+    "aenqueue_texts": _aenqueue,
 }
 
 
@@ -85,7 +97,9 @@ def test_a_list_sent_to_a_full_redis_raises_the_queue_full_error(
         assert client.llen(queue_for_lane("interactive")) == 0
 
 
-@pytest.mark.parametrize("call", ["enqueue_texts", "aembed_texts"])
+# 3,000 texts: over the cap of the waiting calls (EMBEDDINGS_MAX_TEXTS_PER_CALL), so the
+# enqueueing ones, which share their publish paths.
+@pytest.mark.parametrize("call", ["enqueue_texts", "aenqueue_texts"])
 def test_a_list_that_fills_redis_midway_says_full_and_which_texts_were_enqueued(
     small_redis: RedisServer, call: str
 ):
