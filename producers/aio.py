@@ -55,7 +55,9 @@ from producers.client import (
     DEFAULT_WAIT_TIMEOUT_S,
     EMBED_TEXT_TASK,
     ENQUEUE_CHUNK_SIZE,
+    check_list_size,
     is_failover_error,
+    partial_enqueue_error,
     producer_settings,
     publish_id_chunks,
     publish_retry_policy,
@@ -152,7 +154,8 @@ class AsyncProducer:
         backend = self.app.backend
         if not hasattr(backend, "get_key_for_task"):
             raise EmbeddingConfigError(
-                "CELERY_RESULT_BACKEND must be Redis for async producers, got "
+                "the result backend (EMBEDDINGS_RESULT_BACKEND_URL or REDIS_URL) must be Redis "
+                "for async producers, got "
                 f"{type(backend).__name__}"
             )
         self._executor = executor or _publish_executor()
@@ -210,9 +213,17 @@ class AsyncProducer:
         timeout: float = DEFAULT_WAIT_TIMEOUT_S,
         lane: str = LANE_INTERACTIVE,
     ) -> list[list[float]]:
-        """Enqueue ``texts`` one task each in ``lane``; await all vectors, in order, in time."""
+        """Enqueue ``texts`` one task each in ``lane``; await all vectors, in order, in time.
+
+        ``timeout`` counts from the call, publishing included; past it,
+        ``EmbeddingResultTimeoutError`` names every text's task id (``task_ids``), left
+        queued. At most ``EMBEDDINGS_MAX_TEXTS_PER_CALL`` texts (2,048), as ``embed_texts``.
+        """
+        deadline = asyncio.get_running_loop().time() + timeout
         checked = validate_texts(texts, max_chars=self.max_text_chars, tokens=self._tokens(model))
-        return await self.embed_texts_checked(checked, model=model, timeout=timeout, lane=lane)
+        check_list_size(len(checked), "aembed_texts")
+        left = deadline - asyncio.get_running_loop().time()
+        return await self.embed_texts_checked(checked, model=model, timeout=left, lane=lane)
 
     async def embed_texts_checked(
         self,
@@ -280,13 +291,10 @@ class AsyncProducer:
         except EmbeddingQueueUnavailableError as exc:
             if isinstance(exc, EmbeddingPartialEnqueueError):
                 done += exc.not_enqueued_from  # the per-text fallback stopped inside a chunk
+            # Also an EmbeddingQueueFullError when Redis was full (partial_enqueue_error).
             cause = exc.__cause__ or exc
-            raise EmbeddingPartialEnqueueError(
-                f"{queue_error(cause, 'enqueue the text')}; the first {done} of "
-                f"{len(messages)} texts were enqueued, none from index {done} on",
-                enqueued=[AsyncEmbeddingResult(task_id, self) for task_id, _ in messages[:done]],
-                not_enqueued_from=done,
-            ) from exc
+            enqueued = [AsyncEmbeddingResult(task_id, self) for task_id, _ in messages[:done]]
+            raise partial_enqueue_error(cause, enqueued, len(messages)) from exc
 
     async def _publish_chunk_through_failover(
         self, chunk: list[tuple[str, str]], model: str | None, lane: str
@@ -413,8 +421,9 @@ def redis_for_url(url: str, app: Celery) -> Redis:
     url = without_backend_class(url)  # as celery.app.backends.by_url reads it
     if urlsplit(url).scheme not in REDIS_SCHEMES:
         raise EmbeddingConfigError(
-            "async producers need Redis: CELERY_BROKER_URL and CELERY_RESULT_BACKEND must be "
-            "redis://, rediss://, unix:// or sentinel:// URLs"
+            "async producers need Redis: the broker and result backend URLs (REDIS_URL, "
+            "EMBEDDINGS_BROKER_URL, EMBEDDINGS_RESULT_BACKEND_URL) must be redis://, rediss://, "
+            "unix:// or sentinel:// URLs"
         )
     conf = app.conf
     return async_redis_from_url(

@@ -30,10 +30,13 @@ from producers.lanes import LANE_INTERACTIVE, check_lane, lane_route
 from worker.celery_app import app as default_app
 from worker.celery_ext import bulk_publish
 from worker.errors import (
+    EmbeddingInputError,
     EmbeddingInputTypeError,
     EmbeddingPartialEnqueueError,
+    EmbeddingPartialQueueFullError,
     EmbeddingQueueFullError,
     EmbeddingQueueUnavailableError,
+    EmbeddingResultTimeoutError,
 )
 from worker.names import EMBED_TEXT_TASK, queue_for_lane
 from worker.redaction import task_reprs
@@ -45,6 +48,8 @@ __all__ = [
     "EMBED_TEXT_TASK",
     "ENQUEUE_CHUNK_SIZE",
     "REVOKE_REASON",
+    "EmbeddingWaitTimeoutError",
+    "check_list_size",
     "embed_text",
     "embed_texts",
     "enqueue_ids",
@@ -53,6 +58,7 @@ __all__ = [
     "enqueue_texts",
     "failover_waits",
     "is_failover_error",
+    "partial_enqueue_error",
     "producer_settings",
     "publish_id_chunks",
     "publish_retry_policy",
@@ -120,6 +126,34 @@ def publish_waits(app: Celery) -> list[float]:
 
 # Injectable for tests; a producer's thread waits here through a Sentinel failover.
 _sleep: Callable[[float], None] = time.sleep
+# Injectable for tests: an ``embed_texts`` deadline counts from the call on this clock.
+_clock: Callable[[], float] = time.monotonic
+
+
+class EmbeddingWaitTimeoutError(EmbeddingResultTimeoutError, CeleryTimeoutError):  # type: ignore[misc]
+    """Some texts had no result by a synchronous producer's deadline; they may still finish.
+
+    An ``EmbeddingResultTimeoutError`` (``task_ids``: every text of the call, in input
+    order) that is also Celery's ``TimeoutError``, which ``embed_texts`` and ``wait_all``
+    raised before and callers may catch. The texts are left queued, not revoked: wait for
+    them again with ``wait_all(exc.task_ids, ...)``, or stop them with
+    ``revoke(exc.task_ids)`` (a text already done keeps its vector).
+    """
+
+
+def check_list_size(count: int, call: str = "embed_texts") -> None:
+    """Refuse a list of ``count`` texts longer than ``EMBEDDINGS_MAX_TEXTS_PER_CALL``.
+
+    Raises ``EmbeddingInputError`` (a ``ValueError``) before anything is enqueued, pointing
+    a big input at ``embed-file`` and ``enqueue_texts`` + ``wait_all``.
+    """
+    cap = producer_settings().max_texts_per_call
+    if count > cap:
+        raise EmbeddingInputError(
+            f"{call} takes at most {cap:,} texts (EMBEDDINGS_MAX_TEXTS_PER_CALL), got "
+            f"{count:,}: embed a big input with embed-file (durable, resumable), or "
+            "enqueue_texts(lane='bulk') and wait_all in slices"
+        )
 
 
 def queue_error(exc: BaseException, doing: str) -> EmbeddingQueueUnavailableError:
@@ -222,15 +256,30 @@ def _broker_error(exc: BaseException) -> BaseException | None:
     return None
 
 
-def _partial(cause: BaseException, done: list[AsyncResult], total: int) -> Exception:
-    # The message says whether Redis was full or unreachable (``queue_error``).
+def partial_enqueue_error(
+    cause: BaseException, enqueued: Sequence[Any], total: int
+) -> EmbeddingPartialEnqueueError:
+    """The error of a list of ``total`` texts whose enqueue stopped after ``enqueued``.
+
+    ``EmbeddingPartialQueueFullError`` (an ``EmbeddingQueueFullError`` too) when ``cause``
+    is Redis refusing a write at its ``maxmemory``, else ``EmbeddingPartialEnqueueError``;
+    the message says which (``queue_error``) and where the list stopped.
+    """
     error = queue_error(cause, "enqueue the text")
-    return EmbeddingPartialEnqueueError(
-        f"{error}; the first {len(done)} of {total} texts were enqueued, none from index "
-        f"{len(done)} on",
-        enqueued=done,
-        not_enqueued_from=len(done),
+    full = isinstance(error, EmbeddingQueueFullError) or isinstance(cause, EmbeddingQueueFullError)
+    kind = EmbeddingPartialQueueFullError if full else EmbeddingPartialEnqueueError
+    if isinstance(cause, EmbeddingQueueFullError):
+        error = cause
+    done = len(enqueued)
+    return kind(
+        f"{error}; the first {done} of {total} texts were enqueued, none from index {done} on",
+        enqueued=enqueued,
+        not_enqueued_from=done,
     )
+
+
+def _partial(cause: BaseException, done: list[AsyncResult], total: int) -> Exception:
+    return partial_enqueue_error(cause, done, total)
 
 
 def enqueue_many(
@@ -436,7 +485,9 @@ def enqueue_texts(
     is enqueued. On Redis, texts go
     ``chunk_size`` per round trip, each chunk all or nothing. If the broker fails midway,
     ``EmbeddingPartialEnqueueError`` (an ``EmbeddingQueueUnavailableError``) holds the
-    ``AsyncResult``\\s of the texts that were enqueued and the index of the first that was not.
+    ``AsyncResult``\\s of the texts that were enqueued and the index of the first that was not;
+    when Redis is full it is ``EmbeddingPartialQueueFullError``, an ``EmbeddingQueueFullError``
+    too.
 
     To wait for many, prefer ``wait_all([r.id for r in results], ...)``: Celery 5.7's
     ``ResultSet.join_native`` leaves the last result None once any of them was waited for
@@ -452,21 +503,33 @@ def enqueue_texts(
 def wait_all(task_ids: Sequence[str], timeout_s: float, app: Celery) -> list[list[float]]:
     """The vectors of ``task_ids``' texts, in order, waiting up to ``timeout_s`` s in all.
 
-    Re-raises the first failed text's typed error (in input order); raises Celery's
-    ``TimeoutError`` when some are still missing at the deadline.
+    Re-raises the first failed text's typed error (in input order); raises
+    ``EmbeddingWaitTimeoutError`` (Celery's ``TimeoutError`` too, ``task_ids`` set) when
+    some are still missing at the deadline. A Redis blip meanwhile is
+    ridden out (the subscription is made anew and every result stored meanwhile is read);
+    Redis still unreachable at the deadline raises ``EmbeddingResultStoreUnavailableError``.
     """
+    timeout_s = max(0.0, timeout_s)  # embed_texts may have spent it all enqueueing
     if not bulk_publish.supports_bulk_wait(app):
         results = [app.AsyncResult(task_id) for task_id in task_ids]
-        vectors: list[list[float]] = ResultSet(results, app=app).get(timeout=timeout_s)
+        try:
+            vectors: list[list[float]] = ResultSet(results, app=app).get(timeout=timeout_s)
+        except CeleryTimeoutError as exc:
+            raise EmbeddingWaitTimeoutError(
+                f"some of {len(task_ids)} texts had no result in time ({timeout_s:g}s of "
+                "waiting); they may still finish (the error's task_ids)",
+                task_ids=task_ids,
+            ) from exc
         return vectors
     outcomes = bulk_publish.ResultWaiter(app).wait(task_ids, timeout_s)
     for i in range(len(task_ids)):
         if isinstance(outcomes.get(i), BaseException):
             raise outcomes[i]
     if len(outcomes) < len(task_ids):
-        raise CeleryTimeoutError(
-            f"{len(task_ids) - len(outcomes)} of {len(task_ids)} texts had no result "
-            f"within {timeout_s:g}s"
+        raise EmbeddingWaitTimeoutError(
+            f"{len(task_ids) - len(outcomes)} of {len(task_ids)} texts had no result in time "
+            f"({timeout_s:g}s of waiting); they may still finish (the error's task_ids)",
+            task_ids=task_ids,
         )
     return [outcomes[i] for i in range(len(task_ids))]
 
@@ -481,9 +544,15 @@ def embed_text(
 ) -> list[float]:
     """Enqueue ``text`` in ``lane`` and wait up to ``timeout`` seconds for its vector.
 
-    A failed task re-raises its typed error (e.g. ``EmbeddingAPIError``).
+    A failed task re-raises its typed error (e.g. ``EmbeddingAPIError``). On Redis the
+    wait is ``wait_all``'s: it rides out a Redis blip, honours a short timeout, and raises
+    ``EmbeddingWaitTimeoutError`` (Celery's ``TimeoutError`` too) naming the task id.
     """
+    deadline = _clock() + timeout
     result = enqueue_text(text, model=model, app=app, lane=lane)
+    target = app or default_app
+    if bulk_publish.supports_bulk_wait(target):
+        return wait_all([result.id], deadline - _clock(), target)[0]
     vector: list[float] = result.get(timeout=timeout)
     return vector
 
@@ -498,19 +567,24 @@ def embed_texts(
 ) -> list[list[float]]:
     """Enqueue ``texts`` one task each in ``lane``; wait up to ``timeout`` s for all, in order.
 
-    A failed text re-raises its typed error; a deadline passed raises Celery's
-    ``TimeoutError``. Results are read with one subscription, not one per text.
+    ``timeout`` counts from the call, enqueueing included. A failed text re-raises its
+    typed error; a deadline passed raises ``EmbeddingWaitTimeoutError`` (Celery's
+    ``TimeoutError`` and an ``EmbeddingResultTimeoutError``) whose ``task_ids`` name every
+    text, left queued: revoke them, or wait again. At most
+    ``EMBEDDINGS_MAX_TEXTS_PER_CALL`` (2,048) texts (``check_list_size``). Results are read
+    with one subscription, not one per text, through a Redis blip (``wait_all``).
     """
+    deadline = _clock() + timeout
     target = app or default_app
     checked_model = validate_model(model)
     checked = validate_texts(texts, max_chars=_max_chars(), tokens=_tokens(checked_model))
     lane = check_lane(lane)
+    check_list_size(len(checked))
     if not bulk_publish.supports_bulk_wait(target):
         results = enqueue_many(checked, model=checked_model, app=target, lane=lane)
-        vectors: list[list[float]] = ResultSet(results, app=target).get(timeout=timeout)
-        return vectors
+        return wait_all([r.id for r in results], deadline - _clock(), target)
     ids = enqueue_ids(checked, model=checked_model, app=target, lane=lane)
-    return wait_all(ids, timeout, target)
+    return wait_all(ids, deadline - _clock(), target)
 
 
 def revoke(task_ids: Iterable[str], *, app: Celery | None = None) -> None:

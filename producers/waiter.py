@@ -172,7 +172,9 @@ class ResultWaiter:
             if pending:
                 raise EmbeddingResultTimeoutError(
                     f"no result for {len(pending)} of {len(keys)} texts within "
-                    f"{timeout_s:g} s; they may still finish and can be read later by their ids"
+                    f"{timeout_s:g} s; they may still finish and can be read later by their "
+                    "ids (task_ids)",
+                    task_ids=task_ids,
                 )
             return [future.result() for future in futures]
         finally:

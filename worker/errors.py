@@ -15,8 +15,10 @@ Every error raised by this project derives from :class:`EmbeddingError`::
     │   ├── EmbeddingQueueUnavailableError       the broker could not be reached to enqueue
     │   │   ├── EmbeddingPartialEnqueueError     … midway through a list; says which were
     │   │   └── EmbeddingQueueFullError          Redis is full (maxmemory) and refused the text
+    │   │       └── EmbeddingPartialQueueFullError  … midway through a list (also a Partial…)
     │   ├── EmbeddingResultStoreUnavailableError Redis failed under a running or awaited text
-    │   ├── EmbeddingResultTimeoutError (TimeoutError)  no result within a producer's timeout
+    │   ├── EmbeddingResultTimeoutError (TimeoutError)  no result within a producer's timeout;
+    │   │                                        carries the task ids
     │   ├── EmbeddingCircuitOpenError            the per-process breaker is refusing calls
     │   └── EmbeddingBudgetWaitError             the shared rate-limit budget kept the call waiting
     └── EmbeddingFatalError                      trying again will not help
@@ -47,6 +49,7 @@ __all__ = [
     "EmbeddingInputError",
     "EmbeddingInputTypeError",
     "EmbeddingPartialEnqueueError",
+    "EmbeddingPartialQueueFullError",
     "EmbeddingPoolExhausted",
     "EmbeddingQueueFullError",
     "EmbeddingQueueUnavailableError",
@@ -173,10 +176,14 @@ class EmbeddingResultStoreUnavailableError(EmbeddingRetryableError):
 
 
 class EmbeddingResultTimeoutError(EmbeddingRetryableError, TimeoutError):
-    """No result arrived within an async producer's ``timeout``; the text may still finish.
+    """No result arrived within a producer's ``timeout``; the texts may still finish.
 
     Also a builtin ``TimeoutError``, so ``except TimeoutError`` around asyncio code catches
-    it. Only raised in producers, never stored by Celery.
+    it. ``task_ids`` are the call's texts' task ids, in input order: wait for them again
+    (``wait_all``), or revoke them (``producers.revoke``) so that no worker pays for the
+    unfinished ones. Only raised in producers, never stored by Celery (``task_ids`` is not
+    in ``args``: a rebuilt copy has none). The synchronous producers raise its subclass
+    ``producers.client.EmbeddingWaitTimeoutError``, which is Celery's ``TimeoutError`` too.
     """
 
     def __init__(
@@ -184,8 +191,11 @@ class EmbeddingResultTimeoutError(EmbeddingRetryableError, TimeoutError):
         message: str,
         status_code: int | None = None,
         api_message: str | None = None,
+        *,
+        task_ids: Sequence[str] = (),
     ) -> None:
         super().__init__(message, status_code, api_message)
+        self.task_ids: list[str] = list(task_ids)
         # OSError keeps only two of three constructor arguments in ``args`` and reads them as
         # (errno, strerror, filename); restore the tree's contract: ``cls(*args)`` rebuilds.
         self.args = (message, status_code, api_message)
@@ -212,3 +222,12 @@ class EmbeddingPartialEnqueueError(EmbeddingQueueUnavailableError):
         super().__init__(message, status_code, api_message)
         self.enqueued: list[Any] = list(enqueued)
         self.not_enqueued_from = not_enqueued_from
+
+
+class EmbeddingPartialQueueFullError(EmbeddingPartialEnqueueError, EmbeddingQueueFullError):
+    """Redis filled up (``maxmemory``) while a list was enqueued, perhaps at its first text.
+
+    Both promises at once: ``except EmbeddingQueueFullError`` catches it as it catches a
+    single refused text, and, as an ``EmbeddingPartialEnqueueError``, ``enqueued`` and
+    ``not_enqueued_from`` say which texts were enqueued (none, when Redis was full already).
+    """

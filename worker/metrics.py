@@ -99,7 +99,7 @@ CACHE_ERRORS = Counter(
 INPUTS_SAVED = Counter(
     "embeddings_inputs_saved",
     "Texts that cost no API input: served by the cache, merged with an identical text, "
-    "or revoked before their call",
+    "revoked before their call, or already stored as SUCCESS",
     ["reason"],
 )
 

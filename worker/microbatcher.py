@@ -65,6 +65,8 @@ class MicroBatcherClosed(RuntimeError):
 StoreVectors = Callable[[list[tuple[str, list[float]]]], bool]
 # The task ids among those given that were revoked; see ``MicroBatcher``.
 RevokedAmong = Callable[[list[str]], set[str]]
+# The vectors already stored as SUCCESS for those of the given task ids that have one.
+StoredAmong = Callable[[list[str]], dict[str, list[float]]]
 
 
 class TextFuture(Future[list[float]]):
@@ -95,7 +97,10 @@ class MicroBatcher:
     keep arriving (docs/lanes.md).
     ``revoked`` names the revoked task ids among a call's; those texts leave the call and
     their futures raise ``TextRevoked`` (if it raises, the call's texts fail with its error).
-    ``clock`` is monotonic seconds, injectable for tests.
+    ``stored`` gives the vectors already stored as SUCCESS among a call's task ids: a text
+    delivered again after its result was stored (its ack was lost, say, in a Redis restart)
+    gets that vector and leaves the call, instead of being paid for twice (if it raises,
+    the call goes out whole). ``clock`` is monotonic seconds, injectable for tests.
     """
 
     def __init__(
@@ -110,9 +115,11 @@ class MicroBatcher:
         revoked: RevokedAmong | None = None,
         bulk_floor_share: float = DEFAULT_BULK_FLOOR_SHARE,
         clock: Callable[[], float] = time.monotonic,
+        stored: StoredAmong | None = None,
     ) -> None:
         self.batcher = batcher
         self._revoked = revoked
+        self._stored = stored
         self._store_vectors = store_vectors
         self._gate = gate
         self._cache = cache
@@ -413,6 +420,8 @@ class MicroBatcher:
         outcomes: list[Outcome] | EmbeddingRateLimitError
         if self._revoked is not None and not self._drop_revoked(batch):
             return
+        if self._stored is not None and not self._serve_stored(batch):
+            return
         try:
             if self._admission is None:
                 outcomes = self.batcher.embed_isolated(batch.texts, batch.model)
@@ -431,6 +440,37 @@ class MicroBatcher:
         if saved:
             metrics.INPUTS_SAVED.labels(reason="duplicate").inc(saved)
         self._completions.submit(self._complete, entries, [by_text[w.text] for w in entries], batch)
+
+    def _serve_stored(self, batch: Batch) -> bool:
+        """Give texts whose SUCCESS is stored that vector; False when nothing is left to send."""
+        assert self._stored is not None
+        ids = [w.task_id for w in batch.all_entries() if w.task_id is not None]
+        try:
+            stored = self._stored(ids) if ids else {}
+        except Exception as exc:
+            # Unknown: the call goes out whole (a duplicate at worst, never a lost text).
+            log.debug("could not read stored results (%s); the call goes out whole", exc)
+            return True
+        if not stored:
+            return True
+        with self._cond:
+            served: list[Waiting] = []
+            for text in list(batch.texts):
+                entries = batch.entries[text]
+                if not all(w.task_id in stored for w in entries):
+                    continue  # another task still needs this text embedded
+                served.extend(entries)
+                batch.texts.remove(text)
+                del batch.entries[text]
+                self._waiting.forget(batch.model, text)
+        if served:
+            metrics.INPUTS_SAVED.labels(reason="stored").inc(len(served))
+            outcomes: list[Outcome] = [stored[w.task_id] for w in served if w.task_id]
+            self._completions.submit(self._complete, served, outcomes)
+        if batch.texts:
+            return True
+        self._end_call(batch)
+        return False
 
     def _drop_revoked(self, batch: Batch) -> bool:
         """Take ``batch``'s revoked texts out of it; False when nothing is left to send."""

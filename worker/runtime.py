@@ -78,6 +78,7 @@ def get_microbatcher() -> MicroBatcher:
                 cache=_vector_cache(settings),
                 flush_policy=FlushPolicy(settings.flush_policy),
                 revoked=_revoked_among,
+                stored=_stored_among,
                 bulk_floor_share=settings.bulk_floor_share,
             )
             _owner_pid = os.getpid()
@@ -140,6 +141,21 @@ def _revoked_among(task_ids: list[str]) -> set[str]:
     # A result backend other than Redis keeps no revoke list: Celery's broadcast alone.
     backend = app.backend
     return backend.revoked_among(task_ids) if isinstance(backend, RevokeList) else set()
+
+
+def _stored_among(task_ids: list[str]) -> dict[str, list[float]]:
+    # One MGET of the call's result keys; a backend that is not Redis's: none known.
+    backend = app.backend
+    if not hasattr(backend, "get_key_for_task") or not hasattr(backend, "client"):
+        return {}
+    payloads = backend.client.mget([backend.get_key_for_task(t) for t in task_ids])
+    stored: dict[str, list[float]] = {}
+    for task_id, payload in zip(task_ids, payloads, strict=True):
+        if payload is not None:
+            meta = backend.decode_result(payload)
+            if meta.get("status") == "SUCCESS" and isinstance(meta.get("result"), list):
+                stored[task_id] = meta["result"]
+    return stored
 
 
 def shutdown(**_: Any) -> None:

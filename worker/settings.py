@@ -60,6 +60,9 @@ DEFAULT_MAX_TEXT_CHARS = 32_768
 # (worker/validation.py); 0 turns either check off.
 DEFAULT_MAX_INPUT_TOKENS = MAX_INPUT_TOKENS
 DEFAULT_MAX_REQUEST_TOKENS = 300_000
+# Texts one embed_texts / aembed_texts call waits for: the API's (and the gateway's) 2,048
+# inputs per request. A bigger list is a backfill: embed-file, or enqueue_texts + wait_all.
+DEFAULT_MAX_TEXTS_PER_CALL = 2048
 DEFAULT_FLUSH_INTERVAL_S = 0.1
 # When a partial batch leaves before flush_interval_s; see worker/flush_policy.py.
 DEFAULT_FLUSH_POLICY = "nagle"
@@ -232,6 +235,7 @@ class Settings:
     max_text_chars: int = DEFAULT_MAX_TEXT_CHARS
     max_input_tokens: int = DEFAULT_MAX_INPUT_TOKENS  # per text, in the model's encoding
     max_request_tokens: int = DEFAULT_MAX_REQUEST_TOKENS  # per API call, all its texts
+    max_texts_per_call: int = DEFAULT_MAX_TEXTS_PER_CALL  # embed_texts / aembed_texts
     flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
     flush_policy: str = DEFAULT_FLUSH_POLICY  # one of FLUSH_POLICIES
     task_max_retries: int = DEFAULT_TASK_MAX_RETRIES
@@ -290,6 +294,7 @@ class Settings:
         _check_positive("batch_size", self.batch_size)
         _check_positive("pool_size", self.pool_size)
         _check_positive("max_text_chars", self.max_text_chars)
+        _check_positive("max_texts_per_call", self.max_texts_per_call)
         _check_positive("timeout_s", self.timeout_s)
         _check_positive("pool_timeout_s", self.pool_timeout_s)
         _check_positive("redis_socket_timeout_s", self.redis_socket_timeout_s)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from billiard.einfo import ExceptionInfo
 from celery import Celery
 from celery.contrib.testing.mocks import TaskMessage
-from celery.exceptions import BackendStoreError
+from celery.exceptions import BackendStoreError, Retry
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
@@ -16,7 +17,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.celery_ext.outages import RequeueOnOutageRequest, is_redis_outage
 from worker.celery_ext.result_backend import ResultBackend
-from worker.errors import EmbeddingAPIError, EmbeddingResultStoreUnavailableError
+from worker.errors import (
+    EmbeddingAPIError,
+    EmbeddingBudgetWaitError,
+    EmbeddingResultStoreUnavailableError,
+)
 
 
 def _chained(outer: Exception, cause: BaseException) -> Exception:
@@ -162,3 +167,47 @@ def test_a_request_that_really_failed_is_acked_and_reported(
     assert ("ack", None) in request.calls
     assert ("event", "task-failed") in request.calls
     assert not any(name == "reject" for name, _ in request.calls)
+
+
+def test_a_retry_caused_by_an_unreachable_redis_is_acked_not_requeued(app: Celery) -> None:
+    # The shared budget's Redis was down: the task asked for a Celery retry, which is
+    # already published. Requeueing the message too ran the text twice (issue 27, item 6).
+    try:
+        try:
+            raise RedisConnectionError("Error 111 connecting to the budget's Redis")
+        except RedisConnectionError as cause:
+            raise EmbeddingBudgetWaitError("the budget's Redis is unreachable") from cause
+    except EmbeddingBudgetWaitError as wait_error:
+        retry = Retry(exc=wait_error, when=1.0)
+        retry.__cause__ = wait_error
+    request = _request(app)
+    request.on_failure(_einfo(retry), return_ok=True)
+    assert ("ack", None) in request.calls
+    assert not any(name == "reject" for name, _ in request.calls)
+
+
+def test_a_result_refused_by_a_full_redis_makes_the_channel_wait_for_room(app: Celery) -> None:
+    request = _request(app)
+    noted: list[bool] = []
+    request.message.channel = SimpleNamespace(note_results_full=lambda: noted.append(True))
+    try:
+        try:
+            raise OutOfMemoryError("command not allowed when used memory > 'maxmemory'")
+        except OutOfMemoryError as cause:
+            raise EmbeddingResultStoreUnavailableError("no room for the result") from cause
+    except EmbeddingResultStoreUnavailableError as exc:
+        error = exc
+    request.on_failure(_einfo(error), return_ok=True)
+    assert noted == [True]
+    assert request.calls == [("reject", True)]
+
+
+def test_a_result_store_outage_that_is_not_a_full_redis_leaves_the_fetch_alone(
+    app: Celery,
+) -> None:
+    request = _request(app)
+    noted: list[bool] = []
+    request.message.channel = SimpleNamespace(note_results_full=lambda: noted.append(True))
+    request.on_failure(_einfo(EmbeddingResultStoreUnavailableError("Redis gone")), return_ok=True)
+    assert noted == []
+    assert request.calls == [("reject", True)]

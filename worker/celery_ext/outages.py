@@ -26,12 +26,14 @@ import logging
 from typing import Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
+from celery.exceptions import Retry
 from celery.worker.state import task_ready
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from worker.celery_ext.full_redis import is_full
 from worker.celery_ext.privacy import RedactedInfoRequest
 from worker.errors import EmbeddingResultStoreUnavailableError
 
@@ -77,7 +79,15 @@ class RequeueOnOutageRequest(RedactedInfoRequest):
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):
             exc = exc.exc
-        if is_redis_outage(exc):
+        # A Retry means Celery already published the text's next attempt: requeueing this
+        # message as well ran the text twice. A retry whose cause was Redis (the shared
+        # budget's, unreachable) looked like an outage here and was paid twice.
+        if is_redis_outage(exc) and not isinstance(exc, Retry):
+            if is_full(exc):
+                # Its result found no room: the worker stops fetching until Redis has some.
+                note = getattr(getattr(self.message, "channel", None), "note_results_full", None)
+                if note is not None:
+                    note()
             task_ready(self)
             log.warning("text %s: %s; requeued", self.id, exc)
             return self.reject(requeue=True)

@@ -14,15 +14,30 @@ Every pending key is read again (``MGET``) each second, in case a publish was mi
 reconnect). Values are decoded with the backend's own ``decode_result``, so a failure
 comes back as the same typed exception ``AsyncResult.get()`` raises. A RETRY is not an
 outcome: the task runs again.
+
+**A Redis blip is ridden out, as the asyncio waiter (``producers.waiter``) does.** A failed
+``SUBSCRIBE``, read, ``MGET`` or ``UNSUBSCRIBE`` never reaches the caller: the feed drops its
+connection and, on each later ``poll``, makes the subscription anew (every awaited channel)
+and reads every awaited key, retrying ``retry_s`` apart (doubling to ``MAX_RETRY_S``) until
+Redis answers. The texts were published and are being embedded; with an append-only Redis a
+restart loses none of them, and their results are read once it is back. ``outage`` holds
+the error while Redis does not answer, so a caller whose deadline passes can say Redis,
+not the texts, was the trouble (``ResultWaiter.wait`` raises
+``EmbeddingResultStoreUnavailableError`` then).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from celery import Celery, states
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
+
+from worker.errors import EmbeddingResultStoreUnavailableError
 
 __all__ = [
     "DEFAULT_READ_CHUNK",
@@ -34,7 +49,16 @@ __all__ = [
 DEFAULT_READ_CHUNK = 500
 """Result keys per ``MGET``, ``SUBSCRIBE``, ``UNSUBSCRIBE`` or ``DEL`` (a result is ~8 KB)."""
 
+log = logging.getLogger(__name__)
+
 _SWEEP_INTERVAL_S = 1.0  # re-read pending results this often, in case a publish was missed
+DEFAULT_RETRY_S = 0.2
+"""First pause, in seconds, before a feed whose Redis failed tries it again; doubles."""
+MAX_RETRY_S = 2.0
+"""Longest pause between two attempts at a failed Redis (seconds)."""
+
+# What a Redis that went away or answers nothing raises through redis-py (and kombu).
+_REDIS_FAILURES = (RedisError, OperationalError, OSError)
 
 
 def supports_bulk_wait(app: Celery) -> bool:
@@ -52,21 +76,40 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 class ResultFeed:
     """The results of a changing set of ``app``'s tasks, as they finish, on one connection.
 
-    Not thread-safe: one thread adds, polls and drops.
+    Not thread-safe: one thread adds, polls and drops. ``retry_s`` is the first pause
+    before a failed Redis is tried again (doubling to ``MAX_RETRY_S``); ``sleep`` waits it
+    (injectable for tests).
     """
 
-    def __init__(self, app: Celery, *, read_chunk: int = DEFAULT_READ_CHUNK) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        read_chunk: int = DEFAULT_READ_CHUNK,
+        retry_s: float = DEFAULT_RETRY_S,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if not supports_bulk_wait(app):
             raise ValueError("ResultFeed needs Celery's Redis result backend")
         if read_chunk < 1:
             raise ValueError(f"read_chunk must be positive, got {read_chunk}")
         self.backend = app.backend
         self.read_chunk = read_chunk
+        self._retry_s = retry_s
+        self._sleep = sleep
         self._pending: dict[bytes, str] = {}  # result key -> task id
         self._ready: list[tuple[str, Any]] = []
         self._finished_keys: list[bytes] = []  # still subscribed, no longer awaited
         self._pubsub: Any = None
         self._last_sweep = time.monotonic()
+        self._outage: BaseException | None = None
+        self._next_try = 0.0  # monotonic time of the next attempt at a failed Redis
+        self._delay = retry_s
+
+    @property
+    def outage(self) -> BaseException | None:
+        """The Redis error that broke the subscription, while it is not made anew; else None."""
+        return self._outage
 
     @property
     def waiting(self) -> int:
@@ -88,38 +131,98 @@ class ResultFeed:
             if key not in self._pending:
                 self._pending[key] = task_id
                 keys.append(key)
-        if not keys:
-            return
-        if self._pubsub is None:
-            self._pubsub = self.backend.client.pubsub(ignore_subscribe_messages=True)
-        for chunk in _chunks(keys, self.read_chunk):
-            self._pubsub.subscribe(*chunk)
-        # Results stored before the subscription took effect are read, not awaited.
-        self._read(keys)
+        if not keys or self._outage is not None:
+            return  # a broken subscription is made anew, with these keys, by ``poll``
+        try:
+            if self._pubsub is None:
+                self._pubsub = self.backend.client.pubsub(ignore_subscribe_messages=True)
+            for chunk in _chunks(keys, self.read_chunk):
+                self._pubsub.subscribe(*chunk)
+            # Results stored before the subscription took effect are read, not awaited.
+            self._read(keys)
+        except _REDIS_FAILURES as exc:
+            self._broke(exc)
 
     def poll(self, timeout_s: float) -> list[tuple[str, Any]]:
         """``(task_id, outcome)`` of tasks finished since the last poll, first come first.
 
         The outcome is the result, or the task's exception. Waits up to ``timeout_s``
-        seconds for the first one; returns at once with what is ready.
+        seconds for the first one; returns at once with what is ready. A Redis failure is
+        not raised: the subscription is made anew once Redis answers (``outage``).
         """
         deadline = time.monotonic() + timeout_s
         while not self._ready and self._pending:
             now = time.monotonic()
-            if now - self._last_sweep >= _SWEEP_INTERVAL_S:
-                self._read(list(self._pending))
+            if self._outage is not None:
+                if now < self._next_try:
+                    if now >= deadline:
+                        break
+                    self._sleep(min(self._next_try, deadline) - now)
+                    continue
+                self._subscribe_anew()
+                if self._outage is not None and time.monotonic() >= deadline:
+                    break
                 continue
-            if now >= deadline:
+            try:
+                self._poll_connected(now, deadline)
+            except _REDIS_FAILURES as exc:
+                self._broke(exc)
+                continue
+            if time.monotonic() >= deadline:
                 break
-            wait_s = min(deadline - now, _SWEEP_INTERVAL_S - (now - self._last_sweep))
-            message = self._pubsub.get_message(timeout=wait_s)
-            while message is not None:
-                if message.get("type") == "message":
-                    self._take(message["channel"], message["data"])
-                message = self._pubsub.get_message(timeout=0.0)
         ready, self._ready = self._ready, []
         self._unsubscribe_finished()
         return ready
+
+    def _poll_connected(self, now: float, deadline: float) -> None:
+        if now - self._last_sweep >= _SWEEP_INTERVAL_S:
+            self._read(list(self._pending))
+            return
+        if now >= deadline:
+            return
+        wait_s = min(deadline - now, _SWEEP_INTERVAL_S - (now - self._last_sweep))
+        message = self._pubsub.get_message(timeout=wait_s)
+        while message is not None:
+            if message.get("type") == "message":
+                self._take(message["channel"], message["data"])
+            message = self._pubsub.get_message(timeout=0.0)
+
+    def _broke(self, exc: BaseException) -> None:
+        """Drop the connection after ``exc``; ``poll`` makes the subscription anew."""
+        if self._outage is None:
+            log.warning(
+                "result subscription failed (%s: %s); making it anew once Redis answers",
+                type(exc).__name__,
+                exc,
+            )
+            self._delay = self._retry_s
+        self._outage = exc
+        self._next_try = time.monotonic() + self._delay
+        self._delay = min(self._delay * 2, MAX_RETRY_S)
+        pubsub, self._pubsub = self._pubsub, None
+        self._finished_keys.clear()  # the new connection subscribes awaited keys only
+        if pubsub is not None:
+            try:
+                pubsub.close()
+            except Exception as close_exc:  # a dead socket may fail to close; it is gone
+                log.debug("closing the failed result subscription: %s", close_exc)
+
+    def _subscribe_anew(self) -> None:
+        """Subscribe to every awaited channel on a new connection, then read every key.
+
+        The ``MGET`` after the ``SUBSCRIBE`` finds what was stored while the old one failed.
+        """
+        keys = list(self._pending)
+        try:
+            self._pubsub = self.backend.client.pubsub(ignore_subscribe_messages=True)
+            for chunk in _chunks(keys, self.read_chunk):
+                self._pubsub.subscribe(*chunk)
+            self._read(keys)
+        except _REDIS_FAILURES as exc:
+            self._broke(exc)
+            return
+        self._outage = None
+        log.info("result subscription made anew for %d awaited texts", len(keys))
 
     def drop(self, task_ids: Iterable[str]) -> None:
         """Stop waiting for ``task_ids`` (say, past their deadline)."""
@@ -161,7 +264,10 @@ class ResultFeed:
         while self._pubsub is not None and len(self._finished_keys) >= self.read_chunk:
             chunk = self._finished_keys[: self.read_chunk]
             del self._finished_keys[: self.read_chunk]
-            self._pubsub.unsubscribe(*chunk)
+            try:
+                self._pubsub.unsubscribe(*chunk)
+            except _REDIS_FAILURES as exc:
+                self._broke(exc)
 
 
 class ResultWaiter:
@@ -170,12 +276,19 @@ class ResultWaiter:
     ``read_chunk`` keys go in one ``MGET``. Nothing is kept between calls to ``wait``.
     """
 
-    def __init__(self, app: Celery, *, read_chunk: int = DEFAULT_READ_CHUNK) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        read_chunk: int = DEFAULT_READ_CHUNK,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if not supports_bulk_wait(app):
             raise ValueError("ResultWaiter needs Celery's Redis result backend")
         self.app = app
         self.backend = app.backend
         self.read_chunk = read_chunk
+        self.sleep = sleep
 
     def wait(
         self,
@@ -185,13 +298,16 @@ class ResultWaiter:
     ) -> dict[int, Any]:
         """Outcomes by position in ``task_ids``: the result, or the task's exception.
 
-        Waits up to ``timeout_s`` seconds; positions still pending then are absent.
-        ``on_ready(position, outcome)`` hears of each as it is read.
+        Waits up to ``timeout_s`` seconds, through a Redis blip (``ResultFeed``);
+        positions still pending then are absent. ``on_ready(position, outcome)`` hears of
+        each as it is read. Raises ``EmbeddingResultStoreUnavailableError`` when the time
+        is up while Redis does not answer: the missing texts may still finish, and can be
+        read later by their ids.
         """
         positions = {task_id: i for i, task_id in enumerate(task_ids)}
         outcomes: dict[int, Any] = {}
         deadline = time.monotonic() + timeout_s
-        feed = ResultFeed(self.app, read_chunk=self.read_chunk)
+        feed = ResultFeed(self.app, read_chunk=self.read_chunk, sleep=self.sleep)
         try:
             feed.add(task_ids)
             while True:
@@ -201,8 +317,15 @@ class ResultWaiter:
                     on_ready(position, outcome)
                 if not feed.waiting or time.monotonic() >= deadline:
                     break
+            outage = feed.outage if feed.waiting else None
         finally:
             feed.close()  # drops the whole set's subscription with its connection
+        if outage is not None:
+            raise EmbeddingResultStoreUnavailableError(
+                f"no result for {len(task_ids) - len(outcomes)} of {len(task_ids)} texts "
+                f"within {timeout_s:g}s: Redis does not answer ({type(outage).__name__}); they "
+                "may still finish and can be read later by their ids"
+            ) from outage
         return outcomes
 
     def forget(self, task_ids: Sequence[str]) -> None:
