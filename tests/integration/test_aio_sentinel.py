@@ -19,10 +19,13 @@ import pytest
 from devstack import GatewayProcess, WorkerProcess
 from producers import AsyncProducer
 from stubapi.vectors import vector_for
-from tests.integration.faultkit import DIMS, app_for
+from tests.integration.faultkit import DIMS, IGNORE_RESULT_DEL_IN_OUTAGES, app_for
 from tests.integration.sentinelkit import SentinelCluster
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    IGNORE_RESULT_DEL_IN_OUTAGES,
+]
 
 KILLS = 2
 CALLS_PER_KILL = 10

@@ -16,9 +16,13 @@ import pytest
 
 import producers
 from devstack import wait_for
-from tests.integration.faultkit import RedisServer, expected
+from tests.integration.faultkit import IGNORE_RESULT_DEL_IN_OUTAGES, RedisServer, expected
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    IGNORE_RESULT_DEL_IN_OUTAGES,
+]
 
 TEXTS = 2000
 

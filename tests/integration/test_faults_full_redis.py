@@ -14,12 +14,20 @@ import pytest
 import producers
 from devstack import WorkerProcess, wait_for
 from stubapi.vectors import vector_for
-from tests.integration.faultkit import RedisServer, app_for, wait_all_ready
+from tests.integration.faultkit import (
+    IGNORE_RESULT_DEL_IN_OUTAGES,
+    RedisServer,
+    app_for,
+    wait_all_ready,
+)
 from tests.integration.harness import worker_env
 from worker.errors import EmbeddingQueueFullError
 from worker.names import TASK_QUEUE
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    IGNORE_RESULT_DEL_IN_OUTAGES,
+]
 
 MAXMEMORY = "4mb"
 MAXMEMORY_BYTES = 4 * 1024 * 1024

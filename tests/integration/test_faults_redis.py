@@ -16,11 +16,20 @@ import pytest
 
 import producers
 from devstack import WorkerProcess, wait_for
-from tests.integration.faultkit import RedisServer, app_for, outcomes, wait_all_ready
+from tests.integration.faultkit import (
+    IGNORE_RESULT_DEL_IN_OUTAGES,
+    RedisServer,
+    app_for,
+    outcomes,
+    wait_all_ready,
+)
 from tests.integration.harness import worker_env
 from worker.errors import EmbeddingQueueUnavailableError
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    IGNORE_RESULT_DEL_IN_OUTAGES,
+]
 
 # A correctness bound on how long a producer may take to say Redis is gone, not a benchmark.
 PRODUCER_ERROR_BOUND_S = 15.0

@@ -23,11 +23,14 @@ import pytest
 import producers
 from devstack import WorkerProcess, wait_for
 from producers.client import enqueue_ids, wait_all
-from tests.integration.faultkit import RedisServer, app_for, expected
+from tests.integration.faultkit import IGNORE_RESULT_DEL_IN_OUTAGES, RedisServer, app_for, expected
 from tests.integration.harness import REPO_ROOT, worker_env
 from worker.errors import EmbeddingResultStoreUnavailableError
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    IGNORE_RESULT_DEL_IN_OUTAGES,
+]
 
 VISIBILITY_TIMEOUT_S = 10
 

@@ -22,12 +22,15 @@ from prometheus_client.parser import text_string_to_metric_families
 import producers
 import producers.client
 from devstack import WorkerProcess, free_port, wait_for
-from tests.integration.faultkit import app_for, expected, outcomes
+from tests.integration.faultkit import IGNORE_RESULT_DEL_IN_OUTAGES, app_for, expected, outcomes
 from tests.integration.sentinelkit import SentinelCluster
 from worker.errors import EmbeddingQueueUnavailableError
 from worker.settings import Settings
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    IGNORE_RESULT_DEL_IN_OUTAGES,
+]
 
 KILLS = 3
 TEXTS_PER_KILL = 100

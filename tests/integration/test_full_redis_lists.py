@@ -19,7 +19,7 @@ import redis
 
 import producers
 from producers.aio import AsyncProducer
-from tests.integration.faultkit import RedisServer, app_for
+from tests.integration.faultkit import IGNORE_RESULT_DEL_IN_OUTAGES, RedisServer, app_for
 from worker.errors import (
     EmbeddingPartialEnqueueError,
     EmbeddingPartialQueueFullError,
@@ -27,7 +27,10 @@ from worker.errors import (
 )
 from worker.names import queue_for_lane
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    IGNORE_RESULT_DEL_IN_OUTAGES,
+]
 
 FILLER_BYTES = 64 * 1024
 MAXMEMORY_BYTES = 4 * 1024 * 1024

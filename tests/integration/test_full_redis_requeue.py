@@ -17,9 +17,12 @@ import pytest
 from kombu import Connection, Exchange, Queue
 
 from devstack import wait_for
-from tests.integration.faultkit import RedisServer
+from tests.integration.faultkit import IGNORE_RESULT_DEL_IN_OUTAGES, RedisServer
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    IGNORE_RESULT_DEL_IN_OUTAGES,
+]
 
 TRANSPORT = "worker.celery_ext.transport:AtomicFetchTransport"
 QUEUE = "full-requeue-test"
