@@ -41,8 +41,8 @@ DIMS = 16
 
 # Celery's AsyncResult.__del__ unsubscribes over the network; collected while a test has
 # Redis down or full, it raises and Python drops the error ("Exception ignored in"). The
-# tests that take Redis away ignore that one warning: docs/reliability.md, "Known upstream
-# issues".
+# tests that take Redis away ignore that one warning:
+# docs/reliability.md, "Known upstream issues".
 IGNORE_RESULT_DEL_IN_OUTAGES = pytest.mark.filterwarnings(
     "ignore:Exception ignored in. <function AsyncResult.__del__"
     ":pytest.PytestUnraisableExceptionWarning"
