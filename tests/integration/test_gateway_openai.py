@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from devstack import GatewayProcess
-from stubapi.vectors import vector_for
+from tests.integration.faultkit import expected
 from tests.integration.harness import TEST_API_KEY, worker_env
 from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE
 from worker.tokens import CL100K_BASE, count_tokens
@@ -23,10 +23,6 @@ pytestmark = pytest.mark.integration
 DIMS = 16
 MODEL = "text-embedding-3-small"
 GATEWAY_KEY = "gw-integration-key-5f0c2b7e9d"
-
-
-def _expected(text: str) -> Any:
-    return pytest.approx(vector_for(text, DIMS), rel=1e-6, abs=1e-7)  # float32 in Redis
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +61,7 @@ def test_float_vectors_come_back_in_input_order_with_exact_usage(
     with _client(gateway) as client:
         response = client.embeddings.create(model=MODEL, input=texts, encoding_format="float")
     assert [d.index for d in response.data] == list(range(12))
-    assert [d.embedding for d in response.data] == [_expected(t) for t in texts]
+    assert [d.embedding for d in response.data] == [expected(t) for t in texts]
     assert response.model == MODEL
     tokens = count_tokens(texts, CL100K_BASE)  # as OpenAI counts them, and the stub
     assert (response.usage.prompt_tokens, response.usage.total_tokens) == (tokens, tokens)
@@ -79,7 +75,7 @@ def test_base64_asked_for_explicitly_is_little_endian_float32(start_worker, stub
     for text, item in zip(texts, response.data, strict=True):
         assert isinstance(item.embedding, str)
         raw = base64.b64decode(item.embedding)
-        assert list(struct.unpack(f"<{DIMS}f", raw)) == _expected(text)
+        assert list(struct.unpack(f"<{DIMS}f", raw)) == expected(text)
 
 
 def test_the_clients_default_base64_is_decoded_to_floats_by_the_client(
@@ -90,7 +86,7 @@ def test_the_clients_default_base64_is_decoded_to_floats_by_the_client(
     with _client(gateway) as client:
         response = client.embeddings.create(model=MODEL, input="a single string")
     assert len(response.data) == 1
-    assert response.data[0].embedding == _expected("a single string")
+    assert response.data[0].embedding == expected("a single string")
 
 
 def test_sixty_four_concurrent_one_text_requests_share_api_calls(start_worker, stub, gateway):
@@ -105,7 +101,7 @@ def test_sixty_four_concurrent_one_text_requests_share_api_calls(start_worker, s
             )  # fmt: skip
         return [r.data[0].embedding for r in responses]
 
-    assert asyncio.run(main()) == [_expected(t) for t in texts]
+    assert asyncio.run(main()) == [expected(t) for t in texts]
     stats = stub.stats()
     assert stats["total_inputs"] == 64
     assert stats["ok_calls"] <= 64 // 8 + 4, stats["inputs_per_call"]

@@ -12,14 +12,13 @@ import pytest
 import redis
 
 from devstack import GatewayProcess
-from stubapi.vectors import vector_for
+from tests.integration.faultkit import expected
 from tests.integration.harness import queued_texts, worker_env
 from tests.overlong import NUMBERS_TOKENS, numbers_text
 from worker.tokens import CL100K_BASE, _encoding
 
 pytestmark = pytest.mark.integration
 
-DIMS = 16
 MODEL = "text-embedding-3-small"
 GATEWAY_KEY = "gw-tokens-key-3c9a1f7e20"
 TEXTS = ["The quick brown fox", "jumps over the lazy dog.", "お誕生日おめでとう 🎂"]
@@ -28,10 +27,6 @@ TEXTS = ["The quick brown fox", "jumps over the lazy dog.", "お誕生日おめ�
 def encode(text: str) -> list[int]:
     """``text``'s ids as a client's tiktoken gives them (the same file, the same BPE)."""
     return _encoding(CL100K_BASE).encode_ordinary(text)
-
-
-def _expected(text: str) -> Any:
-    return pytest.approx(vector_for(text, DIMS), rel=1e-6, abs=1e-7)  # float32 in Redis
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +54,9 @@ def test_token_arrays_get_the_vectors_of_their_texts_and_exact_usage(start_worke
         by_tokens = client.embeddings.create(model=MODEL, input=arrays, encoding_format="float")
         by_text = client.embeddings.create(model=MODEL, input=TEXTS, encoding_format="float")
         one = client.embeddings.create(model=MODEL, input=arrays[2])  # list[int]: one input
-    assert [d.embedding for d in by_tokens.data] == [_expected(t) for t in TEXTS]
+    assert [d.embedding for d in by_tokens.data] == [expected(t) for t in TEXTS]
     assert [d.embedding for d in by_tokens.data] == [d.embedding for d in by_text.data]
-    assert [d.embedding for d in one.data] == [_expected(TEXTS[2])]
+    assert [d.embedding for d in one.data] == [expected(TEXTS[2])]
     tokens = sum(map(len, arrays))
     assert by_tokens.usage.prompt_tokens == by_tokens.usage.total_tokens == tokens
     # The same count for the texts, and the one the stub (cl100k_base, as OpenAI) charged.
