@@ -12,19 +12,13 @@ import redis.asyncio
 
 import producers
 from producers import AsyncProducer
-from stubapi.vectors import vector_for
+from tests.integration.faultkit import expected
 from tests.integration.harness import TEST_REDIS_URL
 from worker.errors import EmbeddingAPIError, EmbeddingInputError
 from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE
 
 pytestmark = pytest.mark.integration
-
-DIMS = 16
 T = TypeVar("T")
-
-
-def _expected(text: str) -> Any:
-    return pytest.approx(vector_for(text, DIMS), rel=1e-6, abs=1e-7)  # float32 on the wire
 
 
 def _with_producer(app: Any, scenario: Callable[[AsyncProducer], Coroutine[Any, Any, T]]) -> T:
@@ -56,7 +50,7 @@ def test_async_producers_return_every_vector_in_input_order(start_worker, stub, 
     async def scenario(producer: AsyncProducer) -> list[list[float]]:
         return await producer.embed_texts(texts, timeout=60)
 
-    assert _with_producer(app, scenario) == [_expected(text) for text in texts]
+    assert _with_producer(app, scenario) == [expected(text) for text in texts]
     assert stub.stats()["total_inputs"] == 40
 
 
@@ -73,9 +67,9 @@ def test_the_module_functions_work_under_asyncio_run_and_close_their_connections
         return one, many, await pending.get(timeout=30)
 
     one, many, later = asyncio.run(main())
-    assert one == _expected("a single text")
-    assert many == [_expected("first"), _expected("second")]
-    assert later == _expected("enqueued first")
+    assert one == expected("a single text")
+    assert many == [expected("first"), expected("second")]
+    assert later == expected("enqueued first")
 
 
 def test_a_thousand_waiting_texts_share_one_subscription_connection(start_worker, stub, app):
@@ -98,7 +92,7 @@ def test_a_thousand_waiting_texts_share_one_subscription_connection(start_worker
         return await waiting
 
     vectors = _with_producer(app, scenario)
-    assert vectors == [_expected(text) for text in texts]
+    assert vectors == [expected(text) for text in texts]
     assert max(stub.stats()["inputs_per_call"]) <= 8
 
 
@@ -111,7 +105,7 @@ def test_a_result_stored_before_anyone_waits_is_still_read(start_worker, stub, a
         await _until(lambda: clean_redis.exists(key))
         return await pending.get(timeout=10)
 
-    assert _with_producer(app, scenario) == _expected("stored before the wait")
+    assert _with_producer(app, scenario) == expected("stored before the wait")
 
 
 def test_a_text_the_api_rejects_re_raises_the_typed_api_error(start_worker, stub, app):
@@ -189,7 +183,7 @@ def test_a_list_goes_through_the_bulk_chunk_publish_without_blocking_the_event_l
             await asyncio.sleep(0.001)
         return await publishing
 
-    assert _with_producer(app, scenario) == [_expected(text) for text in texts]
+    assert _with_producer(app, scenario) == [expected(text) for text in texts]
     assert order.count("chunk") == 3  # 500 + 500 + 100, one transaction each
     first, last = order.index("chunk"), len(order) - 1 - order[::-1].index("chunk")
     assert "tick" in order[first:last]

@@ -10,14 +10,8 @@ from typing import Any
 import pytest
 
 from stubapi.vectors import vector_for
-from tests.integration.test_gateway_tokens import (
-    DIMS,
-    GATEWAY_KEY,
-    MODEL,
-    TEXTS,
-    _expected,
-    encode,
-)
+from tests.integration.faultkit import DIMS, expected
+from tests.integration.test_gateway_tokens import GATEWAY_KEY, MODEL, TEXTS, encode
 from tests.integration.test_gateway_tokens import gateway as gateway  # the fixture, here too
 from tests.overlong import numbers_text
 from worker.tokens import CL100K_BASE
@@ -61,8 +55,8 @@ def test_langchains_defaults_send_token_arrays_and_get_the_texts_vectors(
         assert embeddings.check_embedding_ctx_length  # LangChain's default, unchanged
         vectors = embeddings.embed_documents(TEXTS)
         query = embeddings.embed_query(TEXTS[0])
-    assert vectors == [_expected(text) for text in TEXTS]
-    assert query == _expected(TEXTS[0])
+    assert vectors == [expected(text) for text in TEXTS]
+    assert query == expected(TEXTS[0])
     assert sent == [[encode(text) for text in TEXTS], [encode(TEXTS[0])]]
 
 

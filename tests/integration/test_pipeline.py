@@ -11,18 +11,12 @@ import redis
 
 import producers
 from devstack import wait_for
-from stubapi.vectors import vector_for
+from tests.integration.faultkit import expected
 from tests.integration.harness import REPO_ROOT, TEST_REDIS_URL, worker_env
 from worker.errors import EmbeddingAPIError, EmbeddingInputError
 from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE
 
 pytestmark = pytest.mark.integration
-
-DIMS = 16
-
-
-def _expected(text: str) -> list[float]:
-    return pytest.approx(vector_for(text, DIMS), rel=1e-6, abs=1e-7)  # float32 on the wire
 
 
 def test_two_thousand_texts_enqueued_one_by_one_end_in_full_calls(start_worker, stub, app):
@@ -39,7 +33,7 @@ def test_two_thousand_texts_enqueued_one_by_one_end_in_full_calls(start_worker, 
     vectors = [result.get(timeout=120) for result in results]
     assert all(result.state == "SUCCESS" for result in results)
     for text, vector in zip(texts, vectors, strict=True):
-        assert vector == _expected(text)
+        assert vector == expected(text)
     stats = stub.stats()
     assert stats["total_inputs"] == 2000
     assert stats["ok_calls"] <= 251, f"{stats['ok_calls']} calls for 2000 texts"
@@ -62,7 +56,7 @@ def test_one_text_on_an_idle_system_is_not_held_for_a_full_batch(
         30,
         "the lonely text's vector (held for the 60 s flush interval?)",
     )
-    assert result.get(timeout=10) == _expected("a lonely text")
+    assert result.get(timeout=10) == expected("a lonely text")
     assert stub.stats()["inputs_per_call"] == [1]
 
 
@@ -80,7 +74,7 @@ def test_a_rejected_text_fails_alone_while_its_seven_neighbours_succeed(start_wo
             assert "disallowed" in str(info.value)
             assert result.state == "FAILURE"
         else:
-            assert result.get(timeout=30) == _expected(texts[i])
+            assert result.get(timeout=30) == expected(texts[i])
     stats = stub.stats()
     assert stats["failed_calls"] >= 1
     assert stats["total_inputs"] == 7
@@ -93,7 +87,7 @@ def test_an_outage_longer_than_in_process_retries_ends_in_success(start_worker, 
     texts = [f"during the outage {i}" for i in range(10)]
     results = [producers.enqueue_text(text, app=app) for text in texts]
     vectors = [result.get(timeout=60) for result in results]
-    assert vectors == [_expected(text) for text in texts]
+    assert vectors == [expected(text) for text in texts]
     assert stub.stats()["failed_calls"] > 3
 
 
@@ -113,7 +107,7 @@ def test_a_result_is_readable_from_a_fresh_process_knowing_only_the_id(start_wor
         timeout=60,
         check=True,
     )
-    assert json.loads(out.stdout) == _expected("find me later")
+    assert json.loads(out.stdout) == expected("find me later")
     ttl = redis.Redis.from_url(TEST_REDIS_URL).ttl(f"celery-task-meta-{task_id}")
     assert 0 < ttl <= int(app.conf.result_expires)
 

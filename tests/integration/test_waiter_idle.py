@@ -24,22 +24,16 @@ from gateway.app import create_app
 from gateway.service import QueueService
 from gateway.settings import GatewaySettings
 from producers.waiter import ResultWaiter
-from stubapi.vectors import vector_for
+from tests.integration.faultkit import expected
 from tests.integration.harness import TEST_REDIS_URL
 
 pytestmark = pytest.mark.integration
-
-DIMS = 16
 MODEL = "text-embedding-3-small"
 GATEWAY_KEY = "gw-idle-test-key"
 # Far below the gateway's 10 s, so an idle spell of a few tenths of a second outlasts it.
 HEALTH_CHECK_INTERVAL_S = 0.05
 IDLE_S = 0.3
 T = TypeVar("T")
-
-
-def _expected(text: str) -> Any:
-    return pytest.approx(vector_for(text, DIMS), rel=1e-6, abs=1e-7)
 
 
 def _stored(app: Celery, task_id: str, vector: list[float]) -> tuple[str, bytes]:
@@ -116,7 +110,7 @@ def test_the_gateway_answers_a_request_that_follows_an_idle_spell(
             time.sleep(IDLE_S)
     assert [status for status, _ in answers] == [200, 200, 200], answers
     vectors = [body["data"][0]["embedding"] for _, body in answers]
-    assert vectors == [_expected(f"after idle spell {i}") for i in range(3)]
+    assert vectors == [expected(f"after idle spell {i}") for i in range(3)]
 
 
 def test_a_killed_subscription_is_made_anew_and_results_stored_meanwhile_are_read(
