@@ -14,7 +14,7 @@ raises before anything is enqueued. The same ``lane=`` too (``producers.lanes``)
 message per text, a chunk sent again through a failover) sends a text to its lane's queue.
 
 **Waiting** costs no thread: every coroutine of one event loop waits on the same Redis
-pub/sub connection (:class:`~producers.waiter.ResultWaiter`), and results are decoded as
+pub/sub connection (:class:`~producers.waiter.AsyncResultWaiter`), and results are decoded as
 Celery decodes them (``backend.decode_result``), so a failed text re-raises its typed error
 (``EmbeddingAPIError``…) as ``AsyncResult.get`` would. A timeout raises
 ``EmbeddingResultTimeoutError``.
@@ -65,7 +65,7 @@ from producers.client import (
     queue_error,
 )
 from producers.lanes import LANE_INTERACTIVE, check_lane, lane_route
-from producers.waiter import ResultWaiter
+from producers.waiter import AsyncResultWaiter
 from worker.celery_app import app as default_app
 from worker.celery_ext import bulk_publish
 from worker.errors import (
@@ -160,7 +160,7 @@ class AsyncProducer:
             )
         self._executor = executor or _publish_executor()
         self._max_chars = max_text_chars
-        self.waiter = ResultWaiter(
+        self.waiter = AsyncResultWaiter(
             redis if redis is not None else result_redis(self.app),
             key_for=lambda task_id: _text(backend.get_key_for_task(task_id)),
             decode=backend.decode_result,

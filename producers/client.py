@@ -521,7 +521,7 @@ def wait_all(task_ids: Sequence[str], timeout_s: float, app: Celery) -> list[lis
                 task_ids=task_ids,
             ) from exc
         return vectors
-    outcomes = bulk_publish.ResultWaiter(app).wait(task_ids, timeout_s)
+    outcomes = bulk_publish.SyncResultWaiter(app).wait(task_ids, timeout_s)
     for i in range(len(task_ids)):
         if isinstance(outcomes.get(i), BaseException):
             raise outcomes[i]

@@ -2,7 +2,8 @@
 
 Celery's Redis result backend stores a task's result under its result key
 (``celery-task-meta-<id>``) and publishes the same bytes on a channel named after that key;
-here one Lua script does both (``worker/result_backend.py``). A :class:`ResultWaiter`
+here one Lua script does both (``worker/celery_ext/result_backend.py``). An
+:class:`AsyncResultWaiter`
 subscribes to those channels on one connection and multiplexes every waiting coroutine over
 it: a thousand waiting texts cost one socket, one reader task and a dict entry each.
 
@@ -57,7 +58,7 @@ from worker.errors import (
     EmbeddingResultTimeoutError,
 )
 
-__all__ = ["ResultWaiter"]
+__all__ = ["AsyncResultWaiter"]
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +78,11 @@ ANCHOR_PREFIX = "embedding-result-waiter:"
 Decode = Callable[[bytes], dict[str, Any]]
 
 
-class ResultWaiter:
+class AsyncResultWaiter:
     """A registry of futures keyed by result key, fed by one pub/sub subscription.
+
+    The asyncio counterpart of ``worker.celery_ext.result_feed.SyncResultWaiter``: many
+    coroutines of one loop share it, where the sync one serves one blocking call.
 
     ``client`` is a ``redis.asyncio.Redis`` on the result backend's database; ``key_for``
     maps a task id to its result key (and channel); ``decode`` turns stored bytes into

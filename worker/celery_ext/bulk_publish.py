@@ -21,7 +21,7 @@ enqueued but reported as failed. This module never re-sends a chunk; behind Sent
 producers do (``producers.client``, through a failover, with the same task ids), and a
 lost reply is then the one case where a chunk is enqueued twice (docs/reliability.md).
 
-**Wait.** ``ResultWaiter`` and ``ResultFeed`` (``worker.celery_ext.result_feed``, re-exported
+**Wait.** ``SyncResultWaiter`` and ``ResultFeed`` (``worker.celery_ext.result_feed``, re-exported
 here) wait for many results with one subscription and ``MGET``\\s instead of Celery's
 per-result promise.
 
@@ -52,7 +52,7 @@ from worker.celery_ext import compat
 from worker.celery_ext.result_feed import (
     DEFAULT_READ_CHUNK,
     ResultFeed,
-    ResultWaiter,
+    SyncResultWaiter,
     supports_bulk_wait,
 )
 from worker.celery_ext.subscriptions import subscribe_results
@@ -63,7 +63,7 @@ __all__ = [
     "DEFAULT_READ_CHUNK",
     "BulkPublishUnsupported",
     "ResultFeed",
-    "ResultWaiter",
+    "SyncResultWaiter",
     "chunked",
     "publish_chunk_ids",
     "publish_chunks",
@@ -236,7 +236,7 @@ def publish_chunk_ids(
 ) -> Iterator[list[str]]:
     """``publish_chunks`` yielding task ids, with no subscription and no ``AsyncResult``.
 
-    For callers that wait with ``ResultWaiter``: an ``AsyncResult`` costs ~30 µs more per
+    For callers that wait with ``SyncResultWaiter``: an ``AsyncResult`` costs ~30 µs more per
     text, most of it its destructor's unsubscribe. ``task_ids`` (one per call) are used
     instead of fresh ones: a caller that derives them from its input can find a task it
     sent before. ``queue`` as for ``publish_chunks``.
