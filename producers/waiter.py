@@ -52,6 +52,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from producers.core import Failover, as_str
 from worker.errors import (
     EmbeddingError,
     EmbeddingResultStoreUnavailableError,
@@ -135,7 +136,7 @@ class AsyncResultWaiter:
         """Channels redis-py holds subscribed (an UNSUBSCRIBE leaves once Redis confirms it)."""
         if self._pubsub is None:
             return frozenset()
-        channels = {_text(channel) for channel in self._pubsub.channels}
+        channels = {as_str(channel) for channel in self._pubsub.channels}
         channels.discard(self._anchor)
         return frozenset(channels)
 
@@ -269,7 +270,8 @@ class AsyncResultWaiter:
         if self._reader is not None and not self._reader.done():
             await self._subscribe_more(keys)
             return
-        for wait in [*self._subscribe_waits, None]:
+        plan = Failover(self._subscribe_waits, retry_if=lambda exc: isinstance(exc, RedisError))
+        while True:
             try:
                 async with self._command_lock:
                     self._broken = False
@@ -279,13 +281,14 @@ class AsyncResultWaiter:
                     await self._pubsub.subscribe(self._anchor, *keys)
                 break
             except RedisError as exc:
-                if wait is None:
+                step = plan.failed(exc)
+                if step is None:
                     raise EmbeddingResultStoreUnavailableError(
                         f"could not subscribe to the results of {len(keys)} texts: Redis is "
                         f"unreachable ({type(exc).__name__})"
                     ) from exc
                 # redis-py records channels only once SUBSCRIBE went out: send it again.
-                await asyncio.sleep(wait)
+                await asyncio.sleep(step.wait_s)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(), name="embedding-result-reader")
 
@@ -405,14 +408,14 @@ class AsyncResultWaiter:
 
     def _on_message(self, message: dict[str, Any], stale: list[str]) -> None:
         kind = message["type"]
-        if message["channel"] is not None and _text(message["channel"]) == self._anchor:
+        if message["channel"] is not None and as_str(message["channel"]) == self._anchor:
             return  # a wake-up, or the anchor's own confirmation
         if kind == "subscribe":
-            key = _text(message["channel"])
+            key = as_str(message["channel"])
             if key in self._waiters:
                 self._unchecked.add(key)
         elif kind == "message":
-            key = _text(message["channel"])
+            key = as_str(message["channel"])
             if key in self._waiters:
                 self._deliver(key, message["data"])
             elif self._pubsub is not None and message["channel"] in self._pubsub.channels:
@@ -438,10 +441,6 @@ class AsyncResultWaiter:
             await self._client.aclose()
         except (RedisError, OSError) as exc:
             log.warning("closing the result subscription failed: %s", exc)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _connected(pubsub: PubSub) -> bool:

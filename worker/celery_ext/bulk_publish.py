@@ -64,7 +64,6 @@ __all__ = [
     "BulkPublishUnsupported",
     "ResultFeed",
     "SyncResultWaiter",
-    "chunked",
     "publish_chunk_ids",
     "publish_chunks",
     "supports_bulk_publish",
@@ -87,14 +86,6 @@ _REDIS_SCHEMES = (*CELERY_REDIS_SCHEMES, SENTINEL_SCHEME)
 
 # The private names used here are listed, and checked at import, in worker/celery_ext/compat.py.
 compat.check_once()
-
-
-def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    """``items`` in consecutive slices of at most ``size``, in order."""
-    if size < 1:
-        raise ValueError(f"chunk size must be positive, got {size}")
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _scheme(url: Any) -> str:
