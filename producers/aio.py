@@ -45,8 +45,9 @@ from producers.client import (
     publish_retry_policy,
     publish_waits,
     queue_error,
+    reprs_in,
 )
-from producers.lanes import LANE_INTERACTIVE, check_lane, lane_route
+from producers.lanes import LANE_INTERACTIVE, check_lane
 from producers.waiter import AsyncResultWaiter
 from worker.celery_app import app as default_app
 from worker.celery_ext import bulk_publish
@@ -55,7 +56,7 @@ from worker.errors import (
     EmbeddingPartialEnqueueError,
     EmbeddingQueueUnavailableError,
 )
-from worker.redaction import task_reprs
+from worker.names import queue_for_lane
 from worker.redis_client import REDIS_SCHEMES, async_redis_from_url, without_backend_class
 from worker.validation import TokenLimit, token_limit, validate_text, validate_texts
 
@@ -315,41 +316,17 @@ def _publish_chunk(
 def _publish(
     app: Celery, messages: Sequence[tuple[str, str]], model: str | None, lane: str
 ) -> None:
-    """Send one task message per ``(task_id, text)`` to ``lane`` on one pooled producer."""
-    kwargs = {"model": model} if model else {}
-    show_texts = bool(producer_settings().show_texts)
-    route = lane_route(lane)
-    amqp = app.amqp
+    """Send one task message per ``(task_id, text)`` to ``lane`` (``publish_each``)."""
     try:
-        with app.producer_or_acquire() as producer:
-            for task_id, text in messages:
-                args = (text,)
-                # The lane's options, through Celery's router, as send_task(**route) does.
-                options = amqp.router.route(dict(route), EMBED_TEXT_TASK, args, kwargs, None)
-                # As producers.client: the text stays out of events, Flower and inspect.
-                argsrepr, kwargsrepr = task_reprs(text, model, show_texts=show_texts, lane=lane)
-                message = amqp.create_task_message(
-                    task_id,
-                    EMBED_TEXT_TASK,
-                    args,
-                    kwargs,
-                    reply_to=app.thread_oid,
-                    create_sent_event=app.conf.task_send_sent_event,
-                    ignore_result=None,  # what send_task passes when not told
-                    argsrepr=argsrepr,
-                    kwargsrepr=kwargsrepr,
-                )
-                amqp.send_task_message(
-                    producer,
-                    EMBED_TEXT_TASK,
-                    message,
-                    retry=True,
-                    retry_policy=publish_retry_policy(app),
-                    # send_task passes them on too (as message properties): same message.
-                    argsrepr=argsrepr,
-                    kwargsrepr=kwargsrepr,
-                    **options,
-                )
+        bulk_publish.publish_each(
+            app,
+            EMBED_TEXT_TASK,
+            core.calls([text for _, text in messages], model),
+            task_ids=[task_id for task_id, _ in messages],
+            reprs=reprs_in(lane),
+            queue=queue_for_lane(lane),
+            retry_policy=publish_retry_policy(app),
+        )
     except (OperationalError, RedisError, OSError) as exc:
         raise queue_error(exc, "enqueue the text") from exc
 
