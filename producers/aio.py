@@ -8,11 +8,6 @@
     vectors = await aembed_texts(["a", "b"], timeout=60)          # in order
     pending = await aenqueue_text("later")                        # pending.id, await pending.get()
 
-The same checks and errors as the synchronous functions (``worker.validation``): bad input
-raises before anything is enqueued. The same ``lane=`` too (``producers.lanes``):
-``"interactive"`` by default, ``"bulk"`` for a backfill; every path below (chunks, one
-message per text, a chunk sent again through a failover) sends a text to its lane's queue.
-
 The same checks, errors and ``lane=`` as the synchronous functions, over the same core
 (``producers.core``). Waiting costs no thread: the coroutines of one loop share one Redis
 subscription (``producers.waiter.AsyncResultWaiter``). Publishing, which kombu cannot do

@@ -111,15 +111,9 @@ def publish_retry_policy(app: Celery) -> dict[str, float]:
 
 
 def publish_waits(app: Celery) -> list[float]:
-    """Seconds to wait before each new attempt at a publish to ``app``'s broker.
-
-    Behind Sentinel, ``failover_waits(EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S)``: a master that
-    does not answer may be being replaced. For a plain Redis none: one that does not answer
-    is down, and the publish fails at once.
-    """
-    if not str(app.conf.broker_url or "").startswith("sentinel://"):
-        return []
-    return failover_waits(producer_settings().redis_failover_timeout_s)
+    """Seconds to wait before each new attempt at a publish to ``app``'s broker (``core``)."""
+    broker_url = str(app.conf.broker_url or "")
+    return core.publish_waits(broker_url, producer_settings().redis_failover_timeout_s)
 
 
 # Injectable for tests; a producer's thread waits here through a Sentinel failover.
@@ -239,32 +233,9 @@ def enqueue_many(
     midway (behind Sentinel: once a chunk's failover retries are spent).
     """
     target = app or default_app
-    lane = check_lane(lane)
-    calls = core.calls(texts, validate_model(model))
-    task_ids = core.fresh_ids(len(texts))
-    done: list[AsyncResult] = []
-
-    def send_from(start: int) -> Iterator[list[AsyncResult]]:
-        return bulk_publish.publish_chunks(
-            target,
-            EMBED_TEXT_TASK,
-            calls[start:],
-            chunk_size=chunk_size,
-            reprs=reprs_in(lane),
-            task_ids=task_ids[start:],
-            queue=queue_for_lane(lane),
-        )
-
-    try:
-        _through_failover(target, send_from, done)
-    except bulk_publish.BulkPublishUnsupported:
-        return _send_each(texts, model, target, lane=lane)
-    except Exception as exc:
-        error = enqueue_failure(exc, done, len(texts))
-        if error is exc:
-            raise
-        raise error from exc
-    return done
+    publish = bulk_publish.publish_chunks
+    done = _enqueue_chunks(publish, texts, model, target, chunk_size, lane, None, list)
+    return _send_each(texts, model, target, lane=lane) if done is None else done
 
 
 def enqueue_ids(
@@ -281,28 +252,57 @@ def enqueue_ids(
     ``task_ids``, one per text, replace fresh ids (say, ids derived from the input).
     """
     target = app or default_app
+
+    def results(ids: list[str]) -> list[AsyncResult]:
+        return [target.AsyncResult(task_id) for task_id in ids]
+
+    publish = bulk_publish.publish_chunk_ids
+    done = _enqueue_chunks(publish, texts, model, target, chunk_size, lane, task_ids, results)
+    if done is None:
+        return [result.id for result in _send_each(texts, model, target, task_ids, lane=lane)]
+    return done
+
+
+def _enqueue_chunks(
+    publish: Callable[..., Iterator[list[Any]]],
+    texts: Sequence[str],
+    model: str | None,
+    app: Celery,
+    chunk_size: int,
+    lane: str,
+    task_ids: Sequence[str] | None,
+    results: Callable[[list[Any]], list[Any]],
+) -> list[Any] | None:
+    """Send ``texts`` with ``publish`` (a ``bulk_publish`` function), through a failover.
+
+    What each committed chunk yields, in order; None when the bulk path cannot send these
+    texts (nothing was sent). A broker failure raises the partial-enqueue error, whose
+    ``enqueued`` is ``results(`` what went through ``)``.
+    """
     lane = check_lane(lane)
     if task_ids is not None and len(task_ids) != len(texts):
         raise ValueError(f"{len(task_ids)} task ids for {len(texts)} texts")
     ids = list(task_ids) if task_ids is not None else core.fresh_ids(len(texts))
-    done: list[str] = []
+    calls = core.calls(texts, validate_model(model))
+    done: list[Any] = []
 
-    def send_from(start: int) -> Iterator[list[str]]:
-        return publish_id_chunks(
-            texts[start:],
-            model=model,
-            task_ids=ids[start:],
-            app=target,
+    def send_from(start: int) -> Iterator[list[Any]]:
+        return publish(
+            app,
+            EMBED_TEXT_TASK,
+            calls[start:],
             chunk_size=chunk_size,
-            lane=lane,
+            reprs=reprs_in(lane),
+            task_ids=ids[start:],
+            queue=queue_for_lane(lane),
         )
 
     try:
-        _through_failover(target, send_from, done)
+        _through_failover(app, send_from, done)
     except bulk_publish.BulkPublishUnsupported:
-        return [result.id for result in _send_each(texts, model, target, task_ids, lane=lane)]
+        return None
     except Exception as exc:
-        error = enqueue_failure(exc, [target.AsyncResult(i) for i in done], len(texts))
+        error = enqueue_failure(exc, results(done), len(texts))
         if error is exc:
             raise
         raise error from exc

@@ -40,6 +40,7 @@ __all__ = [
     "is_failover_error",
     "is_unreachable",
     "partial_enqueue_error",
+    "publish_waits",
     "queue_error",
 ]
 
@@ -73,6 +74,16 @@ def as_str(value: bytes | str) -> str:
 
 
 # -- the failover schedule ----------------------------------------------------------------
+
+
+def publish_waits(broker_url: str, failover_timeout_s: float) -> list[float]:
+    """Seconds to wait before each new attempt at a publish to ``broker_url``.
+
+    Behind Sentinel, ``failover_waits(failover_timeout_s)``: a master that does not answer
+    may be being replaced. For a plain Redis none: one that does not answer is down, and
+    the publish fails at once.
+    """
+    return failover_waits(failover_timeout_s) if broker_url.startswith("sentinel://") else []
 
 
 def failover_waits(failover_timeout_s: float) -> list[float]:

@@ -153,3 +153,10 @@ def test_enqueue_failure_turns_broker_errors_into_the_partial_error_and_leaves_o
     typed = core.queue_error(_full(), "enqueue the text")
     typed.__cause__ = _full()
     assert isinstance(core.enqueue_failure(typed, [], 2), EmbeddingPartialQueueFullError)
+
+
+def test_only_a_sentinel_broker_gets_failover_waits() -> None:
+    sentinels = "sentinel://127.0.0.1:26379;sentinel://127.0.0.1:26380"
+    assert core.publish_waits(sentinels, 2.0) == core.failover_waits(2.0) == [0.2, 0.4, 0.8, 1.0]
+    assert core.publish_waits("redis://127.0.0.1:6379/0", 2.0) == []
+    assert core.publish_waits("", 2.0) == []
