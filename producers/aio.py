@@ -274,9 +274,9 @@ class AsyncProducer:
                 sent = exc.not_enqueued_from if isinstance(exc, EmbeddingPartialEnqueueError) else 0
                 step = plan.failed(exc, sent)
                 if step is None:
-                    done = [AsyncEmbeddingResult(task_id, self) for task_id, _ in messages]
+                    done = [AsyncEmbeddingResult(i, self) for i, _ in messages[: plan.done]]
                     # Also an EmbeddingQueueFullError when Redis was full.
-                    raise core.enqueue_failure(exc, done[: plan.done], len(messages)) from exc
+                    raise core.enqueue_failure(exc, done, len(messages)) from exc
                 await _sleep(step.wait_s)
 
 
@@ -301,9 +301,10 @@ def _publish_chunk(
             try:
                 _publish(app, [message], model, lane)
             except EmbeddingQueueUnavailableError as exc:
-                raise EmbeddingPartialEnqueueError(
-                    str(exc), not_enqueued_from=sent
-                ) from exc.__cause__
+                # Says where the chunk stopped (not_enqueued_from): _publish_chunks goes on.
+                cause = exc.__cause__ or exc
+                error = core.partial_enqueue_error(cause, messages[:sent], len(messages))
+                raise error from exc.__cause__
     except (OperationalError, RedisError, OSError) as exc:
         raise queue_error(exc, "enqueue the text") from exc
 
