@@ -8,38 +8,16 @@
     vectors = await aembed_texts(["a", "b"], timeout=60)          # in order
     pending = await aenqueue_text("later")                        # pending.id, await pending.get()
 
-The same checks and errors as the synchronous functions (``worker.validation``): bad input
-raises before anything is enqueued. The same ``lane=`` too (``producers.lanes``):
-``"interactive"`` by default, ``"bulk"`` for a backfill; every path below (chunks, one
-message per text, a chunk sent again through a failover) sends a text to its lane's queue.
-
-**Waiting** costs no thread: every coroutine of one event loop waits on the same Redis
-pub/sub connection (:class:`~producers.waiter.ResultWaiter`), and results are decoded as
-Celery decodes them (``backend.decode_result``), so a failed text re-raises its typed error
-(``EmbeddingAPIError``…) as ``AsyncResult.get`` would. A timeout raises
-``EmbeddingResultTimeoutError``.
-
-**Publishing** runs in a small, bounded thread pool, because kombu has no asyncio path: at
-most ``DEFAULT_PUBLISH_THREADS`` threads per process. On a Redis broker, plain or behind
-Sentinel, it is the synchronous producers' bulk path (``producers.client.publish_id_chunks``):
-``ENQUEUE_CHUNK_SIZE`` texts per ``MULTI``/``EXEC``, one job per chunk, the chunks of one
-call sent in order, so one call holds at most one thread at a time. If Redis fails
-midway, ``EmbeddingPartialEnqueueError`` holds the ``AsyncEmbeddingResult``\\s of the texts
-that were enqueued and the index of the first that was not. Another broker (or a route
-the bulk path cannot send) gets one message per text, ``PUBLISH_CHUNK`` texts per job,
-built and sent with Celery's own ``app.amqp`` as ``app.send_task`` does. Behind Sentinel
-a chunk a failover refused is sent again, with the same task ids (one message per text
-resuming after those that went through), for up to ``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``,
-as the synchronous producers do; the waits are spent on the loop, not in a publishing
-thread. Neither path calls
-``backend.on_task_call``, which would also subscribe Celery's synchronous result consumer
-to every text: a second subscription per text that nothing here ever reads.
+The same checks, errors and ``lane=`` as the synchronous functions, over the same core
+(``producers.core``). Waiting costs no thread: the coroutines of one loop share one Redis
+subscription (``producers.waiter.AsyncResultWaiter``). Publishing, which kombu cannot do
+from asyncio, runs the Celery layer's publish (a chunk per ``MULTI``/``EXEC`` on Redis,
+else a message a text) in a small thread pool; failover waits are spent on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -51,21 +29,21 @@ from kombu.exceptions import OperationalError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from producers import core
 from producers.client import (
     DEFAULT_WAIT_TIMEOUT_S,
     EMBED_TEXT_TASK,
     ENQUEUE_CHUNK_SIZE,
     check_list_size,
-    is_failover_error,
-    partial_enqueue_error,
     producer_settings,
     publish_id_chunks,
     publish_retry_policy,
     publish_waits,
     queue_error,
+    reprs_in,
 )
-from producers.lanes import LANE_INTERACTIVE, check_lane, lane_route
-from producers.waiter import ResultWaiter
+from producers.lanes import LANE_INTERACTIVE, check_lane
+from producers.waiter import AsyncResultWaiter
 from worker.celery_app import app as default_app
 from worker.celery_ext import bulk_publish
 from worker.errors import (
@@ -73,7 +51,7 @@ from worker.errors import (
     EmbeddingPartialEnqueueError,
     EmbeddingQueueUnavailableError,
 )
-from worker.redaction import task_reprs
+from worker.names import queue_for_lane
 from worker.redis_client import REDIS_SCHEMES, async_redis_from_url, without_backend_class
 from worker.validation import TokenLimit, token_limit, validate_text, validate_texts
 
@@ -160,9 +138,9 @@ class AsyncProducer:
             )
         self._executor = executor or _publish_executor()
         self._max_chars = max_text_chars
-        self.waiter = ResultWaiter(
+        self.waiter = AsyncResultWaiter(
             redis if redis is not None else result_redis(self.app),
-            key_for=lambda task_id: _text(backend.get_key_for_task(task_id)),
+            key_for=lambda task_id: core.as_str(backend.get_key_for_task(task_id)),
             decode=backend.decode_result,
             subscribe_waits=publish_waits(self.app),
         )
@@ -256,79 +234,50 @@ class AsyncProducer:
     async def _publish(
         self, texts: Sequence[str], model: str | None, lane: str
     ) -> list[AsyncEmbeddingResult]:
-        task_ids = [str(uuid.uuid4()) for _ in texts]
+        task_ids = core.fresh_ids(len(texts))
         messages = list(zip(task_ids, texts, strict=True))
         if bulk_publish.supports_bulk_publish(self.app):
             await self._publish_chunks(messages, model, lane)
         else:
-            jobs = [messages[i : i + PUBLISH_CHUNK] for i in range(0, len(messages), PUBLISH_CHUNK)]
-            await asyncio.gather(*(self._publish_each(job, model, lane) for job in jobs))
+            # Neither plain Redis nor Sentinel: no failover to wait out, one attempt.
+            loop = asyncio.get_running_loop()
+            jobs = core.chunked(messages, PUBLISH_CHUNK)
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._executor, _publish, self.app, job, model, lane)
+                    for job in jobs
+                )
+            )
         return [AsyncEmbeddingResult(task_id, self) for task_id in task_ids]
-
-    async def _publish_each(
-        self, messages: list[tuple[str, str]], model: str | None, lane: str
-    ) -> None:
-        """One message per text in a worker thread: a broker the bulk path does not serve.
-
-        Such a broker is neither plain Redis nor Sentinel, so there is no failover to wait
-        out here (``publish_waits`` is empty): one attempt. Behind Sentinel a route the bulk
-        path cannot send also goes one message per text, inside ``_publish_chunk``, and
-        ``_publish_chunk_through_failover`` retries it.
-        """
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, _publish, self.app, messages, model, lane)
 
     async def _publish_chunks(
         self, messages: list[tuple[str, str]], model: str | None, lane: str
     ) -> None:
-        """One transaction per ``ENQUEUE_CHUNK_SIZE`` messages, in order, one at a time."""
-        done = 0
-        try:
-            for start in range(0, len(messages), ENQUEUE_CHUNK_SIZE):
-                chunk = messages[start : start + ENQUEUE_CHUNK_SIZE]
-                await self._publish_chunk_through_failover(chunk, model, lane)
-                done = start + len(chunk)
-        except EmbeddingQueueUnavailableError as exc:
-            if isinstance(exc, EmbeddingPartialEnqueueError):
-                done += exc.not_enqueued_from  # the per-text fallback stopped inside a chunk
-            # Also an EmbeddingQueueFullError when Redis was full (partial_enqueue_error).
-            cause = exc.__cause__ or exc
-            enqueued = [AsyncEmbeddingResult(task_id, self) for task_id, _ in messages[:done]]
-            raise partial_enqueue_error(cause, enqueued, len(messages)) from exc
+        """``ENQUEUE_CHUNK_SIZE`` messages a transaction, in order, through a failover.
 
-    async def _publish_chunk_through_failover(
-        self, chunk: list[tuple[str, str]], model: str | None, lane: str
-    ) -> None:
-        """Send ``chunk`` in a worker thread; behind Sentinel, again through a failover.
-
-        A chunk refused by a master that died or was demoted (``is_failover_error``) is sent
-        again with the same task ids, to the same lane, after each of ``publish_waits``, the
-        pauses spent on
-        the loop. A chunk that fell back to one message per text resumes after the texts
-        that went through. Raises the last error once the waits are spent, or at once for
-        a full master, another error, or a plain Redis.
+        ``core.Failover`` says when a refused chunk is sent again (the same task ids and
+        lane), and from which text: a chunk that fell back to one message per text resumes
+        after the texts that went through. The waits are spent on the loop.
         """
         loop = asyncio.get_running_loop()
-        sent = 0
-        for wait in [*publish_waits(self.app), None]:
+        plan = core.Failover(publish_waits(self.app))
+        size = ENQUEUE_CHUNK_SIZE
+        while plan.done < len(messages):
+            rest = messages[plan.done : plan.done - plan.done % size + size]
             try:
-                rest = chunk[sent:]
                 await loop.run_in_executor(
                     self._executor, _publish_chunk, self.app, rest, model, lane
                 )
-                return
+                plan.committed(len(rest))
             except EmbeddingQueueUnavailableError as exc:
-                if isinstance(exc, EmbeddingPartialEnqueueError):
-                    sent += exc.not_enqueued_from
-                if wait is not None and is_failover_error(exc):
-                    await _sleep(wait)
-                    continue
-                if sent:
-                    # The caller counts the texts sent by this chunk's earlier attempts too.
-                    raise EmbeddingPartialEnqueueError(str(exc), not_enqueued_from=sent) from (
-                        exc.__cause__ or exc
-                    )
-                raise
+                # The per-text fallback stopped inside the chunk: the texts before went through.
+                sent = exc.not_enqueued_from if isinstance(exc, EmbeddingPartialEnqueueError) else 0
+                step = plan.failed(exc, sent)
+                if step is None:
+                    done = [AsyncEmbeddingResult(i, self) for i, _ in messages[: plan.done]]
+                    # Also an EmbeddingQueueFullError when Redis was full.
+                    raise core.enqueue_failure(exc, done, len(messages)) from exc
+                await _sleep(step.wait_s)
 
 
 def _publish_chunk(
@@ -336,70 +285,44 @@ def _publish_chunk(
 ) -> None:
     """Send ``messages`` (``(task_id, text)``) to ``lane`` in one ``MULTI``/``EXEC`` (a thread).
 
-    The bulk path of ``producers.client.enqueue_ids``, without its per-text fallback:
-    a route it cannot send goes through ``_publish``, which never subscribes.
+    The bulk path of ``producers.client.enqueue_ids``; a route it cannot send goes one
+    message per text (``_publish``), and a failure there says where the chunk stopped.
     """
     task_ids = [task_id for task_id, _ in messages]
     texts = [text for _, text in messages]
     try:
-        for _ in publish_id_chunks(
-            texts,
-            model=model,
-            task_ids=task_ids,
-            app=app,
-            chunk_size=max(1, len(texts)),
-            lane=lane,
-        ):
+        chunks = publish_id_chunks(
+            texts, model=model, task_ids=task_ids, app=app, chunk_size=len(texts), lane=lane
+        )
+        for _ in chunks:
             pass
     except bulk_publish.BulkPublishUnsupported:
         for sent, message in enumerate(messages):
             try:
                 _publish(app, [message], model, lane)
             except EmbeddingQueueUnavailableError as exc:
-                # Says exactly where the chunk stopped; the caller adds the chunks before.
-                raise EmbeddingPartialEnqueueError(
-                    str(exc), not_enqueued_from=sent
-                ) from exc.__cause__
+                # Says where the chunk stopped (not_enqueued_from): _publish_chunks goes on.
+                cause = exc.__cause__ or exc
+                error = core.partial_enqueue_error(cause, messages[:sent], len(messages))
+                raise error from exc.__cause__
     except (OperationalError, RedisError, OSError) as exc:
         raise queue_error(exc, "enqueue the text") from exc
 
 
-def _publish(app: Celery, messages: list[tuple[str, str]], model: str | None, lane: str) -> None:
-    """Send one task message per ``(task_id, text)`` to ``lane`` on one pooled producer."""
-    kwargs = {"model": model} if model else {}
-    show_texts = bool(producer_settings().show_texts)
-    route = lane_route(lane)
-    amqp = app.amqp
+def _publish(
+    app: Celery, messages: Sequence[tuple[str, str]], model: str | None, lane: str
+) -> None:
+    """Send one task message per ``(task_id, text)`` to ``lane`` (``publish_each``)."""
     try:
-        with app.producer_or_acquire() as producer:
-            for task_id, text in messages:
-                args = (text,)
-                # The lane's options, through Celery's router, as send_task(**route) does.
-                options = amqp.router.route(dict(route), EMBED_TEXT_TASK, args, kwargs, None)
-                # As producers.client: the text stays out of events, Flower and inspect.
-                argsrepr, kwargsrepr = task_reprs(text, model, show_texts=show_texts, lane=lane)
-                message = amqp.create_task_message(
-                    task_id,
-                    EMBED_TEXT_TASK,
-                    args,
-                    kwargs,
-                    reply_to=app.thread_oid,
-                    create_sent_event=app.conf.task_send_sent_event,
-                    ignore_result=None,  # what send_task passes when not told
-                    argsrepr=argsrepr,
-                    kwargsrepr=kwargsrepr,
-                )
-                amqp.send_task_message(
-                    producer,
-                    EMBED_TEXT_TASK,
-                    message,
-                    retry=True,
-                    retry_policy=publish_retry_policy(app),
-                    # send_task passes them on too (as message properties): same message.
-                    argsrepr=argsrepr,
-                    kwargsrepr=kwargsrepr,
-                    **options,
-                )
+        bulk_publish.publish_each(
+            app,
+            EMBED_TEXT_TASK,
+            core.calls([text for _, text in messages], model),
+            task_ids=[task_id for task_id, _ in messages],
+            reprs=reprs_in(lane),
+            queue=queue_for_lane(lane),
+            retry_policy=publish_retry_policy(app),
+        )
     except (OperationalError, RedisError, OSError) as exc:
         raise queue_error(exc, "enqueue the text") from exc
 
@@ -434,10 +357,6 @@ def redis_for_url(url: str, app: Celery) -> Redis:
         health_check_interval=conf.get("redis_backend_health_check_interval") or 0,
         client_name=CLIENT_NAME,
     )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 # One producer, hence one result subscription, per running event loop and app.

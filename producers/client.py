@@ -1,21 +1,14 @@
-"""Enqueue texts as ``embeddings.embed_text`` tasks and wait for their vectors.
+"""The synchronous producers: enqueue texts as ``embeddings.embed_text`` tasks, wait for vectors.
 
-Lists go to a Redis broker, plain or behind Sentinel, ``ENQUEUE_CHUNK_SIZE`` messages per
-round trip and their results are read back with one subscription
-(``worker.celery_ext.bulk_publish``); other brokers and result backends get one
-``send_task`` and one ``AsyncResult`` per text. Behind Sentinel a publish that meets a
-failover is sent again, with the same task ids, until ``EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S``
-is spent (``publish_waits``).
-
-Every function takes ``lane=`` (``producers.lanes``): ``"interactive"`` by default, or
-``"bulk"`` for a backfill; each text goes to its lane's queue, on every path (a list's
-chunks, the per-text fallback, a publish sent again through a failover).
+A thin shell over ``producers.core``: it sends through the Celery layer (lists on Redis a
+chunk per transaction, ``worker.celery_ext.bulk_publish``; else one ``send_task`` a text),
+sleeps through a Sentinel failover as the core's ``Failover`` says (``publish_waits``), and
+sends each text to its lane's queue (``lane=``, ``producers.lanes``) on every path.
 """
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -23,18 +16,22 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult, ResultSet
 from kombu.exceptions import OperationalError
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 
-from producers.failover import failover_waits, is_failover_error
+from producers import core
+from producers.core import (
+    enqueue_failure,
+    failover_waits,
+    is_failover_error,
+    partial_enqueue_error,
+    queue_error,
+)
 from producers.lanes import LANE_INTERACTIVE, check_lane, lane_route
 from worker.celery_app import app as default_app
 from worker.celery_ext import bulk_publish
 from worker.errors import (
     EmbeddingInputError,
     EmbeddingInputTypeError,
-    EmbeddingPartialEnqueueError,
-    EmbeddingPartialQueueFullError,
-    EmbeddingQueueFullError,
     EmbeddingQueueUnavailableError,
     EmbeddingResultTimeoutError,
 )
@@ -64,6 +61,7 @@ __all__ = [
     "publish_retry_policy",
     "publish_waits",
     "queue_error",
+    "reprs_in",
     "revoke",
     "wait_all",
 ]
@@ -113,15 +111,9 @@ def publish_retry_policy(app: Celery) -> dict[str, float]:
 
 
 def publish_waits(app: Celery) -> list[float]:
-    """Seconds to wait before each new attempt at a publish to ``app``'s broker.
-
-    Behind Sentinel, ``failover_waits(EMBEDDINGS_REDIS_FAILOVER_TIMEOUT_S)``: a master that
-    does not answer may be being replaced. For a plain Redis none: one that does not answer
-    is down, and the publish fails at once.
-    """
-    if not str(app.conf.broker_url or "").startswith("sentinel://"):
-        return []
-    return failover_waits(producer_settings().redis_failover_timeout_s)
+    """Seconds to wait before each new attempt at a publish to ``app``'s broker (``core``)."""
+    broker_url = str(app.conf.broker_url or "")
+    return core.publish_waits(broker_url, producer_settings().redis_failover_timeout_s)
 
 
 # Injectable for tests; a producer's thread waits here through a Sentinel failover.
@@ -156,23 +148,6 @@ def check_list_size(count: int, call: str = "embed_texts") -> None:
         )
 
 
-def queue_error(exc: BaseException, doing: str) -> EmbeddingQueueUnavailableError:
-    """The typed error for ``exc``, raised while ``doing`` (e.g. "enqueue the text").
-
-    ``EmbeddingQueueFullError`` when Redis refused a write at its ``maxmemory`` (kombu wraps
-    that answer as a connection error), else ``EmbeddingQueueUnavailableError``.
-    """
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OutOfMemoryError):
-            return EmbeddingQueueFullError(
-                f"could not {doing}: Redis is full (maxmemory reached, noeviction); it takes "
-                "texts again once workers drain the queue or Redis gets more memory"
-            )
-        cause = cause.__cause__ or cause.__context__
-    return EmbeddingQueueUnavailableError(f"could not {doing}: the broker is unreachable ({exc})")
-
-
 def _show_texts() -> bool:
     return bool(producer_settings().show_texts)
 
@@ -182,17 +157,15 @@ def _send(
 ) -> AsyncResult:
     # One task id (and one lane) for every attempt: a publish that reached Redis but whose
     # answer was lost is the same task when sent again, not a second one.
-    task_id = task_id or str(uuid.uuid4())
-    for wait in [*publish_waits(app), None]:
-        try:
-            return _send_once(text, model, app, task_id, lane=lane)
-        except EmbeddingQueueFullError:
-            raise
-        except EmbeddingQueueUnavailableError:
-            if wait is None:
-                raise
-            _sleep(wait)
-    raise AssertionError("unreachable")
+    task_id = task_id or core.fresh_ids(1)[0]
+    sent: list[AsyncResult] = []
+    _through_failover(
+        app,
+        lambda _start: iter([[_send_once(text, model, app, task_id, lane=lane)]]),
+        sent,
+        retry_if=core.is_unreachable,
+    )
+    return sent[0]
 
 
 def _send_once(
@@ -246,42 +219,6 @@ def enqueue_text(
     return _send(checked, checked_model, app or default_app, lane=check_lane(lane))
 
 
-def _broker_error(exc: BaseException) -> BaseException | None:
-    """The broker failure behind ``exc``, or None when ``exc`` is something else."""
-    if isinstance(exc, (OperationalError, RedisError)):
-        return exc
-    # Celery's Redis result consumer gives up on an unreachable Redis this way.
-    if isinstance(exc, RuntimeError) and isinstance(exc.__cause__, RedisError):
-        return exc.__cause__
-    return None
-
-
-def partial_enqueue_error(
-    cause: BaseException, enqueued: Sequence[Any], total: int
-) -> EmbeddingPartialEnqueueError:
-    """The error of a list of ``total`` texts whose enqueue stopped after ``enqueued``.
-
-    ``EmbeddingPartialQueueFullError`` (an ``EmbeddingQueueFullError`` too) when ``cause``
-    is Redis refusing a write at its ``maxmemory``, else ``EmbeddingPartialEnqueueError``;
-    the message says which (``queue_error``) and where the list stopped.
-    """
-    error = queue_error(cause, "enqueue the text")
-    full = isinstance(error, EmbeddingQueueFullError) or isinstance(cause, EmbeddingQueueFullError)
-    kind = EmbeddingPartialQueueFullError if full else EmbeddingPartialEnqueueError
-    if isinstance(cause, EmbeddingQueueFullError):
-        error = cause
-    done = len(enqueued)
-    return kind(
-        f"{error}; the first {done} of {total} texts were enqueued, none from index {done} on",
-        enqueued=enqueued,
-        not_enqueued_from=done,
-    )
-
-
-def _partial(cause: BaseException, done: list[AsyncResult], total: int) -> Exception:
-    return partial_enqueue_error(cause, done, total)
-
-
 def enqueue_many(
     texts: Sequence[str],
     *,
@@ -296,32 +233,9 @@ def enqueue_many(
     midway (behind Sentinel: once a chunk's failover retries are spent).
     """
     target = app or default_app
-    lane = check_lane(lane)
-    calls = _calls(texts, model)
-    task_ids = _fresh_ids(len(texts))
-    done: list[AsyncResult] = []
-
-    def send_from(start: int) -> Iterator[list[AsyncResult]]:
-        return bulk_publish.publish_chunks(
-            target,
-            EMBED_TEXT_TASK,
-            calls[start:],
-            chunk_size=chunk_size,
-            reprs=_reprs_in(lane),
-            task_ids=task_ids[start:],
-            queue=queue_for_lane(lane),
-        )
-
-    try:
-        _through_failover(target, send_from, done)
-    except bulk_publish.BulkPublishUnsupported:
-        return _send_each(texts, model, target, lane=lane)
-    except Exception as exc:
-        error = _failed(exc, done, len(texts))
-        if error is exc:
-            raise
-        raise error from exc
-    return done
+    publish = bulk_publish.publish_chunks
+    done = _enqueue_chunks(publish, texts, model, target, chunk_size, lane, None, list)
+    return _send_each(texts, model, target, lane=lane) if done is None else done
 
 
 def enqueue_ids(
@@ -338,28 +252,57 @@ def enqueue_ids(
     ``task_ids``, one per text, replace fresh ids (say, ids derived from the input).
     """
     target = app or default_app
+
+    def results(ids: list[str]) -> list[AsyncResult]:
+        return [target.AsyncResult(task_id) for task_id in ids]
+
+    publish = bulk_publish.publish_chunk_ids
+    done = _enqueue_chunks(publish, texts, model, target, chunk_size, lane, task_ids, results)
+    if done is None:
+        return [result.id for result in _send_each(texts, model, target, task_ids, lane=lane)]
+    return done
+
+
+def _enqueue_chunks(
+    publish: Callable[..., Iterator[list[Any]]],
+    texts: Sequence[str],
+    model: str | None,
+    app: Celery,
+    chunk_size: int,
+    lane: str,
+    task_ids: Sequence[str] | None,
+    results: Callable[[list[Any]], list[Any]],
+) -> list[Any] | None:
+    """Send ``texts`` with ``publish`` (a ``bulk_publish`` function), through a failover.
+
+    What each committed chunk yields, in order; None when the bulk path cannot send these
+    texts (nothing was sent). A broker failure raises the partial-enqueue error, whose
+    ``enqueued`` is ``results(`` what went through ``)``.
+    """
     lane = check_lane(lane)
     if task_ids is not None and len(task_ids) != len(texts):
         raise ValueError(f"{len(task_ids)} task ids for {len(texts)} texts")
-    ids = list(task_ids) if task_ids is not None else _fresh_ids(len(texts))
-    done: list[str] = []
+    ids = list(task_ids) if task_ids is not None else core.fresh_ids(len(texts))
+    calls = core.calls(texts, validate_model(model))
+    done: list[Any] = []
 
-    def send_from(start: int) -> Iterator[list[str]]:
-        return publish_id_chunks(
-            texts[start:],
-            model=model,
-            task_ids=ids[start:],
-            app=target,
+    def send_from(start: int) -> Iterator[list[Any]]:
+        return publish(
+            app,
+            EMBED_TEXT_TASK,
+            calls[start:],
             chunk_size=chunk_size,
-            lane=lane,
+            reprs=reprs_in(lane),
+            task_ids=ids[start:],
+            queue=queue_for_lane(lane),
         )
 
     try:
-        _through_failover(target, send_from, done)
+        _through_failover(app, send_from, done)
     except bulk_publish.BulkPublishUnsupported:
-        return [result.id for result in _send_each(texts, model, target, task_ids, lane=lane)]
+        return None
     except Exception as exc:
-        error = _failed(exc, [target.AsyncResult(i) for i in done], len(texts))
+        error = enqueue_failure(exc, results(done), len(texts))
         if error is exc:
             raise
         raise error from exc
@@ -386,51 +329,43 @@ def publish_id_chunks(
     return bulk_publish.publish_chunk_ids(
         app,
         EMBED_TEXT_TASK,
-        _calls(texts, model),
+        core.calls(texts, validate_model(model)),
         chunk_size=chunk_size,
-        reprs=_reprs_in(lane),
+        reprs=reprs_in(lane),
         task_ids=task_ids,
         queue=queue_for_lane(lane),
     )
 
 
-def _fresh_ids(count: int) -> list[str]:
-    # Chosen before the first attempt, so a chunk sent again is the same tasks.
-    return [str(uuid.uuid4()) for _ in range(count)]
-
-
 def _through_failover(
-    app: Celery, send_from: Callable[[int], Iterator[list[Any]]], done: list[Any]
+    app: Celery,
+    send_from: Callable[[int], Iterator[list[Any]]],
+    done: list[Any],
+    retry_if: Callable[[BaseException], bool] = is_failover_error,
 ) -> None:
-    """Extend ``done`` with every chunk ``send_from(len(done))`` commits, through a failover.
+    """Extend ``done`` with every chunk ``send_from(start)`` commits, through a failover.
 
-    ``send_from(start)`` sends the calls from index ``start`` on, with their fixed task ids.
-    Behind Sentinel a chunk that fails with ``is_failover_error`` is sent again from its
-    first text after each of ``publish_waits``; a chunk that goes through gives the next
-    failing one the whole schedule again, as each text sent singly has it. Re-raises the
-    error once the waits are spent, or at once for any other error and on plain Redis;
-    ``done`` then holds exactly the chunks committed. ``MULTI``/``EXEC`` makes a failed
-    chunk all or nothing, so sending it again cannot enqueue a text twice, except when
-    the reply to an ``EXEC`` that ran was lost (docs/reliability.md).
+    ``send_from(start)`` sends the calls from index ``start`` on, with their fixed task ids;
+    ``core.Failover`` says when to send again, and from where. Re-raises the error once it
+    gives up; ``done`` then holds exactly the chunks committed. ``MULTI``/``EXEC`` makes a
+    failed chunk all or nothing, so sending it again cannot enqueue a text twice, except
+    when the reply to an ``EXEC`` that ran was lost (docs/reliability.md).
     """
-    waits = publish_waits(app)
-    left = waits
+    plan = core.Failover(publish_waits(app), retry_if)
     while True:
         try:
-            for chunk in send_from(len(done)):
+            for chunk in send_from(plan.done):
                 done.extend(chunk)
-                left = waits
+                plan.committed(len(chunk))
             return
-        except bulk_publish.BulkPublishUnsupported:
-            raise
         except Exception as exc:
-            if not left or not is_failover_error(exc):
+            step = plan.failed(exc)
+            if step is None:
                 raise
-            _sleep(left[0])
-            left = left[1:]
+            _sleep(step.wait_s)
 
 
-def _reprs_in(lane: str) -> bulk_publish.Reprs:
+def reprs_in(lane: str) -> bulk_publish.Reprs:
     """The same redacted rendering as a text sent singly (``worker.redaction``), and its lane."""
     show_texts = _show_texts()
 
@@ -438,19 +373,6 @@ def _reprs_in(lane: str) -> bulk_publish.Reprs:
         return task_reprs(args[0], kwargs.get("model"), show_texts=show_texts, lane=lane)
 
     return reprs
-
-
-def _calls(texts: Sequence[str], model: str | None) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-    checked = validate_model(model)
-    kwargs: dict[str, Any] = {"model": checked} if checked else {}
-    return [((text,), kwargs) for text in texts]
-
-
-def _failed(exc: Exception, done: list[AsyncResult], total: int) -> Exception:
-    cause = _broker_error(exc)
-    if cause is None:
-        return exc
-    return _partial(cause, done, total)
 
 
 def _send_each(
@@ -467,7 +389,7 @@ def _send_each(
         try:
             done.append(_send(text, model, app, task_id, lane=lane))
         except EmbeddingQueueUnavailableError as exc:
-            raise _partial(exc.__cause__ or exc, done, len(texts)) from exc
+            raise enqueue_failure(exc, done, len(texts)) from exc
     return done
 
 
@@ -521,7 +443,7 @@ def wait_all(task_ids: Sequence[str], timeout_s: float, app: Celery) -> list[lis
                 task_ids=task_ids,
             ) from exc
         return vectors
-    outcomes = bulk_publish.ResultWaiter(app).wait(task_ids, timeout_s)
+    outcomes = bulk_publish.SyncResultWaiter(app).wait(task_ids, timeout_s)
     for i in range(len(task_ids)):
         if isinstance(outcomes.get(i), BaseException):
             raise outcomes[i]

@@ -2,7 +2,8 @@
 
 Celery's Redis result backend stores a task's result under its result key
 (``celery-task-meta-<id>``) and publishes the same bytes on a channel named after that key;
-here one Lua script does both (``worker/result_backend.py``). A :class:`ResultWaiter`
+here one Lua script does both (``worker/celery_ext/result_backend.py``). An
+:class:`AsyncResultWaiter`
 subscribes to those channels on one connection and multiplexes every waiting coroutine over
 it: a thousand waiting texts cost one socket, one reader task and a dict entry each.
 
@@ -51,13 +52,14 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
+from producers.core import Failover, as_str
 from worker.errors import (
     EmbeddingError,
     EmbeddingResultStoreUnavailableError,
     EmbeddingResultTimeoutError,
 )
 
-__all__ = ["ResultWaiter"]
+__all__ = ["AsyncResultWaiter"]
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,11 @@ ANCHOR_PREFIX = "embedding-result-waiter:"
 Decode = Callable[[bytes], dict[str, Any]]
 
 
-class ResultWaiter:
+class AsyncResultWaiter:
     """A registry of futures keyed by result key, fed by one pub/sub subscription.
+
+    The asyncio counterpart of ``worker.celery_ext.result_feed.SyncResultWaiter``: many
+    coroutines of one loop share it, where the sync one serves one blocking call.
 
     ``client`` is a ``redis.asyncio.Redis`` on the result backend's database; ``key_for``
     maps a task id to its result key (and channel); ``decode`` turns stored bytes into
@@ -131,7 +136,7 @@ class ResultWaiter:
         """Channels redis-py holds subscribed (an UNSUBSCRIBE leaves once Redis confirms it)."""
         if self._pubsub is None:
             return frozenset()
-        channels = {_text(channel) for channel in self._pubsub.channels}
+        channels = {as_str(channel) for channel in self._pubsub.channels}
         channels.discard(self._anchor)
         return frozenset(channels)
 
@@ -265,7 +270,8 @@ class ResultWaiter:
         if self._reader is not None and not self._reader.done():
             await self._subscribe_more(keys)
             return
-        for wait in [*self._subscribe_waits, None]:
+        plan = Failover(self._subscribe_waits, retry_if=lambda exc: isinstance(exc, RedisError))
+        while True:
             try:
                 async with self._command_lock:
                     self._broken = False
@@ -275,13 +281,14 @@ class ResultWaiter:
                     await self._pubsub.subscribe(self._anchor, *keys)
                 break
             except RedisError as exc:
-                if wait is None:
+                step = plan.failed(exc)
+                if step is None:
                     raise EmbeddingResultStoreUnavailableError(
                         f"could not subscribe to the results of {len(keys)} texts: Redis is "
                         f"unreachable ({type(exc).__name__})"
                     ) from exc
                 # redis-py records channels only once SUBSCRIBE went out: send it again.
-                await asyncio.sleep(wait)
+                await asyncio.sleep(step.wait_s)
         if self._reader is None or self._reader.done():
             self._reader = asyncio.create_task(self._read(), name="embedding-result-reader")
 
@@ -401,14 +408,14 @@ class ResultWaiter:
 
     def _on_message(self, message: dict[str, Any], stale: list[str]) -> None:
         kind = message["type"]
-        if message["channel"] is not None and _text(message["channel"]) == self._anchor:
+        if message["channel"] is not None and as_str(message["channel"]) == self._anchor:
             return  # a wake-up, or the anchor's own confirmation
         if kind == "subscribe":
-            key = _text(message["channel"])
+            key = as_str(message["channel"])
             if key in self._waiters:
                 self._unchecked.add(key)
         elif kind == "message":
-            key = _text(message["channel"])
+            key = as_str(message["channel"])
             if key in self._waiters:
                 self._deliver(key, message["data"])
             elif self._pubsub is not None and message["channel"] in self._pubsub.channels:
@@ -434,10 +441,6 @@ class ResultWaiter:
             await self._client.aclose()
         except (RedisError, OSError) as exc:
             log.warning("closing the result subscription failed: %s", exc)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _connected(pubsub: PubSub) -> bool:

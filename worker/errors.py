@@ -32,7 +32,7 @@ rebuild it in another process as the same type.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -61,6 +61,20 @@ __all__ = [
     "EmbeddingServerError",
     "EmbeddingTimeoutError",
 ]
+# ``__all__`` lists the error classes only (tests/unit/test_public_api.py); ``causes`` is
+# the one helper beside them, for every reader of a cause chain.
+
+
+def causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """``exc``, then each error it was raised from (``__cause__``) or during (``__context__``).
+
+    Each error once: a chain Python lets one build can loop back on itself.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
 
 
 class EmbeddingError(Exception):

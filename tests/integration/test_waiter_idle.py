@@ -23,7 +23,7 @@ from starlette.testclient import TestClient
 from gateway.app import create_app
 from gateway.service import QueueService
 from gateway.settings import GatewaySettings
-from producers.waiter import ResultWaiter
+from producers.waiter import AsyncResultWaiter
 from tests.integration.faultkit import expected
 from tests.integration.harness import TEST_REDIS_URL
 
@@ -45,7 +45,7 @@ def _stored(app: Celery, task_id: str, vector: list[float]) -> tuple[str, bytes]
     return text_key, backend.encode(meta).encode()
 
 
-def _waiter(app: Celery, client: redis.asyncio.Redis) -> ResultWaiter:
+def _waiter(app: Celery, client: redis.asyncio.Redis) -> AsyncResultWaiter:
     backend = app.backend
 
     def key_for(task_id: str) -> str:
@@ -53,7 +53,7 @@ def _waiter(app: Celery, client: redis.asyncio.Redis) -> ResultWaiter:
         return key.decode() if isinstance(key, bytes) else key
 
     # The default poll (5 s): the reader sits in one read through the whole idle spell.
-    return ResultWaiter(client, key_for=key_for, decode=backend.decode_result)
+    return AsyncResultWaiter(client, key_for=key_for, decode=backend.decode_result)
 
 
 def _run(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:

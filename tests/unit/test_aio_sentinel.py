@@ -15,7 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 import producers.aio as aio
 from producers import client
-from producers.waiter import ResultWaiter
+from producers.waiter import AsyncResultWaiter
 from worker.errors import (
     EmbeddingConfigError,
     EmbeddingPartialEnqueueError,
@@ -243,7 +243,7 @@ def test_a_subscribe_retries_through_its_waits_then_fails_typed(
         server = fakeredis.FakeServer()
         fake = FailingSubscribes(server=server)
         fake.failures = 2
-        waiter = ResultWaiter(
+        waiter = AsyncResultWaiter(
             fake,
             key_for=lambda task_id: f"key-{task_id}",
             decode=lambda raw: {"status": "SUCCESS", "result": raw.decode()},

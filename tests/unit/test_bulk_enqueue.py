@@ -63,19 +63,6 @@ def publisher(monkeypatch: pytest.MonkeyPatch) -> FakePublisher:
     return fake
 
 
-def test_chunked_slices_keep_every_item_in_order():
-    items = list(range(1201))
-    chunks = list(bulk_publish.chunked(items, 500))
-    assert [len(c) for c in chunks] == [500, 500, 201]
-    assert [x for c in chunks for x in c] == items
-    assert list(bulk_publish.chunked([], 500)) == []
-
-
-def test_chunked_refuses_a_chunk_size_below_one():
-    with pytest.raises(ValueError, match="chunk size must be positive"):
-        list(bulk_publish.chunked([1, 2], 0))
-
-
 def test_enqueue_texts_sends_chunks_of_the_given_size_in_input_order(publisher: FakePublisher):
     texts = [f"text {i}" for i in range(7)]
     results = producers.enqueue_texts(texts, chunk_size=3, model="m")

@@ -9,7 +9,7 @@ from celery import Celery
 
 import producers
 from producers import client
-from producers.failover import is_failover_error
+from producers.core import is_failover_error
 from worker.errors import EmbeddingQueueFullError, EmbeddingQueueUnavailableError
 from worker.settings import Settings
 

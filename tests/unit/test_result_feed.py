@@ -1,4 +1,4 @@
-"""``ResultFeed`` and ``ResultWaiter`` ride out a Redis that stops answering (fakeredis).
+"""``ResultFeed`` and ``SyncResultWaiter`` ride out a Redis that stops answering (fakeredis).
 
 fakeredis's ``connected = False`` makes every command raise ``ConnectionError``, as a
 restarting Redis does; the waits between attempts go to an injected ``sleep``.
@@ -12,7 +12,7 @@ import fakeredis
 import pytest
 from celery import Celery, states
 
-from worker.celery_ext.result_feed import ResultFeed, ResultWaiter
+from worker.celery_ext.result_feed import ResultFeed, SyncResultWaiter
 from worker.errors import EmbeddingResultStoreUnavailableError
 
 
@@ -74,10 +74,10 @@ def test_a_waiter_past_its_deadline_with_redis_down_raises_the_result_store_erro
     _finish(app, "done", [1.0])
     server.connected = False
     with pytest.raises(EmbeddingResultStoreUnavailableError, match="2 of 2 texts") as info:
-        ResultWaiter(app, sleep=lambda _s: None).wait(["done", "pending"], 0.05)
+        SyncResultWaiter(app, sleep=lambda _s: None).wait(["done", "pending"], 0.05)
     assert isinstance(info.value.__cause__, Exception)
 
 
 def test_a_waiter_past_its_deadline_with_redis_up_returns_what_it_has(app: Celery):
     _finish(app, "done", [1.0])
-    assert ResultWaiter(app).wait(["done", "pending"], 0.05) == {0: [1.0]}
+    assert SyncResultWaiter(app).wait(["done", "pending"], 0.05) == {0: [1.0]}

@@ -1,4 +1,4 @@
-"""``ResultWaiter``: one pub/sub subscription multiplexing many waiting tasks (fakeredis)."""
+"""``AsyncResultWaiter``: one pub/sub subscription multiplexing many waiting tasks (fakeredis)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import worker
-from producers.waiter import ResultWaiter
+from producers.waiter import AsyncResultWaiter
 from worker.errors import EmbeddingAPIError, EmbeddingResultTimeoutError
 
 VECTOR = [0.5, -0.25, 0.125, 1.0, 2.0, -3.0, 0.75, 0.0625]  # exact in float32
@@ -44,10 +44,10 @@ async def _until(condition: Callable[[], object], timeout_s: float = 5.0) -> Non
             await asyncio.sleep(0.001)
 
 
-def _run(scenario: Callable[[ResultWaiter, Any], Awaitable[None]]) -> None:
+def _run(scenario: Callable[[AsyncResultWaiter, Any], Awaitable[None]]) -> None:
     async def main() -> None:
         server = fakeredis.FakeServer()
-        waiter = ResultWaiter(
+        waiter = AsyncResultWaiter(
             fakeredis.FakeAsyncRedis(server=server),
             key_for=_key,
             decode=_backend().decode_result,
@@ -69,7 +69,7 @@ async def _numsub(observer: Any, task_id: str) -> int:
 
 
 def test_a_published_result_wakes_its_waiter_and_leaves_no_subscription() -> None:
-    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+    async def scenario(waiter: AsyncResultWaiter, redis: Any) -> None:
         waiting = asyncio.create_task(waiter.wait(["t1"], timeout_s=5))
         await _until(lambda: _key("t1") in waiter.subscribed_channels)
         await _until_subscribed(redis, "t1")
@@ -82,7 +82,7 @@ def test_a_published_result_wakes_its_waiter_and_leaves_no_subscription() -> Non
 
 
 def test_a_result_stored_before_the_subscription_is_read_from_its_key() -> None:
-    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+    async def scenario(waiter: AsyncResultWaiter, redis: Any) -> None:
         await redis.set(_key("early"), _meta("early", "SUCCESS", VECTOR))
         assert await waiter.wait(["early"], timeout_s=5) == [VECTOR]
 
@@ -90,7 +90,7 @@ def test_a_result_stored_before_the_subscription_is_read_from_its_key() -> None:
 
 
 def test_many_tasks_share_one_subscription_and_come_back_in_order() -> None:
-    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+    async def scenario(waiter: AsyncResultWaiter, redis: Any) -> None:
         ids = [f"t{i}" for i in range(50)]
         waiting = asyncio.create_task(waiter.wait(ids, timeout_s=5))
         for task_id in ids:
@@ -106,7 +106,7 @@ def test_many_tasks_share_one_subscription_and_come_back_in_order() -> None:
 
 
 def test_a_failed_task_re_raises_its_typed_error_as_celery_rebuilds_it() -> None:
-    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+    async def scenario(waiter: AsyncResultWaiter, redis: Any) -> None:
         error = EmbeddingAPIError("the API answered 400: bad text", 400, "bad text")
         await redis.set(_key("bad"), _meta("bad", "FAILURE", error))
         with pytest.raises(EmbeddingAPIError) as info:
@@ -119,7 +119,7 @@ def test_a_failed_task_re_raises_its_typed_error_as_celery_rebuilds_it() -> None
 
 
 def test_a_retry_state_keeps_the_waiter_waiting_until_the_final_result() -> None:
-    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+    async def scenario(waiter: AsyncResultWaiter, redis: Any) -> None:
         waiting = asyncio.create_task(waiter.wait(["r"], timeout_s=5))
         await _until_subscribed(redis, "r")
         await redis.publish(_key("r"), _meta("r", "RETRY", EmbeddingAPIError("later")))
@@ -130,7 +130,7 @@ def test_a_retry_state_keeps_the_waiter_waiting_until_the_final_result() -> None
 
 
 def test_cancelling_a_wait_empties_the_registry_and_unsubscribes() -> None:
-    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+    async def scenario(waiter: AsyncResultWaiter, redis: Any) -> None:
         waiting = asyncio.create_task(waiter.wait(["c1", "c2"], timeout_s=30))
         await _until_subscribed(redis, "c2")
         assert waiter.waiting_keys == {_key("c1"), _key("c2")}
@@ -149,7 +149,7 @@ def test_cancelling_a_wait_empties_the_registry_and_unsubscribes() -> None:
 
 
 def test_a_timeout_raises_a_typed_timeout_error_and_cleans_up() -> None:
-    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+    async def scenario(waiter: AsyncResultWaiter, redis: Any) -> None:
         with pytest.raises(EmbeddingResultTimeoutError, match="no result for 1 of 1 texts"):
             await waiter.wait(["slow"], timeout_s=0.05)
         assert waiter.waiting_keys == frozenset()
@@ -163,7 +163,7 @@ def test_the_timeout_error_is_a_builtin_timeout_error_too() -> None:
 
 
 def test_two_waits_on_one_task_share_its_channel_until_both_are_done() -> None:
-    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+    async def scenario(waiter: AsyncResultWaiter, redis: Any) -> None:
         first = asyncio.create_task(waiter.wait(["shared"], timeout_s=5))
         second = asyncio.create_task(waiter.wait(["shared"], timeout_s=5))
         await _until_subscribed(redis, "shared")
@@ -221,13 +221,14 @@ class SubscribesThatFail(fakeredis.FakeAsyncRedis):
 
 
 def _run_failing(
-    failing: set[int], scenario: Callable[[ResultWaiter, Any, SubscribesThatFail], Awaitable[None]]
+    failing: set[int],
+    scenario: Callable[[AsyncResultWaiter, Any, SubscribesThatFail], Awaitable[None]],
 ) -> None:
     async def main() -> None:
         server = fakeredis.FakeServer()
         fake = SubscribesThatFail(server=server)
         fake.failing = frozenset(failing)
-        waiter = ResultWaiter(
+        waiter = AsyncResultWaiter(
             fake, key_for=_key, decode=_backend().decode_result, poll_s=0.05, retry_s=0.001
         )
         observer = fakeredis.FakeAsyncRedis(server=server)
@@ -243,7 +244,7 @@ def _run_failing(
 def test_a_later_subscribe_that_fails_is_made_anew_and_the_stored_result_read() -> None:
     # The issue's 502: a SUBSCRIBE that raised after the waiter's first one failed the
     # request although its text was published and embedded.
-    async def scenario(waiter: ResultWaiter, redis: Any, fake: SubscribesThatFail) -> None:
+    async def scenario(waiter: AsyncResultWaiter, redis: Any, fake: SubscribesThatFail) -> None:
         await redis.set(_key("first"), _meta("first", "SUCCESS", VECTOR))
         assert await waiter.wait(["first"], timeout_s=5) == [VECTOR]
         await redis.set(_key("second"), _meta("second", "SUCCESS", [2.0] * 8))
@@ -255,7 +256,7 @@ def test_a_later_subscribe_that_fails_is_made_anew_and_the_stored_result_read() 
 
 
 def test_a_result_published_after_a_failed_subscribe_reaches_every_waiter() -> None:
-    async def scenario(waiter: ResultWaiter, redis: Any, fake: SubscribesThatFail) -> None:
+    async def scenario(waiter: AsyncResultWaiter, redis: Any, fake: SubscribesThatFail) -> None:
         early = asyncio.create_task(waiter.wait(["early"], timeout_s=5))
         await _until_subscribed(redis, "early")
         late = asyncio.create_task(waiter.wait(["late"], timeout_s=5))
@@ -273,7 +274,7 @@ def test_a_result_published_after_a_failed_subscribe_reaches_every_waiter() -> N
 
 
 def test_a_subscription_that_cannot_be_made_anew_leaves_waiters_to_their_timeout() -> None:
-    async def scenario(waiter: ResultWaiter, redis: Any, fake: SubscribesThatFail) -> None:
+    async def scenario(waiter: AsyncResultWaiter, redis: Any, fake: SubscribesThatFail) -> None:
         await redis.set(_key("first"), _meta("first", "SUCCESS", VECTOR))
         assert await waiter.wait(["first"], timeout_s=5) == [VECTOR]
         fake.failing = frozenset(range(2, 10_000))
@@ -289,7 +290,7 @@ def test_a_subscription_that_cannot_be_made_anew_leaves_waiters_to_their_timeout
 
 
 def test_the_waiters_own_channel_is_neither_reported_nor_left() -> None:
-    async def scenario(waiter: ResultWaiter, redis: Any) -> None:
+    async def scenario(waiter: AsyncResultWaiter, redis: Any) -> None:
         await redis.set(_key("one"), _meta("one", "SUCCESS", VECTOR))
         assert await waiter.wait(["one"], timeout_s=5) == [VECTOR]
         await _until(lambda: waiter.subscribed_channels == frozenset())
@@ -307,7 +308,7 @@ def test_a_cancel_swallowed_while_subscribing_still_ends_the_wait_at_its_timeout
     """redis-py may swallow the cancel of a command it is sending and retry it; the timeout
     scope's one cancel is then spent, and the wait must still end at its deadline."""
 
-    async def scenario(waiter: ResultWaiter, observer: Any) -> None:
+    async def scenario(waiter: AsyncResultWaiter, observer: Any) -> None:
         subscribe = waiter._subscribe
 
         async def swallowing_subscribe(keys: list[str]) -> None:

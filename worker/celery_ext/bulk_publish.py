@@ -21,7 +21,10 @@ enqueued but reported as failed. This module never re-sends a chunk; behind Sent
 producers do (``producers.client``, through a failover, with the same task ids), and a
 lost reply is then the one case where a chunk is enqueued twice (docs/reliability.md).
 
-**Wait.** ``ResultWaiter`` and ``ResultFeed`` (``worker.celery_ext.result_feed``, re-exported
+**One message a text.** ``publish_each`` sends what ``send_task`` would, for a broker or a
+route ``publish_chunks`` cannot serve, without subscribing to the results.
+
+**Wait.** ``SyncResultWaiter`` and ``ResultFeed`` (``worker.celery_ext.result_feed``, re-exported
 here) wait for many results with one subscription and ``MGET``\\s instead of Celery's
 per-result promise.
 
@@ -52,7 +55,7 @@ from worker.celery_ext import compat
 from worker.celery_ext.result_feed import (
     DEFAULT_READ_CHUNK,
     ResultFeed,
-    ResultWaiter,
+    SyncResultWaiter,
     supports_bulk_wait,
 )
 from worker.celery_ext.subscriptions import subscribe_results
@@ -63,10 +66,10 @@ __all__ = [
     "DEFAULT_READ_CHUNK",
     "BulkPublishUnsupported",
     "ResultFeed",
-    "ResultWaiter",
-    "chunked",
+    "SyncResultWaiter",
     "publish_chunk_ids",
     "publish_chunks",
+    "publish_each",
     "supports_bulk_publish",
     "supports_bulk_wait",
 ]
@@ -87,14 +90,6 @@ _REDIS_SCHEMES = (*CELERY_REDIS_SCHEMES, SENTINEL_SCHEME)
 
 # The private names used here are listed, and checked at import, in worker/celery_ext/compat.py.
 compat.check_once()
-
-
-def chunked(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    """``items`` in consecutive slices of at most ``size``, in order."""
-    if size < 1:
-        raise ValueError(f"chunk size must be positive, got {size}")
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _scheme(url: Any) -> str:
@@ -236,7 +231,7 @@ def publish_chunk_ids(
 ) -> Iterator[list[str]]:
     """``publish_chunks`` yielding task ids, with no subscription and no ``AsyncResult``.
 
-    For callers that wait with ``ResultWaiter``: an ``AsyncResult`` costs ~30 µs more per
+    For callers that wait with ``SyncResultWaiter``: an ``AsyncResult`` costs ~30 µs more per
     text, most of it its destructor's unsubscribe. ``task_ids`` (one per call) are used
     instead of fresh ones: a caller that derives them from its input can find a task it
     sent before. ``queue`` as for ``publish_chunks``.
@@ -244,6 +239,51 @@ def publish_chunk_ids(
     return _publish(
         app, name, calls, chunk_size, subscribe=False, reprs=reprs, task_ids=task_ids, queue=queue
     )
+
+
+def publish_each(
+    app: Celery,
+    name: str,
+    calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+    *,
+    task_ids: Sequence[str],
+    reprs: Reprs | None = None,
+    queue: str | None = None,
+    retry_policy: dict[str, Any] | None = None,
+) -> None:
+    """Send one ``name`` task per call of ``calls``, a message each, on one pooled producer.
+
+    Each message is built and routed as ``send_task`` builds and routes it (Celery's
+    ``app.amqp`` and router), but no result is subscribed to (``backend.on_task_call``):
+    for callers that wait otherwise. ``task_ids``, ``reprs`` and ``queue`` as for
+    ``publish_chunks``; ``retry_policy`` is kombu's, per message. A broker error is raised
+    as kombu or redis-py raised it; the tasks before the failing one were sent.
+    """
+    if len(task_ids) != len(calls):
+        raise ValueError(f"{len(task_ids)} task ids for {len(calls)} calls")
+    amqp = app.amqp
+    route = {} if queue is None else {"queue": queue, "exchange": "", "routing_key": queue}
+    with app.producer_or_acquire() as producer:
+        for task_id, (args, kwargs) in zip(task_ids, calls, strict=True):
+            options = amqp.router.route(dict(route), name, args, kwargs, None)
+            argsrepr, kwargsrepr = reprs(args, kwargs) if reprs else (None, None)
+            message = amqp.create_task_message(
+                task_id,
+                name,
+                args,
+                kwargs,
+                reply_to=app.thread_oid,
+                create_sent_event=app.conf.task_send_sent_event,
+                ignore_result=None,  # what send_task passes when not told
+                argsrepr=argsrepr,
+                kwargsrepr=kwargsrepr,
+            )
+            if reprs is not None:
+                # send_task hands its argsrepr/kwargsrepr options to kombu as properties.
+                options.update(argsrepr=argsrepr, kwargsrepr=kwargsrepr)
+            amqp.send_task_message(
+                producer, name, message, retry=True, retry_policy=retry_policy, **options
+            )
 
 
 def _publish(

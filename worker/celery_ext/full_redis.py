@@ -18,6 +18,8 @@ from typing import Any
 
 from redis.exceptions import OutOfMemoryError
 
+from worker.errors import causes
+
 __all__ = ["FULL_WAIT_KEY", "FullRedisChannelMixin", "is_full"]
 
 log = logging.getLogger(__name__)
@@ -29,11 +31,7 @@ FULL_WAIT_KEY = "embeddings-redis-full-wait"
 
 def is_full(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or what it was raised from) is Redis refusing a write at maxmemory."""
-    while exc is not None:
-        if isinstance(exc, OutOfMemoryError):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(cause, OutOfMemoryError) for cause in causes(exc))
 
 
 class FullRedisChannelMixin:

@@ -35,7 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.celery_ext.full_redis import is_full
 from worker.celery_ext.privacy import RedactedInfoRequest
-from worker.errors import EmbeddingResultStoreUnavailableError
+from worker.errors import EmbeddingResultStoreUnavailableError, causes
 
 __all__ = ["RequeueOnOutageRequest", "is_redis_outage"]
 
@@ -56,13 +56,7 @@ _OUTAGE_ERRORS = (
 def is_redis_outage(exc: BaseException | None) -> bool:
     """Whether ``exc``, or an error it was raised from, says Redis could not be reached (or
     was full)."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, _OUTAGE_ERRORS):
-            return True
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return any(isinstance(cause, _OUTAGE_ERRORS) for cause in causes(exc))
 
 
 class RequeueOnOutageRequest(RedactedInfoRequest):

@@ -8,7 +8,8 @@ Celery's ``AsyncResult`` waits through a promise and one subscription per result
   the subscription took effect; ``poll`` hands back results as they are published; the
   channels of results taken (or ``drop``\\ped) are unsubscribed ``read_chunk`` at a time, so
   a long backfill keeps a bounded subscription.
-- ``ResultWaiter`` waits for one fixed set (``wait_all``, ``embed_texts``): a feed of it.
+- ``SyncResultWaiter`` waits for one fixed set (``wait_all``, ``embed_texts``): a feed of it,
+  blocking its thread; ``producers.waiter.AsyncResultWaiter`` is the asyncio counterpart.
 
 Every pending key is read again (``MGET``) each second, in case a publish was missed (a
 reconnect). Values are decoded with the backend's own ``decode_result``, so a failure
@@ -22,7 +23,7 @@ and reads every awaited key, retrying ``retry_s`` apart (doubling to ``MAX_RETRY
 Redis answers. The texts were published and are being embedded; with an append-only Redis a
 restart loses none of them, and their results are read once it is back. ``outage`` holds
 the error while Redis does not answer, so a caller whose deadline passes can say Redis,
-not the texts, was the trouble (``ResultWaiter.wait`` raises
+not the texts, was the trouble (``SyncResultWaiter.wait`` raises
 ``EmbeddingResultStoreUnavailableError`` then).
 """
 
@@ -42,7 +43,7 @@ from worker.errors import EmbeddingResultStoreUnavailableError
 __all__ = [
     "DEFAULT_READ_CHUNK",
     "ResultFeed",
-    "ResultWaiter",
+    "SyncResultWaiter",
     "supports_bulk_wait",
 ]
 
@@ -270,7 +271,7 @@ class ResultFeed:
                 self._broke(exc)
 
 
-class ResultWaiter:
+class SyncResultWaiter:
     """Waits for a fixed set of ``app``'s results at once: one ``ResultFeed`` per ``wait``.
 
     ``read_chunk`` keys go in one ``MGET``. Nothing is kept between calls to ``wait``.
@@ -284,7 +285,7 @@ class ResultWaiter:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not supports_bulk_wait(app):
-            raise ValueError("ResultWaiter needs Celery's Redis result backend")
+            raise ValueError("SyncResultWaiter needs Celery's Redis result backend")
         self.app = app
         self.backend = app.backend
         self.read_chunk = read_chunk
