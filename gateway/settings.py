@@ -1,9 +1,9 @@
 """The gateway's settings: typed defaults in one place, read from the environment once.
 
-``GatewaySettings.from_env()`` reads ``GATEWAY_*`` and three of the workers' own settings
-(``EMBEDDINGS_MODEL``, ``EMBEDDINGS_DIMENSIONS``, ``EMBEDDINGS_MAX_TEXT_CHARS``), and fails
-at start-up naming the variable when a value is bad. It never reads ``EMBEDDINGS_API_KEY``:
-the upstream key stays with the workers.
+``GatewaySettings.from_env()`` reads only the ``GATEWAY_*`` variables itself; the workers'
+model, dimensions and text limit come from ``worker.settings.Settings``, which reads and checks
+``EMBEDDINGS_*`` in one place. A bad value fails at start-up naming its variable. No field holds
+the upstream API key, and the entry points drop it from the environment first (``gateway.cli``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from worker.errors import EmbeddingConfigError
-from worker.settings import DEFAULT_MAX_TEXT_CHARS, DEFAULT_MODEL, env_float, env_int, env_str
+from worker.settings import (
+    DEFAULT_MAX_TEXT_CHARS,
+    DEFAULT_MODEL,
+    Settings,
+    env_float,
+    env_int,
+    env_str,
+)
 
 __all__ = [
     "DEFAULT_HOST",
@@ -172,10 +179,6 @@ class GatewaySettings:
             raise EmbeddingConfigError("GATEWAY_LIMIT_CONCURRENCY must not be negative")
         if self.max_queue_depth < 0:
             raise EmbeddingConfigError("GATEWAY_MAX_QUEUE_DEPTH must not be negative")
-        if self.dimensions < 0:
-            raise EmbeddingConfigError("EMBEDDINGS_DIMENSIONS must not be negative")
-        if self.max_text_chars <= 0:
-            raise EmbeddingConfigError("EMBEDDINGS_MAX_TEXT_CHARS must be positive")
         if self.retry_window_s < 0:
             raise EmbeddingConfigError("GATEWAY_RETRY_WINDOW_S must not be negative")
         if self.idempotency_ttl_s < 0:
@@ -186,7 +189,9 @@ class GatewaySettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> GatewaySettings:
-        """Build settings from ``GATEWAY_*`` (and three ``EMBEDDINGS_*``) over the defaults."""
+        """Build settings from ``GATEWAY_*`` over the defaults, and the workers' model,
+        dimensions and text limit from ``Settings.from_env(environ)``."""
+        workers_settings = Settings.from_env(environ)
         keys = env_str("GATEWAY_API_KEYS", "", environ)
         return cls(
             host=env_str("GATEWAY_HOST", DEFAULT_HOST, environ),
@@ -204,9 +209,9 @@ class GatewaySettings:
                 "GATEWAY_WORKER_PING_TIMEOUT_S", DEFAULT_WORKER_PING_TIMEOUT_S, environ
             ),
             access_log=_env_bool("GATEWAY_ACCESS_LOG", False, environ),
-            model=env_str("EMBEDDINGS_MODEL", DEFAULT_MODEL, environ),
-            dimensions=env_int("EMBEDDINGS_DIMENSIONS", 0, environ),
-            max_text_chars=env_int("EMBEDDINGS_MAX_TEXT_CHARS", DEFAULT_MAX_TEXT_CHARS, environ),
+            model=workers_settings.model,
+            dimensions=workers_settings.dimensions,
+            max_text_chars=workers_settings.max_text_chars,
             limit_concurrency=env_int(
                 "GATEWAY_LIMIT_CONCURRENCY", DEFAULT_LIMIT_CONCURRENCY, environ
             ),

@@ -321,7 +321,7 @@ def _publish(
             task_ids=[task_id for task_id, _ in messages],
             reprs=reprs_in(lane),
             queue=queue_for_lane(lane),
-            retry_policy=publish_retry_policy(app),
+            retry_policy=publish_retry_policy(),
         )
     except (OperationalError, RedisError, OSError) as exc:
         raise queue_error(exc, "enqueue the text") from exc

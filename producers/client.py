@@ -74,6 +74,8 @@ ENQUEUE_CHUNK_SIZE = bulk_publish.DEFAULT_CHUNK_SIZE
 """Texts per Redis round trip (one ``MULTI``/``EXEC``) when a list is enqueued."""
 
 # A Redis that cannot be reached fails the publish within a few seconds instead of hanging.
+# The producers' own, whatever the app's task_publish_retry_policy: an app's policy may retry
+# for ever, and the failover schedule (publish_waits) already retries around this one.
 _PUBLISH_RETRY_POLICY = {
     "max_retries": 2,
     "interval_start": 0.2,
@@ -105,8 +107,11 @@ def _tokens(model: str | None) -> TokenLimit | None:
     return token_limit(producer_settings(), model)
 
 
-def publish_retry_policy(app: Celery) -> dict[str, float]:
-    """kombu's retry policy for one ``send_task``: an unreachable Redis fails within seconds."""
+def publish_retry_policy() -> dict[str, float]:
+    """kombu's retry policy for one producer publish: an unreachable Redis fails within seconds.
+
+    The same for every app: the app's own ``task_publish_retry_policy`` is not consulted.
+    """
     return dict(_PUBLISH_RETRY_POLICY)
 
 
@@ -184,7 +189,7 @@ def _send_once(
             kwargsrepr=kwargsrepr,
             task_id=task_id,
             retry=True,
-            retry_policy=publish_retry_policy(app),
+            retry_policy=publish_retry_policy(),
             **lane_route(lane),
         )
     except OperationalError as exc:

@@ -4,8 +4,8 @@ Every setting has a named default below, with its unit in the name. ``Settings.f
 reads ``EMBEDDINGS_*`` and the Redis, broker and Celery worker variables (``env_variable``
 names each field's variable), and fails at start-up with the variable's name when a value is
 bad, so a typo never surfaces as a confusing error mid-run. Nothing else reads them: the
-Celery configuration (``worker.celery_ext.config``) and ``EmbeddingConfig`` are built from a
-``Settings``.
+Celery configuration (``worker.celery_ext.config``), ``EmbeddingConfig`` and the gateway's
+``GatewaySettings`` are built from a ``Settings``.
 """
 
 from __future__ import annotations
@@ -307,7 +307,13 @@ class Settings:
             raise EmbeddingConfigError(
                 "EMBEDDINGS_BATCH_SIZE must be at most 2048 (the API's limit)"
             )
-        for name in ("max_retries", "task_max_retries", "initial_backoff_s", "max_backoff_s"):
+        for name in (
+            "dimensions",
+            "max_retries",
+            "task_max_retries",
+            "initial_backoff_s",
+            "max_backoff_s",
+        ):
             if getattr(self, name) < 0:
                 raise EmbeddingConfigError(f"{ENV_PREFIX}{name.upper()} must not be negative")
         if not 0 <= self.metrics_port <= 65535:

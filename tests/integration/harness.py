@@ -1,16 +1,26 @@
-"""Settings shared by integration tests: the test Redis, the test key, a worker environment."""
+"""Shared by integration tests: the test Redis, the test key, a worker environment, a gateway."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from devstack import REPO_ROOT
+from devstack import REPO_ROOT, GatewayProcess
 from worker.names import LANE_QUEUES
 
-__all__ = ["REPO_ROOT", "TEST_API_KEY", "TEST_REDIS_URL", "queued_texts", "worker_env"]
+__all__ = [
+    "NO_API_URL",
+    "REPO_ROOT",
+    "TEST_API_KEY",
+    "TEST_REDIS_URL",
+    "queued_texts",
+    "running_gateway",
+    "worker_env",
+]
 
 
 def _test_redis_url() -> str:
@@ -33,6 +43,9 @@ def _test_redis_url() -> str:
 
 TEST_REDIS_URL = _test_redis_url()
 TEST_API_KEY = "sk-integration-secret-0123456789"
+# An API base URL nothing listens on (the discard port): for processes that must never call
+# the API themselves, such as the gateway, whose workers do.
+NO_API_URL = "http://127.0.0.1:9/v1"
 
 
 def worker_env(base_url: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -62,3 +75,17 @@ def worker_env(base_url: str, extra: Mapping[str, str] | None = None) -> dict[st
 def queued_texts(client: Any) -> int:
     """Messages waiting in the broker, both lanes' queues together."""
     return sum(int(client.llen(queue)) for queue in LANE_QUEUES.values())
+
+
+@contextmanager
+def running_gateway(env: Mapping[str, str], log_path: Path) -> Iterator[GatewayProcess]:
+    """``python -m gateway`` with ``env`` (its ``GATEWAY_*`` included), on a free port.
+
+    Ready (``/healthz`` answers 200) on entry, stopped on exit; its log stays at ``log_path``.
+    """
+    process = GatewayProcess(env, log_path)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()

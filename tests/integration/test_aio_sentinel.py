@@ -20,6 +20,7 @@ from devstack import GatewayProcess, WorkerProcess
 from producers import AsyncProducer
 from stubapi.vectors import vector_for
 from tests.integration.faultkit import DIMS, IGNORE_RESULT_DEL_IN_OUTAGES, app_for
+from tests.integration.harness import running_gateway
 from tests.integration.sentinelkit import SentinelCluster
 
 pytestmark = [
@@ -152,16 +153,13 @@ def test_the_gateway_behind_sentinel_serves_requests_before_and_after_a_failover
         tmp_path / "worker.log",
         "gw-sentinel",
     )
-    gateway = GatewayProcess(
-        cluster.worker_env(
-            stub.base_url,
-            VISIBILITY_TIMEOUT_S,
-            {"GATEWAY_API_KEYS": GATEWAY_KEY, "GATEWAY_REQUEST_TIMEOUT_S": "60"},
-        ),
-        tmp_path / "gateway.log",
+    gateway_env = cluster.worker_env(
+        stub.base_url,
+        VISIBILITY_TIMEOUT_S,
+        {"GATEWAY_API_KEYS": GATEWAY_KEY, "GATEWAY_REQUEST_TIMEOUT_S": "60"},
     )
 
-    def embed(texts: list[str]) -> list[Any]:
+    def embed(gateway: GatewayProcess, texts: list[str]) -> list[Any]:
         response = httpx.post(
             f"{gateway.base_url}/embeddings",
             json={"model": "text-embedding-3-small", "input": texts, "encoding_format": "float"},
@@ -172,19 +170,19 @@ def test_the_gateway_behind_sentinel_serves_requests_before_and_after_a_failover
         return [item["embedding"] for item in response.json()["data"]]
 
     try:
-        worker.wait_ready(app)
-        gateway.wait_ready()
-        before = ["through the gateway", "behind Sentinel"]
-        assert all(_right(t, v) for t, v in zip(before, embed(before), strict=True))
-        switch_s = cluster.kill_master()
-        after = ["after the failover", "still through the gateway"]
-        started = time.monotonic()
-        assert all(_right(t, v) for t, v in zip(after, embed(after), strict=True))
-        print(f"\ngateway: Sentinels switched in {switch_s:.1f}s; the first request after the "
-              f"switch took {time.monotonic() - started:.1f}s")  # fmt: skip
-        health = httpx.get(f"{gateway.url}/healthz", timeout=10).json()
-        assert health["redis"] is True, health
-        assert GATEWAY_KEY not in gateway.log()
+        # The gateway starts while the worker does; both are ready before the first request.
+        with running_gateway(gateway_env, tmp_path / "gateway.log") as gateway:
+            worker.wait_ready(app)
+            before = ["through the gateway", "behind Sentinel"]
+            assert all(_right(t, v) for t, v in zip(before, embed(gateway, before), strict=True))
+            switch_s = cluster.kill_master()
+            after = ["after the failover", "still through the gateway"]
+            started = time.monotonic()
+            assert all(_right(t, v) for t, v in zip(after, embed(gateway, after), strict=True))
+            print(f"\ngateway: Sentinels switched in {switch_s:.1f}s; the first request after "
+                  f"the switch took {time.monotonic() - started:.1f}s")  # fmt: skip
+            health = httpx.get(f"{gateway.url}/healthz", timeout=10).json()
+            assert health["redis"] is True, health
+            assert GATEWAY_KEY not in gateway.log()
     finally:
-        gateway.stop()
         worker.stop()

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from devstack import GatewayProcess
-from tests.integration.harness import queued_texts, worker_env
+from tests.integration.harness import NO_API_URL, queued_texts, running_gateway, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +23,11 @@ SERVED = ["text-embedding-3-small", "text-embedding-3-large"]
 @pytest.fixture(scope="module")
 def gateway(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     env = worker_env(
-        "http://127.0.0.1:9/v1",
+        NO_API_URL,
         {"GATEWAY_API_KEYS": KEY, "GATEWAY_MODELS": ",".join(SERVED)},
     )
-    process = GatewayProcess(env, tmp_path_factory.mktemp("gateway") / "gateway.log")
-    try:
-        process.wait_ready()
+    with running_gateway(env, tmp_path_factory.mktemp("gateway") / "gateway.log") as process:
         yield process
-    finally:
-        process.stop()
 
 
 def _client(gateway: GatewayProcess) -> openai.OpenAI:

@@ -14,7 +14,7 @@ import redis
 
 from devstack import GatewayProcess
 from tests.integration.faultkit import expected
-from tests.integration.harness import TEST_API_KEY, worker_env
+from tests.integration.harness import NO_API_URL, TEST_API_KEY, running_gateway, worker_env
 from worker.names import BULK_QUEUE, INTERACTIVE_QUEUE
 from worker.tokens import CL100K_BASE, count_tokens
 
@@ -30,17 +30,13 @@ def gateway(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory)
     # The same environment the workers get, upstream key included, as compose's shared .env
     # would give it: the gateway must drop that key and never need it.
     env = worker_env(
-        "http://127.0.0.1:9/v1",
+        NO_API_URL,
         {"GATEWAY_API_KEYS": f"another-key,{GATEWAY_KEY}", "GATEWAY_REQUEST_TIMEOUT_S": "30"},
     )
-    process = GatewayProcess(env, tmp_path_factory.mktemp("gateway") / "gateway.log")
-    try:
-        process.wait_ready()
+    with running_gateway(env, tmp_path_factory.mktemp("gateway") / "gateway.log") as process:
         yield process
-    finally:
-        process.stop()
-        log = process.log_path.read_text()
-        assert GATEWAY_KEY not in log and TEST_API_KEY not in log, "a key reached the log"
+    log = process.log_path.read_text()
+    assert GATEWAY_KEY not in log and TEST_API_KEY not in log, "a key reached the log"
 
 
 def _client(gateway: GatewayProcess, key: str = GATEWAY_KEY) -> openai.OpenAI:

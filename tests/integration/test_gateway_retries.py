@@ -12,7 +12,7 @@ import redis
 
 from devstack import GatewayProcess
 from stubapi.vectors import vector_for
-from tests.integration.harness import queued_texts, worker_env
+from tests.integration.harness import NO_API_URL, queued_texts, running_gateway, worker_env
 from worker.names import INTERACTIVE_QUEUE
 
 pytestmark = pytest.mark.integration
@@ -25,19 +25,15 @@ GATEWAY_KEY = "gw-retries-key-3a9e1c"
 def gateway(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     # A short request timeout, so the client's retries come and go within a test.
     env = worker_env(
-        "http://127.0.0.1:9/v1",
+        NO_API_URL,
         {
             "GATEWAY_API_KEYS": GATEWAY_KEY,
             "GATEWAY_REQUEST_TIMEOUT_S": "0.5",
             "GATEWAY_WORKER_PING_TIMEOUT_S": "0.3",
         },
     )
-    process = GatewayProcess(env, tmp_path_factory.mktemp("gateway") / "gateway.log")
-    try:
-        process.wait_ready()
+    with running_gateway(env, tmp_path_factory.mktemp("gateway") / "gateway.log") as process:
         yield process
-    finally:
-        process.stop()
 
 
 def _client(gateway: GatewayProcess, retries: int) -> openai.OpenAI:

@@ -11,8 +11,7 @@ import pytest
 import redis
 
 from bench.schema import KEY, MAX_TEXT_CHARS, schemathesis_command, summary
-from devstack import GatewayProcess
-from tests.integration.harness import worker_env
+from tests.integration.harness import NO_API_URL, running_gateway, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -24,19 +23,15 @@ MAX_EXAMPLES = 5
 @pytest.fixture
 def gateway(clean_redis: redis.Redis, tmp_path: Path) -> Iterator[Any]:
     env = worker_env(
-        "http://127.0.0.1:9/v1",
+        NO_API_URL,
         {
             "GATEWAY_API_KEYS": KEY,
             "EMBEDDINGS_MAX_TEXT_CHARS": str(MAX_TEXT_CHARS),
             "GATEWAY_REQUEST_TIMEOUT_S": "30",
         },
     )
-    process = GatewayProcess(env, tmp_path / "gateway.log")
-    try:
-        process.wait_ready()
+    with running_gateway(env, tmp_path / "gateway.log") as process:
         yield process
-    finally:
-        process.stop()
 
 
 def test_schemathesis_with_every_check_finds_the_gateway_true_to_its_schema(

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from devstack import GatewayProcess
-from tests.integration.harness import worker_env
+from tests.integration.harness import NO_API_URL, running_gateway, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -33,7 +33,7 @@ HALF_HEADERS = b"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type
 @pytest.fixture(scope="module")
 def gateway(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     env = worker_env(
-        "http://127.0.0.1:9/v1",
+        NO_API_URL,
         {
             "GATEWAY_API_KEYS": GATEWAY_KEY,
             "GATEWAY_LIMIT_CONCURRENCY": str(LIMIT),
@@ -43,12 +43,8 @@ def gateway(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory)
             "GATEWAY_MAX_HEADER_BYTES": "8192",
         },
     )
-    process = GatewayProcess(env, tmp_path_factory.mktemp("gateway") / "gateway.log")
-    try:
-        process.wait_ready()
+    with running_gateway(env, tmp_path_factory.mktemp("gateway") / "gateway.log") as process:
         yield process
-    finally:
-        process.stop()
 
 
 def _models(gateway: GatewayProcess) -> httpx.Response:

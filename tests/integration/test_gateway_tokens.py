@@ -13,7 +13,7 @@ import redis
 
 from devstack import GatewayProcess
 from tests.integration.faultkit import expected
-from tests.integration.harness import queued_texts, worker_env
+from tests.integration.harness import NO_API_URL, queued_texts, running_gateway, worker_env
 from tests.overlong import NUMBERS_TOKENS, numbers_text
 from worker.tokens import CL100K_BASE, _encoding
 
@@ -32,15 +32,11 @@ def encode(text: str) -> list[int]:
 @pytest.fixture(scope="module")
 def gateway(redis_client: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     env = worker_env(
-        "http://127.0.0.1:9/v1",
+        NO_API_URL,
         {"GATEWAY_API_KEYS": GATEWAY_KEY, "GATEWAY_REQUEST_TIMEOUT_S": "30"},
     )
-    process = GatewayProcess(env, tmp_path_factory.mktemp("gateway") / "gateway.log")
-    try:
-        process.wait_ready()
+    with running_gateway(env, tmp_path_factory.mktemp("gateway") / "gateway.log") as process:
         yield process
-    finally:
-        process.stop()
 
 
 def _client(gateway: GatewayProcess) -> openai.OpenAI:

@@ -21,10 +21,10 @@ import pytest
 import redis
 
 import producers
-from devstack import GatewayProcess, WorkerProcess
+from devstack import WorkerProcess
 from producers.aio import AsyncProducer
 from tests.integration.faultkit import RedisServer, app_for, expected
-from tests.integration.harness import REPO_ROOT, worker_env
+from tests.integration.harness import NO_API_URL, REPO_ROOT, running_gateway, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -93,20 +93,15 @@ def test_async_producers_over_tls(tls_redis: RedisServer, tls_worker):
 
 
 def test_the_gateway_over_tls(tls_redis: RedisServer, tls_worker, tmp_path: Path):
-    env = worker_env("http://127.0.0.1:9/v1", {"REDIS_URL": tls_redis.url})
-    env["GATEWAY_API_KEYS"] = GATEWAY_KEY
-    gateway = GatewayProcess(env, tmp_path / "gateway.log")
-    try:
-        gateway.wait_ready()
-        texts = ["gateway over TLS a", "gateway over TLS b"]
+    env = worker_env(NO_API_URL, {"REDIS_URL": tls_redis.url, "GATEWAY_API_KEYS": GATEWAY_KEY})
+    texts = ["gateway over TLS a", "gateway over TLS b"]
+    with running_gateway(env, tmp_path / "gateway.log") as gateway:
         answer = httpx.post(
             gateway.base_url + "/embeddings",
             json={"model": "text-embedding-3-small", "input": texts, "encoding_format": "float"},
             headers={"Authorization": f"Bearer {GATEWAY_KEY}"},
             timeout=60,
         )
-    finally:
-        gateway.stop()
     assert answer.status_code == 200, answer.text
     assert [d["embedding"] for d in answer.json()["data"]] == [expected(t) for t in texts]
 

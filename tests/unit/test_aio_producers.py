@@ -13,9 +13,10 @@ from celery.signals import before_task_publish
 from kombu.exceptions import OperationalError
 
 import producers.aio as aio
+import producers.client as client
 from devstack import free_port
 from producers import AsyncProducer
-from producers.client import EMBED_TEXT_TASK
+from producers.client import EMBED_TEXT_TASK, publish_retry_policy
 from producers.lanes import lane_route
 from worker.errors import (
     EmbeddingConfigError,
@@ -130,6 +131,23 @@ def test_the_published_message_is_the_one_celery_send_task_builds(memory_app, la
     for field in ("sender", "exchange", "routing_key", "properties"):
         assert via_async[field] == via_send_task[field], field
     assert via_async["routing_key"] == queue_for_lane(lane)
+
+
+def test_both_producers_publish_with_their_bounded_retry_policy_whatever_the_app_says(
+    memory_app,
+) -> None:
+    # kombu retries for ever with max_retries None: a producer must fail within seconds.
+    memory_app.conf.task_publish_retry_policy = {"max_retries": None, "interval_max": 30}
+    seen, on_publish = _capture()
+    before_task_publish.connect(on_publish, weak=False)
+    try:
+        client._send("sync text", "m", memory_app, lane="interactive")
+        aio._publish(memory_app, [("id-2", "async text")], "m", "interactive")
+    finally:
+        before_task_publish.disconnect(on_publish)
+    policies = [event["retry_policy"] for event in seen]
+    assert policies == [publish_retry_policy()] * 2
+    assert publish_retry_policy()["max_retries"] == 2
 
 
 def test_an_unreachable_broker_raises_queue_unavailable_within_seconds() -> None:

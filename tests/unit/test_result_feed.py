@@ -81,3 +81,26 @@ def test_a_waiter_past_its_deadline_with_redis_down_raises_the_result_store_erro
 def test_a_waiter_past_its_deadline_with_redis_up_returns_what_it_has(app: Celery):
     _finish(app, "done", [1.0])
     assert SyncResultWaiter(app).wait(["done", "pending"], 0.05) == {0: [1.0]}
+
+
+def test_forget_deletes_exactly_the_results_named_read_chunk_keys_per_del(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+):
+    for task_id in ("a", "b", "c", "kept"):
+        _finish(app, task_id, [1.0])
+    client = app.backend.client
+    deletes: list[int] = []
+    delete = client.delete
+
+    def counted(*keys: bytes) -> int:
+        deletes.append(len(keys))
+        return int(delete(*keys))
+
+    monkeypatch.setattr(client, "delete", counted)
+    feed = ResultFeed(app, read_chunk=2)
+    feed.forget(["a", "b", "c"])
+    assert deletes == [2, 1]
+    stored = [bool(client.exists(app.backend.get_key_for_task(t))) for t in ("a", "b", "c")]
+    assert stored == [False, False, False]
+    assert app.backend.get_task_meta("kept")["result"] == [1.0]
+    feed.close()

@@ -78,6 +78,7 @@ def test_embeddings_api_key_wins_over_openai_api_key() -> None:
         ("EMBEDDINGS_TIMEOUT_S", "-1"),
         ("EMBEDDINGS_POOL_TIMEOUT_S", "0"),
         ("EMBEDDINGS_MAX_TEXT_CHARS", "0"),
+        ("EMBEDDINGS_DIMENSIONS", "-1"),
         ("EMBEDDINGS_BATCH_SIZE", "4096"),
         ("EMBEDDINGS_JITTER_FACTOR", "1.0"),
         ("EMBEDDINGS_ENCODING_FORMAT", "hex"),

@@ -235,7 +235,9 @@ class ResultFeed:
 
     def forget(self, task_ids: Sequence[str]) -> None:
         """Delete the stored results of ``task_ids``, ``read_chunk`` keys per ``DEL``."""
-        forget_results(self.backend, task_ids, self.read_chunk)
+        keys = [self.backend.get_key_for_task(task_id) for task_id in task_ids]
+        for chunk in _chunks(keys, self.read_chunk):
+            self.backend.client.delete(*chunk)
 
     def close(self) -> None:
         """Close the connection, and with it every subscription."""
@@ -287,7 +289,6 @@ class SyncResultWaiter:
         if not supports_bulk_wait(app):
             raise ValueError("SyncResultWaiter needs Celery's Redis result backend")
         self.app = app
-        self.backend = app.backend
         self.read_chunk = read_chunk
         self.sleep = sleep
 
@@ -328,14 +329,3 @@ class SyncResultWaiter:
                 "may still finish and can be read later by their ids"
             ) from outage
         return outcomes
-
-    def forget(self, task_ids: Sequence[str]) -> None:
-        """Delete the stored results of ``task_ids``, ``read_chunk`` keys per ``DEL``."""
-        forget_results(self.backend, task_ids, self.read_chunk)
-
-
-def forget_results(backend: Any, task_ids: Sequence[str], read_chunk: int) -> None:
-    """Delete the stored results of ``task_ids`` from ``backend``, ``read_chunk`` per ``DEL``."""
-    keys = [backend.get_key_for_task(task_id) for task_id in task_ids]
-    for chunk in _chunks(keys, read_chunk):
-        backend.client.delete(*chunk)
