@@ -31,8 +31,10 @@ import redis
 
 from bench.env import bench_env
 from devstack import StubProcess, WorkerProcess
+from worker.names import INTERACTIVE_QUEUE
 
-QUEUE = "embeddings"
+# The producers' default lane: where enqueue_text, enqueue_texts and enqueue_ids put texts.
+QUEUE = INTERACTIVE_QUEUE
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -97,6 +99,8 @@ def _enqueue_rows(args: argparse.Namespace, client: redis.Redis) -> list[tuple[s
     texts = _texts(args.texts, "enqueued")
     enqueue_texts(texts[:10], app=app)  # connections, declarations, imports
     sample = client.lindex(QUEUE, 0)
+    if sample is None:
+        raise SystemExit(f"bench: no message in {QUEUE} to time a bare LPUSH of")
     client.delete(QUEUE)
     one_by_one = texts[: max(1, len(texts) // 5)]  # 1.3 ms each: a fifth is enough
     labels = [
