@@ -18,7 +18,9 @@ import producers
 from devstack import wait_for
 from tests.integration.faultkit import outcomes, wait_all_ready
 from tests.integration.harness import TEST_REDIS_URL, queued_texts
+from worker.celery_ext.config import celery_config, with_redis_url
 from worker.celery_ext.transport import AtomicFetchChannel
+from worker.settings import Settings
 
 TRANSPORT = "worker.celery_ext.transport:AtomicFetchTransport"
 
@@ -40,6 +42,14 @@ def _fault_env(visibility_timeout_s: int) -> dict[str, str]:
         "BROKER_VISIBILITY_TIMEOUT": str(visibility_timeout_s),
         "BROKER_UNACKED_RESTORE_INTERVAL": str(RESTORE_INTERVAL_S),
     }
+
+
+def _sweep_lock_expiry_s() -> float:
+    """The unacked sweep lock's expiry, as kombu reads it in a worker under ``_fault_env``."""
+    settings = with_redis_url(Settings.from_env(_fault_env(VISIBILITY_TIMEOUT_S)), TEST_REDIS_URL)
+    options = celery_config(settings)["broker_transport_options"]
+    with Connection(TEST_REDIS_URL, transport=TRANSPORT, transport_options=options) as conn:
+        return float(conn.default_channel.unacked_mutex_expire)
 
 
 def _enqueue(app, texts: list[str]):
@@ -73,6 +83,11 @@ def test_a_worker_killed_with_sigkill_mid_run_loses_no_text_once_a_replacement_r
     assert unacked > 0, "nothing was held by the worker when it died"
     assert queued > 0, "nothing was left in the queue when the worker died"
     assert done_before < len(texts)
+    # The worst case: the SIGKILL landed mid-sweep, leaving the sweep's lock behind (kombu's
+    # Mutex, with the expiry the worker's settings give it). CI once waited out kombu's
+    # default of 300 s here, with 40 texts unacked.
+    sweep_lock = clean_redis.lock("unacked_mutex", timeout=_sweep_lock_expiry_s())
+    assert sweep_lock.acquire(blocking=False) or clean_redis.exists("unacked_mutex")
 
     start_worker(stub.base_url, _fault_env(VISIBILITY_TIMEOUT_S), name="replacement")
     # The sweep puts the dead worker's texts back once their visibility timeout has passed.
