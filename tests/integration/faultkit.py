@@ -7,6 +7,7 @@ its own server on a free port here.
 from __future__ import annotations
 
 import gc
+import json
 import shutil
 import subprocess
 import time
@@ -23,6 +24,7 @@ from celery.result import AsyncResult
 from devstack import free_port, wait_for
 from stubapi.vectors import vector_for
 from worker.celery_ext.config import apply_config, with_redis_url
+from worker.names import LANE_QUEUES
 from worker.settings import Settings
 
 __all__ = [
@@ -77,8 +79,31 @@ def wait_all_ready(results: Sequence[AsyncResult], timeout_s: float, what: str) 
         states: dict[str, int] = {}
         for result in pending:
             states[result.state] = states.get(result.state, 0) + 1
-        raise TimeoutError(f"{exc}: {len(pending)} not ready, by state {states}") from exc
+        raise TimeoutError(
+            f"{exc}: {len(pending)} not ready, by state {states}{_at_the_broker(pending)}"
+        ) from exc
     return time.monotonic() - started
+
+
+def _at_the_broker(pending: Sequence[AsyncResult]) -> str:
+    """Where ``pending`` texts are held at a ``redis://`` broker, for a timeout's message."""
+    try:
+        client = redis.Redis.from_url(pending[0].app.conf.broker_url, socket_timeout=2)
+        ids = {result.id for result in pending}
+        unacked = sum(
+            json.loads(json.loads(entry)[0])["headers"]["id"] in ids
+            for entry in client.hvals("unacked")
+        )
+        queued = sum(
+            json.loads(message)["headers"]["id"] in ids
+            for queue in LANE_QUEUES.values()
+            for message in client.lrange(queue, 0, -1)
+        )
+        lock_ttl = client.ttl("unacked_mutex")
+    except (redis.RedisError, ValueError, KeyError, IndexError, TypeError):
+        return ""  # a Sentinel URL, or Redis down: the states alone
+    lock = f"held, {lock_ttl} s left" if lock_ttl >= 0 else "free"
+    return f"; at the broker {queued} of them queued, {unacked} unacked; the sweep's lock {lock}"
 
 
 def outcomes(results: Iterable[AsyncResult], texts: Iterable[str]) -> dict[str, list[str]]:
