@@ -84,8 +84,8 @@ def test_a_worker_killed_with_sigkill_mid_run_loses_no_text_once_a_replacement_r
     assert queued > 0, "nothing was left in the queue when the worker died"
     assert done_before < len(texts)
     # The worst case: the SIGKILL landed mid-sweep, leaving the sweep's lock behind (kombu's
-    # Mutex, with the expiry the worker's settings give it). CI once waited out kombu's
-    # default of 300 s here, with 40 texts unacked.
+    # Mutex, with the expiry the worker's settings give it). With kombu's default of 300 s,
+    # test_lanes' kill test once waited 90 s in CI with 40 texts unacked.
     sweep_lock = clean_redis.lock("unacked_mutex", timeout=_sweep_lock_expiry_s())
     assert sweep_lock.acquire(blocking=False) or clean_redis.exists("unacked_mutex")
 

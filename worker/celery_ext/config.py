@@ -155,9 +155,9 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
         "visibility_timeout": settings.visibility_timeout_s,
         "unacked_restore_interval": settings.unacked_restore_interval_s,
         "unacked_restore_throttle": 1,
-        # The sweep's lock. A worker killed mid-sweep (a SIGKILL lands there about as often
-        # as a sweep runs) leaves it behind until it expires: kombu's 300 s would hold every
-        # other worker's sweep off for five minutes. Two sweeps that overlap once it has
+        # The sweep's lock. Every worker sweeps each interval, so now and then a SIGKILL lands
+        # inside a sweep and leaves the lock behind until it expires: kombu's 300 s would hold
+        # every other worker's sweep off for five minutes. Two sweeps that overlap once it has
         # expired are safe: each text's restore is a WATCH transaction on the unacked hash.
         "unacked_mutex_expire": settings.unacked_restore_interval_s,
         "socket_connect_timeout": 5,
